@@ -1,0 +1,152 @@
+"""Prometheus metrics of one node (SPEC §5).
+
+Each `Metrics` owns its own registry: tests run several nodes in one process,
+and the global registry would refuse the second node's metric names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# Label values created up front so dashboards and tests see them at 0 before
+# the first event; other values are still accepted when they occur.
+ORIGIN_KINDS = ("own", "remote")
+REJECT_REASONS = (
+    "bad_signature",
+    "wrong_origin",
+    "conflict",
+    "bad_link",
+    "not_author",
+    "malformed",
+)
+DROP_REASONS = (
+    "queue_full",
+    "too_large",
+    "send_failed",
+    "malformed",
+    "unknown_version",
+    "refused",
+    "rate_limited",
+)
+SYNC_RESULTS = ("ok", "failed")
+
+# Apply latency spans a same-host hop (~1 ms) to a backlog after a partition.
+APPLY_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+SYNC_ROUND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """All metrics of one node; the node calls the typed methods, the API renders."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        # A gauge, not a counter: the node reports how many entries it holds,
+        # and a gauge keeps the name exactly as SPEC has it.
+        self._entries = Gauge(
+            "p2psync_entries_total", "Entries held, by origin kind", ["origin_kind"], registry=reg
+        )
+        # prometheus_client appends `_total` to counter names itself.
+        self._applied = Counter(
+            "p2psync_entries_applied", "Entries applied to the store", registry=reg
+        )
+        self._rejected = Counter(
+            "p2psync_entries_rejected", "Entries refused, by reason", ["reason"], registry=reg
+        )
+        self._live_ops = Counter(
+            "p2psync_live_ops_received", "Live ops received over gossip", registry=reg
+        )
+        self._backfill = Counter(
+            "p2psync_backfill_entries_received",
+            "Entries received through anti-entropy backfill",
+            registry=reg,
+        )
+        self._sync_rounds = Counter(
+            "p2psync_sync_rounds", "Anti-entropy rounds, by result", ["result"], registry=reg
+        )
+        self._sync_seconds = Histogram(
+            "p2psync_sync_round_seconds",
+            "Duration of anti-entropy rounds",
+            buckets=SYNC_ROUND_BUCKETS,
+            registry=reg,
+        )
+        self._apply_latency = Histogram(
+            "p2psync_op_apply_latency_seconds",
+            "From an op's HLC at its origin to applied here",
+            buckets=APPLY_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self._peers = Gauge("p2psync_peers_connected", "Peers connected now", registry=reg)
+        self._dropped = Counter(
+            "p2psync_messages_dropped",
+            "Messages not sent or refused, by reason",
+            ["reason"],
+            registry=reg,
+        )
+        self._precreate_labels()
+
+    def _precreate_labels(self) -> None:
+        for kind in ORIGIN_KINDS:
+            self._entries.labels(origin_kind=kind)
+        for reason in REJECT_REASONS:
+            self._rejected.labels(reason=reason)
+        for reason in DROP_REASONS:
+            self._dropped.labels(reason=reason)
+        for result in SYNC_RESULTS:
+            self._sync_rounds.labels(result=result)
+
+    def set_entries(self, own: int, remote: int) -> None:
+        self._entries.labels(origin_kind="own").set(own)
+        self._entries.labels(origin_kind="remote").set(remote)
+
+    def entries_applied(self, n: int = 1) -> None:
+        self._applied.inc(n)
+
+    def entries_rejected(self, reason: str, n: int = 1) -> None:
+        self._rejected.labels(reason=reason).inc(n)
+
+    def live_ops_received(self, n: int = 1) -> None:
+        self._live_ops.inc(n)
+
+    def backfill_entries_received(self, n: int = 1) -> None:
+        self._backfill.inc(n)
+
+    def sync_round(self, ok: bool, seconds: float) -> None:
+        """Count one anti-entropy round and record how long it took."""
+        self._sync_rounds.labels(result="ok" if ok else "failed").inc()
+        self._sync_seconds.observe(max(0.0, seconds))
+
+    def observe_apply_latency(self, seconds: float) -> None:
+        # Clocks of different hosts disagree; a negative latency means skew, not time travel.
+        self._apply_latency.observe(max(0.0, seconds))
+
+    def set_peers_connected(self, n: int) -> None:
+        self._peers.set(n)
+
+    def dropped(self, reason: str, n: int = 1) -> None:
+        self._dropped.labels(reason=reason).inc(n)
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,108 @@
+"""Signed, hash-chained log entries and their version-1 binary encoding.
+
+    offset  size  field
+    0       1     version (1)
+    1       32    origin: Ed25519 public key of the author
+    33      8     seq, big endian, from 0 per origin
+    41      32    prev: blake2b-256 of the origin's entry seq-1 (zeros for seq 0)
+    73      8     hlc, big endian
+    81      2     op length n, big endian (at most MAX_OP_BYTES)
+    83      n     op (canonical orjson, see ops.py)
+    83+n    64    Ed25519 signature by origin over bytes [0, 83+n)
+
+The hash of an entry is blake2b-256 over all its bytes, signature included,
+so the signature of the last entry of a contiguous run authenticates every
+entry before it through the prev links: a run costs one verify, not one per
+entry. Hashes are taken over the bytes as received, never re-encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from p2psync.core.errors import RemoteError
+from p2psync.core.ops import MAX_OP_BYTES
+
+ENTRY_VERSION = 1
+HASH_BYTES = 32
+SIG_BYTES = 64
+ZERO_HASH = bytes(HASH_BYTES)
+_HEADER = struct.Struct(">B32sQ32sQH")
+HEADER_BYTES = _HEADER.size  # 83
+MIN_ENTRY_BYTES = HEADER_BYTES + SIG_BYTES
+MAX_ENTRY_BYTES = HEADER_BYTES + MAX_OP_BYTES + SIG_BYTES
+MAX_SEQ = (1 << 48) - 1
+
+
+def entry_hash(raw: bytes) -> bytes:
+    return hashlib.blake2b(raw, digest_size=HASH_BYTES).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    origin: bytes
+    seq: int
+    prev: bytes
+    hlc: int
+    op: bytes
+    raw: bytes  # the exact encoded bytes, signature included
+
+    @property
+    def signed_part(self) -> bytes:
+        return self.raw[:-SIG_BYTES]
+
+    @property
+    def signature(self) -> bytes:
+        return self.raw[-SIG_BYTES:]
+
+    def hash(self) -> bytes:
+        return entry_hash(self.raw)
+
+
+def sign_entry(key: SigningKey, seq: int, prev: bytes, hlc: int, op: bytes) -> Entry:
+    origin = bytes(key.verify_key)
+    head = _HEADER.pack(ENTRY_VERSION, origin, seq, prev, hlc, len(op)) + op
+    raw = head + key.sign(head).signature
+    return Entry(origin, seq, prev, hlc, op, raw)
+
+
+def decode_entry(raw: bytes) -> Entry:
+    """Parse the structure of one entry (no signature or link check)."""
+    size = len(raw)
+    if size < MIN_ENTRY_BYTES:
+        raise RemoteError(f"entry of {size} bytes is too short", reason="malformed")
+    if size > MAX_ENTRY_BYTES:
+        raise RemoteError(f"entry of {size} bytes exceeds {MAX_ENTRY_BYTES}", reason="oversized")
+    version, origin, seq, prev, hlc, op_len = _HEADER.unpack_from(raw)
+    if version != ENTRY_VERSION:
+        raise RemoteError(f"unknown entry version {version}", reason="version")
+    if HEADER_BYTES + op_len + SIG_BYTES != size:
+        raise RemoteError("entry length does not match its op length", reason="malformed")
+    if seq > MAX_SEQ:
+        raise RemoteError(f"entry seq {seq} is out of range", reason="malformed")
+    if seq == 0 and prev != ZERO_HASH:
+        raise RemoteError("first entry of an origin must have a zero prev hash", reason="chain")
+    return Entry(origin, seq, prev, hlc, raw[HEADER_BYTES : HEADER_BYTES + op_len], raw)
+
+
+def verify_signature(entry: Entry, key_cache: dict[bytes, VerifyKey] | None = None) -> None:
+    key = key_cache.get(entry.origin) if key_cache is not None else None
+    if key is None:
+        try:
+            key = VerifyKey(entry.origin)
+        except Exception as exc:  # nacl raises several types for a bad point
+            raise RemoteError("entry origin is not an Ed25519 key", reason="signature") from exc
+        if key_cache is not None and len(key_cache) < 100_000:
+            key_cache[entry.origin] = key
+    try:
+        key.verify(entry.signed_part, entry.signature)
+    except BadSignatureError as exc:
+        raise RemoteError(
+            f"bad signature on entry seq {entry.seq} of origin {entry.origin.hex()[:16]}",
+            reason="signature",
+        ) from exc

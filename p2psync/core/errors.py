@@ -1,0 +1,31 @@
+"""Typed errors of the core, each saying who is to blame.
+
+Like h11's LocalProtocolError / RemoteProtocolError: a `RemoteError` means
+the bytes came from a peer and are wrong (drop them, count them, maybe score
+the peer down); a `LocalError` means this node was asked to do something
+impossible (tell the user).
+"""
+
+from __future__ import annotations
+
+
+class CoreError(Exception):
+    """Base of every error raised by p2psync.core."""
+
+    reason: str = "invalid"
+
+
+class RemoteError(CoreError):
+    """A peer sent something we must refuse. `reason` is a short metric label."""
+
+    def __init__(self, message: str, *, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class LocalError(CoreError):
+    """This node's own caller asked for something invalid."""
+
+    def __init__(self, message: str, *, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -1,0 +1,112 @@
+"""Recipe operations: the payload of a log entry, as canonical orjson.
+
+Every op names its recipe. Ops other than create also carry `c`, the seq of
+the author's create entry, so that anyone can check from the entry alone
+that `id == make_recipe_id(entry.origin, c)`: only the author can produce it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from p2psync.core.errors import LocalError, RemoteError
+
+OpKind = Literal["create", "update", "publish", "delete"]
+OP_KINDS: frozenset[str] = frozenset({"create", "update", "publish", "delete"})
+
+MAX_NAME_CHARS = 200
+MAX_INGREDIENTS_CHARS = 4000
+MAX_INSTRUCTIONS_CHARS = 8000
+MAX_OP_BYTES = 16 * 1024
+RECIPE_ID_CHARS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class RecipeFields:
+    name: str
+    ingredients: str
+    instructions: str
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    kind: OpKind
+    recipe_id: str
+    create_seq: int | None = None  # None for create: it is the entry's own seq
+    fields: RecipeFields | None = None  # for create and update
+
+
+def validate_fields(name: str, ingredients: str, instructions: str) -> RecipeFields:
+    """Check fields given by a local user; LocalError says what to fix."""
+    name = name.strip()
+    ingredients = ingredients.strip()
+    instructions = instructions.strip()
+    if not name:
+        raise LocalError("recipe name must not be empty")
+    for label, value, limit in (
+        ("name", name, MAX_NAME_CHARS),
+        ("ingredients", ingredients, MAX_INGREDIENTS_CHARS),
+        ("instructions", instructions, MAX_INSTRUCTIONS_CHARS),
+    ):
+        if len(value) > limit:
+            raise LocalError(f"recipe {label} is too long ({len(value)} > {limit} characters)")
+    return RecipeFields(name, ingredients, instructions)
+
+
+def encode_op(op: Op) -> bytes:
+    body: dict[str, Any] = {"k": op.kind, "id": op.recipe_id}
+    if op.create_seq is not None:
+        body["c"] = op.create_seq
+    if op.fields is not None:
+        body["n"] = op.fields.name
+        body["g"] = op.fields.ingredients
+        body["i"] = op.fields.instructions
+    data = orjson.dumps(body)
+    if len(data) > MAX_OP_BYTES:
+        raise LocalError(f"operation too large ({len(data)} > {MAX_OP_BYTES} bytes)")
+    return data
+
+
+def decode_op(data: bytes) -> Op:
+    """Parse an op from a peer's entry. RemoteError on anything unexpected."""
+    if len(data) > MAX_OP_BYTES:
+        raise RemoteError(f"op of {len(data)} bytes exceeds {MAX_OP_BYTES}", reason="oversized")
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise RemoteError(f"op is not JSON: {exc}", reason="malformed") from exc
+    if not isinstance(body, dict):
+        raise RemoteError("op is not a JSON object", reason="malformed")
+    kind = body.get("k")
+    recipe_id = body.get("id")
+    if kind not in OP_KINDS:
+        raise RemoteError(f"unknown op kind {kind!r}", reason="malformed")
+    if not isinstance(recipe_id, str) or len(recipe_id) != RECIPE_ID_CHARS:
+        raise RemoteError("op has no valid recipe id", reason="malformed")
+    create_seq = body.get("c")
+    if kind == "create":
+        if create_seq is not None:
+            raise RemoteError("create op must not carry a create seq", reason="malformed")
+    elif not isinstance(create_seq, int) or isinstance(create_seq, bool) or create_seq < 0:
+        raise RemoteError(f"{kind} op has no valid create seq", reason="malformed")
+    fields = None
+    if kind in ("create", "update"):
+        name, ingredients, instructions = body.get("n"), body.get("g"), body.get("i")
+        if not (
+            isinstance(name, str) and isinstance(ingredients, str) and isinstance(instructions, str)
+        ):
+            raise RemoteError(f"{kind} op lacks string fields", reason="malformed")
+        if (
+            len(name) > MAX_NAME_CHARS
+            or len(ingredients) > MAX_INGREDIENTS_CHARS
+            or len(instructions) > MAX_INSTRUCTIONS_CHARS
+        ):
+            raise RemoteError(f"{kind} op field too long", reason="oversized")
+        fields = RecipeFields(name, ingredients, instructions)
+    extra = set(body) - {"k", "id", "c", "n", "g", "i"}
+    if extra:
+        raise RemoteError(f"op has unknown keys {sorted(extra)}", reason="malformed")
+    return Op(kind, recipe_id, create_seq, fields)

@@ -1,0 +1,95 @@
+"""The recipe book: a state-based CRDT folded from log entries.
+
+Only a recipe's author writes it (checked before merge, see ops.py), so the
+author's own HLC order decides: fields are last-writer-wins by (hlc, seq),
+published is a flag that once set stays set, and delete is a tombstone that
+hides the recipe for good. Each rule is a max or an or, hence commutative,
+associative and idempotent: any arrival order, with any duplicates, gives the
+same state, which is what lets every node converge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+import orjson
+
+from p2psync.core.entry import Entry
+from p2psync.core.ids import make_recipe_id, peer_id_from_public_key
+from p2psync.core.ops import Op, RecipeFields
+
+DIGEST_BYTES = 16
+
+
+@dataclass(frozen=True, slots=True)
+class RecipeState:
+    id: str
+    author: bytes
+    create_seq: int  # seq of the author's create entry; every later op names it
+    fields: RecipeFields | None  # None until a create or update has been seen
+    fields_version: tuple[int, int]  # (hlc, seq) of the op that set `fields`
+    published: bool
+    deleted: bool
+    updated: int  # greatest hlc of any op merged
+
+    @property
+    def visible(self) -> bool:
+        return self.fields is not None and not self.deleted
+
+
+def is_by_author(entry: Entry, op: Op) -> bool:
+    """True when the op's recipe id was made by this entry's origin."""
+    create_seq = entry.seq if op.kind == "create" else op.create_seq
+    assert create_seq is not None  # decode_op guarantees it for non-create ops
+    return op.recipe_id == make_recipe_id(entry.origin, create_seq)
+
+
+def merge(state: RecipeState | None, entry: Entry, op: Op) -> RecipeState:
+    """Fold one authorised op into a recipe's state (pure, order-independent)."""
+    if state is None:
+        create_seq = entry.seq if op.kind == "create" else op.create_seq
+        assert create_seq is not None
+        state = RecipeState(
+            id=op.recipe_id,
+            author=entry.origin,
+            create_seq=create_seq,
+            fields=None,
+            fields_version=(-1, -1),
+            published=False,
+            deleted=False,
+            updated=0,
+        )
+    fields, version = state.fields, state.fields_version
+    if op.fields is not None and (entry.hlc, entry.seq) > version:
+        fields, version = op.fields, (entry.hlc, entry.seq)
+    return replace(
+        state,
+        fields=fields,
+        fields_version=version,
+        published=state.published or op.kind == "publish",
+        deleted=state.deleted or op.kind == "delete",
+        updated=max(state.updated, entry.hlc),
+    )
+
+
+def digest(visible_in_id_order: Iterable[RecipeState]) -> str:
+    """Hash of what a user sees: equal digests mean identical recipe books."""
+    hasher = hashlib.blake2b(digest_size=DIGEST_BYTES, person=b"p2psync-digest")
+    for recipe in visible_in_id_order:
+        assert recipe.fields is not None
+        hasher.update(
+            orjson.dumps(
+                [
+                    recipe.id,
+                    recipe.fields.name,
+                    recipe.fields.ingredients,
+                    recipe.fields.instructions,
+                    peer_id_from_public_key(recipe.author),
+                    recipe.published,
+                ]
+            )
+        )
+        hasher.update(b"\n")
+    return hasher.hexdigest()

@@ -1,0 +1,271 @@
+"""The node: the engine, the store and the metrics behind the NodeService API.
+
+It owns no tasks: the daemon (daemon.py) runs the loops. Every engine
+action is carried out here, synchronously and in order, so that the store
+has committed an entry before anyone is told about it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+from nacl.signing import SigningKey
+
+from p2psync.api.metrics import Metrics
+from p2psync.core.engine import (
+    Action,
+    Dropped,
+    EngineConfig,
+    Persist,
+    PublishLive,
+    QueryAnswered,
+    QueryReceived,
+    Rejected,
+    RoundFinished,
+    SendTo,
+    SyncEngine,
+)
+from p2psync.core.errors import LocalError
+from p2psync.core.hlc import wall_ms_of
+from p2psync.core.ids import make_recipe_id, peer_id_from_public_key
+from p2psync.core.ops import Op, OpKind, validate_fields
+from p2psync.core.progress import Progress
+from p2psync.core.recipes import RecipeState
+from p2psync.core.store import Store
+from p2psync.node.config import NodeConfig
+from p2psync.node.service import PeerView, RecipeView, StatusView, UserError
+
+log = logging.getLogger(__name__)
+
+
+class SystemTime:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+
+class Transport:
+    """What the node needs from the network; the daemon plugs libp2p in.
+
+    Without a network (tests, or before peers connect) sends go nowhere and
+    are counted as dropped.
+    """
+
+    def send(self, peer: str, data: bytes) -> bool:
+        return False
+
+    def publish_live(self, data: bytes) -> bool:
+        return False
+
+    def listen_addrs(self) -> list[str]:
+        return []
+
+    def peers(self) -> list[PeerView]:
+        return []
+
+
+class Node:
+    def __init__(
+        self,
+        config: NodeConfig,
+        signing_key: SigningKey,
+        store: Store,
+        metrics: Metrics,
+        *,
+        time_source: SystemTime | None = None,
+        origin_allowed: Callable[[bytes], bool] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.time = time_source or SystemTime()
+        self.transport = Transport()
+        self.engine = SyncEngine(
+            signing_key,
+            Progress(store.load_progress()),
+            store,
+            self.time,
+            EngineConfig(batch_size=config.batch_size, sync_interval=config.sync_interval),
+            last_hlc=store.last_hlc(),
+            origin_allowed=origin_allowed,
+        )
+        self.peer_id = peer_id_from_public_key(self.engine.me)
+        self.stop_requested = trio.Event()
+        self.changed = trio.Event()  # set after every commit, then replaced
+        self._refresh_entry_gauges()
+
+    # ------------------------------------------------------------ running actions
+
+    def run_actions(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Persist):
+                self._persist(action)
+            elif isinstance(action, SendTo):
+                if not self.transport.send(action.peer, action.data):
+                    self.metrics.dropped("send_failed")
+            elif isinstance(action, PublishLive):
+                if not self.transport.publish_live(action.data):
+                    # Nobody to tell, or the queue was full: anti-entropy repairs it.
+                    self.metrics.dropped("live_not_sent")
+            elif isinstance(action, Rejected):
+                log.info(
+                    "rejected %d entries from %s: %s", action.count, action.peer, action.detail
+                )
+                self.metrics.entries_rejected(action.reason, action.count)
+            elif isinstance(action, Dropped):
+                log.info("dropped a message from %s: %s", action.peer, action.detail)
+                self.metrics.dropped(action.reason)
+            elif isinstance(action, RoundFinished):
+                self.metrics.sync_round(action.ok, action.seconds)
+            elif isinstance(action, QueryReceived | QueryAnswered):
+                pass  # answered by the network layer once it exists
+
+    def _persist(self, persist: Persist) -> None:
+        self.store.commit(persist)
+        count = len(persist.entries)
+        self.metrics.entries_applied(count)
+        if persist.source == "live":
+            self.metrics.live_ops_received(count)
+        elif persist.source == "backfill":
+            self.metrics.backfill_entries_received(count)
+        if persist.source != "local":
+            now_ms = self.time.wall_ms()
+            for accepted in persist.entries:
+                self.metrics.observe_apply_latency(
+                    max(0.0, (now_ms - wall_ms_of(accepted.entry.hlc)) / 1000)
+                )
+        self._refresh_entry_gauges()
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def _refresh_entry_gauges(self) -> None:
+        own = self.engine.progress.count(self.engine.me)
+        self.metrics.set_entries(own, self.engine.progress.total() - own)
+
+    # ------------------------------------------------------------ local writes
+
+    def append(self, kind: OpKind, make_op: Callable[[int], Op]) -> RecipeState:
+        try:
+            _, op, actions = self.engine.append_local(make_op)
+        except LocalError as exc:
+            raise UserError(str(exc)) from exc
+        self.run_actions(actions)
+        state = self.store.recipe(op.recipe_id)
+        assert state is not None
+        return state
+
+    def _own_recipe(self, recipe_id: str) -> RecipeState:
+        state = self.store.recipe(recipe_id.strip())
+        if state is None or not state.visible:
+            raise UserError(f"no recipe with id {recipe_id!r}", status=404)
+        if state.author != self.engine.me:
+            raise UserError(
+                f"recipe {recipe_id} belongs to {peer_id_from_public_key(state.author)}; "
+                "only its author can change it",
+                status=403,
+            )
+        return state
+
+    # ------------------------------------------------------------ NodeService
+
+    def status(self) -> StatusView:
+        return StatusView(
+            peer_id=self.peer_id,
+            profile=self.config.profile,
+            data_dir=str(self.config.data_dir),
+            network=self.config.network,
+            listen_addrs=self.transport.listen_addrs(),
+            peers=sum(1 for p in self.transport.peers() if p.connected),
+            entries=self.engine.progress.total(),
+            recipes=len(self.store.visible_recipes()),
+            digest=self.store.digest(),
+        )
+
+    def list_recipes(self) -> list[RecipeView]:
+        return [recipe_view(state) for state in self.store.visible_recipes()]
+
+    async def create_recipe(self, name: str, ingredients: str, instructions: str) -> RecipeView:
+        try:
+            fields = validate_fields(name, ingredients, instructions)
+        except LocalError as exc:
+            raise UserError(str(exc)) from exc
+        me = self.engine.me
+
+        def make(seq: int) -> Op:
+            return Op("create", make_recipe_id(me, seq), None, fields)
+
+        return recipe_view(self.append("create", make))
+
+    async def publish_recipe(self, recipe_id: str) -> RecipeView:
+        state = self._own_recipe(recipe_id)
+        if state.published:
+            return recipe_view(state)
+        op = Op("publish", state.id, state.create_seq)
+        return recipe_view(self.append("publish", lambda _seq: op))
+
+    async def delete_recipe(self, recipe_id: str) -> None:
+        state = self._own_recipe(recipe_id)
+        op = Op("delete", state.id, state.create_seq)
+        self.append("delete", lambda _seq: op)
+
+    def list_peers(self) -> list[PeerView]:
+        return self.transport.peers()
+
+    def sync_progress(self) -> dict[str, dict[str, dict[str, int]]]:
+        progress = self.engine.progress
+        mine = {
+            peer_id_from_public_key(origin): {
+                "held": progress.count(origin),
+                "known": progress.count(origin),
+            }
+            for origin in progress.origins()
+            if progress.count(origin)
+        }
+        answer: dict[str, dict[str, dict[str, int]]] = {"self": mine}
+        for peer, claims in self.engine.peer_claims().items():
+            answer[peer] = {
+                peer_id_from_public_key(origin): {
+                    "held": count,
+                    "known": max(count, progress.count(origin)),
+                }
+                for origin, count in claims.items()
+            }
+        return answer
+
+    async def remote_published(
+        self, peer_prefix: str | None, timeout: float
+    ) -> dict[str, list[RecipeView]]:
+        connected = [p.peer_id for p in self.transport.peers() if p.connected]
+        if peer_prefix is not None:
+            matches = [p for p in connected if p.startswith(peer_prefix)]
+            if not matches:
+                raise UserError(f"no connected peer id starts with {peer_prefix!r}", status=404)
+            if len(matches) > 1:
+                raise UserError(f"{peer_prefix!r} matches {len(matches)} peers; type more of it")
+        return {}
+
+    async def stop(self) -> None:
+        self.stop_requested.set()
+
+
+def recipe_view(state: RecipeState) -> RecipeView:
+    assert state.fields is not None
+    return RecipeView(
+        id=state.id,
+        name=state.fields.name,
+        ingredients=state.fields.ingredients,
+        instructions=state.fields.instructions,
+        author=peer_id_from_public_key(state.author),
+        published=state.published,
+        updated=state.updated,
+    )
+
+
+def data_file(data_dir: Path) -> Path:
+    return data_dir / "p2psync.db"

@@ -1,0 +1,132 @@
+"""What the front ends (REPL, HTTP API) may ask of a running node.
+
+The REPL and the HTTP API are thin: they parse input, call one of these
+methods, and render the answer. All methods run inside the node's trio
+thread. Errors a user caused raise `UserError` (message is one line, shown
+as is); anything else is a bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class UserError(Exception):
+    """The user asked for something that cannot be done; the message says why."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status  # HTTP status the API should answer with (400, 403, 404, 409, 503)
+
+
+@dataclass(frozen=True, slots=True)
+class RecipeView:
+    id: str
+    name: str
+    ingredients: str
+    instructions: str
+    author: str  # peer id of the author (base58, "12D3KooW...")
+    published: bool
+    updated: int  # HLC of the last op applied to this recipe
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "ingredients": self.ingredients,
+            "instructions": self.instructions,
+            "author": self.author,
+            "published": self.published,
+            "updated": self.updated,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PeerView:
+    peer_id: str
+    addrs: list[str]
+    connected: bool
+    source: str  # "mdns" | "static" | "local" | "inbound"
+    state: str  # "connecting" | "connected" | "backing_off" | "failed" | "known"
+    syncs_ok: int
+    syncs_failed: int
+    last_sync: str | None  # ISO 8601 UTC
+    avg_sync_ms: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.peer_id,
+            "addrs": list(self.addrs),
+            "connected": self.connected,
+            "source": self.source,
+            "state": self.state,
+            "syncs_ok": self.syncs_ok,
+            "syncs_failed": self.syncs_failed,
+            "last_sync": self.last_sync,
+            "avg_sync_ms": self.avg_sync_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StatusView:
+    peer_id: str
+    profile: str | None
+    data_dir: str
+    network: str
+    listen_addrs: list[str]
+    peers: int
+    entries: int
+    recipes: int
+    digest: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.peer_id,
+            "profile": self.profile,
+            "data_dir": self.data_dir,
+            "network": self.network,
+            "listen_addrs": list(self.listen_addrs),
+            "peers": self.peers,
+            "entries": self.entries,
+            "recipes": self.recipes,
+            "digest": self.digest,
+        }
+
+
+class NodeService(Protocol):
+    """Implemented by p2psync.node.daemon.Node; faked in front-end tests."""
+
+    def status(self) -> StatusView: ...
+
+    def list_recipes(self) -> list[RecipeView]: ...
+
+    async def create_recipe(self, name: str, ingredients: str, instructions: str) -> RecipeView:
+        """Sign, persist (durably) and broadcast a create op. Raises UserError on bad fields."""
+        ...
+
+    async def publish_recipe(self, recipe_id: str) -> RecipeView:
+        """404 UserError if unknown, 403 if not ours."""
+        ...
+
+    async def delete_recipe(self, recipe_id: str) -> None:
+        """404 UserError if unknown, 403 if not ours."""
+        ...
+
+    def list_peers(self) -> list[PeerView]: ...
+
+    def sync_progress(self) -> dict[str, dict[str, dict[str, int]]]:
+        """{PEER: {ORIGIN: {"held": n, "known": m}}, "self": {ORIGIN: {...}}}."""
+        ...
+
+    async def remote_published(
+        self, peer_prefix: str | None, timeout: float
+    ) -> dict[str, list[RecipeView]]:
+        """Ask every connected peer (or the one whose id starts with peer_prefix)
+        for its published recipes; answer per peer id. UserError if the prefix
+        matches no or several peers."""
+        ...
+
+    async def stop(self) -> None:
+        """Ask the node to shut down gracefully (REPL `quit`)."""
+        ...

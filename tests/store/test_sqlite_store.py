@@ -1,0 +1,285 @@
+"""SqliteStore: same answers as MemoryStore, durable, atomic, clear errors."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyroaring import BitMap64
+
+import p2psync.store.sqlite as sqlite_module
+from p2psync.core.engine import Accepted, Persist
+from p2psync.core.entry import decode_entry, entry_hash
+from p2psync.core.ops import decode_op
+from p2psync.store.memory import MemoryStore
+from p2psync.store.sqlite import SCHEMA_VERSION, SqliteStore, StoreError
+from tests.store.store_helper import BATCH, entry_stream, persists
+
+HELPER = Path(__file__).with_name("store_helper.py")
+ROOT = Path(__file__).resolve().parents[2]
+ENTRIES = 1200
+
+
+@pytest.fixture(scope="module")
+def accepted() -> list[Accepted]:
+    return list(itertools.islice(entry_stream(7), ENTRIES))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    with SqliteStore.open(tmp_path / "store.db") as opened:
+        yield opened
+
+
+def _same_as_memory(store: SqliteStore, memory: MemoryStore) -> None:
+    assert store.entry_count() == memory.entry_count()
+    assert store.last_hlc() == memory.last_hlc()
+    assert store.load_progress() == memory.load_progress()
+    assert store.visible_recipes() == memory.visible_recipes()
+    assert store.digest() == memory.digest()
+    for recipe_id in memory.recipes:
+        assert store.recipe(recipe_id) == memory.recipe(recipe_id)
+    for (origin, seq), (raw, hash_, prev) in memory.log.items():
+        assert store.read_raw(origin, [seq]) == [raw]
+        assert store.entry_links(origin, [seq]) == {seq: (hash_, prev)}
+
+
+def _by_origin(items: list[Accepted]) -> dict[bytes, list[Accepted]]:
+    grouped: dict[bytes, list[Accepted]] = {}
+    for item in items:
+        grouped.setdefault(item.entry.origin, []).append(item)
+    return grouped
+
+
+def test_commits_read_back_like_memory_store_in_any_order(
+    tmp_path: Path, accepted: list[Accepted]
+) -> None:
+    in_order = MemoryStore()
+    for persist in persists(accepted):
+        in_order.commit(persist)
+    shuffled = list(accepted)
+    random.Random(3).shuffle(shuffled)
+    for name, items in (("ordered", accepted), ("shuffled", shuffled)):
+        memory = MemoryStore()
+        with SqliteStore.open(tmp_path / f"{name}.db") as store:
+            unknown_fields = False
+            for persist in persists(items):
+                memory.commit(persist)
+                store.commit(persist)
+                _same_as_memory(store, memory)
+                unknown_fields |= any(r.fields is None for r in memory.recipes.values())
+            assert store.digest() == in_order.digest()
+            assert store.entry_count() == ENTRIES
+            assert store.last_hlc() >= 1 << 63  # the stream holds wild hlcs
+            # Shuffled, some ops arrive before their create: fields unknown for a while.
+            assert unknown_fields == (name == "shuffled")
+
+
+def test_reads_in_batches_keep_order_and_refuse_missing(
+    store: SqliteStore, accepted: list[Accepted]
+) -> None:
+    for persist in persists(accepted):
+        store.commit(persist)
+    origin, items = next(iter(_by_origin(accepted).items()))
+    raws = {a.entry.seq: a.entry.raw for a in items}
+    top = max(raws)
+    for seqs in (
+        list(range(top + 1)),
+        list(range(top, -1, -1)),
+        [top, 0, 5, 4, 3, top - 1],  # far apart: several ranges
+        [0],
+        [],
+    ):
+        assert store.read_raw(origin, seqs) == [raws[s] for s in seqs]
+        links = store.entry_links(origin, [*seqs, top + 1, top + 500])
+        assert links == {s: (entry_hash(raws[s]), decode_entry(raws[s]).prev) for s in seqs}
+    with pytest.raises(KeyError, match="not held"):
+        store.read_raw(origin, [0, top + 1])
+    with pytest.raises(KeyError):
+        store.read_raw(b"\x01" * 32, [0])
+    assert store.entry_links(b"\x01" * 32, range(10)) == {}
+
+
+def test_reopen_keeps_everything(tmp_path: Path, accepted: list[Accepted]) -> None:
+    memory = MemoryStore()
+    path = tmp_path / "store.db"
+    with SqliteStore.open(path) as store:
+        for persist in persists(accepted):
+            memory.commit(persist)
+            store.commit(persist)
+        digest = store.digest()
+    with SqliteStore.open(path) as store:
+        _same_as_memory(store, memory)
+        assert store.digest() == digest
+
+
+def test_duplicates_are_idempotent(store: SqliteStore, accepted: list[Accepted]) -> None:
+    batches = list(persists(accepted))
+    for persist in batches:
+        store.commit(persist)
+    digest, count = store.digest(), store.entry_count()
+    recipes = store.visible_recipes()
+    for persist in reversed(batches):
+        store.commit(persist)
+    assert (store.digest(), store.entry_count()) == (digest, count)
+    assert store.visible_recipes() == recipes
+    # A batch of old and new entries counts only the new ones.
+    more = list(itertools.islice(entry_stream(7), ENTRIES + 10))
+    store.commit(next(persists(more[ENTRIES - 5 :], batch=100)))
+    assert store.entry_count() == ENTRIES + 10
+
+
+def test_failing_commit_writes_nothing(
+    store: SqliteStore, accepted: list[Accepted], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = list(persists(accepted[:500]))
+    store.commit(first)
+    before = (store.entry_count(), store.last_hlc(), store.digest(), store.load_progress())
+    recipes = store.visible_recipes()
+    calls = 0
+    real_merge = sqlite_module.merge
+
+    def failing_merge(*args: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls > 20:  # after the log rows went in, halfway through the recipes
+            raise RuntimeError("boom")
+        return real_merge(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite_module, "merge", failing_merge)
+    with pytest.raises(RuntimeError, match="boom"):
+        store.commit(second)
+    assert (store.entry_count(), store.last_hlc(), store.digest(), store.load_progress()) == before
+    assert store.visible_recipes() == recipes
+    entry = second.entries[0].entry
+    with pytest.raises(KeyError):
+        store.read_raw(entry.origin, [entry.seq])
+    with sqlite3.connect(store.path) as other:
+        assert other.execute("SELECT count(*) FROM log").fetchone()[0] == 250
+    other.close()
+    monkeypatch.undo()
+    store.commit(second)
+    assert store.entry_count() == 500
+
+
+def test_disk_full_is_a_clear_error_and_store_stays_usable(
+    store: SqliteStore, accepted: list[Accepted]
+) -> None:
+    first, *rest = persists(accepted)
+    store.commit(first)
+    before = (store.entry_count(), store.digest(), store.load_progress())
+    conn = store._conn
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages + 1}")  # a tiny "disk"
+    with pytest.raises(StoreError, match=r"disk is full.*nothing was written"):
+        store.commit(rest[0])
+    assert (store.entry_count(), store.digest(), store.load_progress()) == before
+    conn.execute("PRAGMA max_page_count = 1073741823")
+    store.commit(rest[0])
+    assert store.entry_count() == 2 * BATCH
+
+
+def test_read_only_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "ro.db"
+    SqliteStore.open(path).close()
+    path.chmod(0o444)
+    with SqliteStore.open(path) as store:
+        if os.geteuid() == 0:
+            # Root writes through file modes; query_only makes SQLite refuse
+            # writes with the same SQLITE_READONLY a read-only file gives.
+            store._conn.execute("PRAGMA query_only = ON")
+        persist = next(persists(entry_stream(99), batch=10))
+        with pytest.raises(StoreError, match=r"could not store 10 entries.*read-only"):
+            store.commit(persist)
+        assert store.entry_count() == 0 and store.load_progress() == {}
+        assert store.visible_recipes() == []
+
+
+def test_refuses_newer_schema_and_foreign_databases(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.db"
+    SqliteStore.open(newer).close()
+    with sqlite3.connect(newer) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        SqliteStore.open(newer)
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    with pytest.raises(StoreError, match="another program"):
+        SqliteStore.open(foreign)
+    (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError, match="not a database"):
+        SqliteStore.open(tmp_path / "junk.db")
+
+
+def _check_crash_survivor(path: Path, acknowledged: int, seed: int) -> None:
+    batches = list(itertools.islice(persists(entry_stream(seed)), acknowledged + 2))
+    with SqliteStore.open(path) as store:
+        count = store.entry_count()
+        progress = store.load_progress()
+        # All acknowledged batches, and at most the one being committed at the kill.
+        assert count in (BATCH * (acknowledged + 1), BATCH * (acknowledged + 2)), count
+        durable = batches[: count // BATCH]
+        for persist in durable:
+            for origin, items in _by_origin(list(persist.entries)).items():
+                seqs = [a.entry.seq for a in items]
+                assert store.read_raw(origin, seqs) == [a.entry.raw for a in items]
+        assert sum(len(b) for b in progress.values()) == count
+        expected: dict[bytes, BitMap64] = {}
+        for persist in durable:
+            expected.update(persist.progress)
+        assert progress == expected
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT count(*) FROM log").fetchone()[0] == count
+            rows = conn.execute("SELECT origin, seq, raw FROM log").fetchall()
+        conn.close()
+        held: dict[bytes, BitMap64] = {}
+        replayed: list[Accepted] = []
+        for origin, seq, raw in rows:
+            held.setdefault(origin, BitMap64()).add(seq)
+            entry = decode_entry(raw)
+            op = decode_op(entry.op) if b'"unknown"' not in entry.op else None
+            replayed.append(Accepted(entry, op))
+        assert held == progress
+        memory = MemoryStore()
+        memory.commit(Persist(tuple(replayed), {}, "backfill", None))
+        assert store.visible_recipes() == memory.visible_recipes()
+        assert store.digest() == memory.digest()
+        for recipe_id, state in memory.recipes.items():
+            assert store.recipe(recipe_id) == state
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_acknowledged_batches_survive_kill_9(tmp_path: Path, run: int) -> None:
+    path = tmp_path / "crash.db"
+    seed = 11 + run
+    child = subprocess.Popen(
+        [sys.executable, str(HELPER), "writer", str(path), str(seed)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert child.stdout is not None
+    acknowledged = -1
+    try:
+        for _ in range(2 + 3 * run):  # a different kill point each run
+            line = child.stdout.readline()
+            assert line, "writer died early"
+            acknowledged = int(line)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        rest = child.communicate(timeout=10)[0]
+    # Lines printed after our last read were acknowledged too.
+    acknowledged = max([acknowledged, *(int(x) for x in rest.split())])
+    assert child.returncode == -signal.SIGKILL
+    _check_crash_survivor(path, acknowledged, seed)
