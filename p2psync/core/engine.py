@@ -220,9 +220,12 @@ class SyncEngine:
         self.config = config or EngineConfig()
         # The store's greatest hlc may come from a peer with a wild clock; never
         # start further ahead of our own wall time than observe() would follow.
+        # Our own head entry, though, is ours and was capped when made: never
+        # start below it, or a wall clock set back would lose our next edits.
         ceiling = pack(time.wall_ms() + MAX_FORWARD_MS, 0)
-        self.clock = HybridClock(min(last_hlc, ceiling))
-        self._head_hash = head_hash if head_hash is not None else self._load_head_hash()
+        own_head = self._own_head()
+        self._head_hash = head_hash if head_hash is not None else own_head[0]
+        self.clock = HybridClock(max(min(last_hlc, ceiling), own_head[1]))
         self._origin_allowed = origin_allowed
         self._peers: dict[str, _Peer] = {}
         self._verify_keys: dict[bytes, VerifyKey] = {}
@@ -371,8 +374,15 @@ class SyncEngine:
         except RemoteError:
             return actions
         if entry.seq > 0 and not self.progress.has(entry.origin, entry.seq - 1):
-            # A gap: we missed earlier live entries. Ask whoever forwarded this one.
-            actions.extend(self.request_sync(peer))
+            # A gap: we missed earlier live entries. Ask the author if it is a
+            # direct peer, else any direct peer (gossip relays across hops).
+            state = self._peers.get(peer)
+            if state is not None and state.connected:
+                actions.extend(self.request_sync(peer))
+            else:
+                for other in self.connected_peers():
+                    actions.extend(self.request_sync(other))
+                    break
         return actions
 
     def _on_summary(self, peer: str, state: _Peer, message: protocol.SummaryMsg) -> list[Action]:
@@ -413,6 +423,7 @@ class SyncEngine:
         if (
             incoming.total_batches is not None
             and len(incoming.received_batches) >= incoming.total_batches
+            and all(n in incoming.received_batches for n in range(incoming.total_batches))
         ):
             actions.append(self._finish_incoming(peer, state, ok=True, detail=""))
             if state.resync_wanted:
@@ -585,12 +596,13 @@ class SyncEngine:
             return None
         return op
 
-    def _load_head_hash(self) -> bytes:
+    def _own_head(self) -> tuple[bytes, int]:
+        """Hash and hlc of the last entry of our own log (zero hash, 0 if none)."""
         seq = self.progress.next_seq(self.me) - 1
         if seq < 0:
-            return ZERO_HASH
-        links = self._reader.entry_links(self.me, [seq])
-        return links[seq][0] if seq in links else ZERO_HASH
+            return ZERO_HASH, 0
+        head = decode_entry(self._reader.read_raw(self.me, [seq])[0])
+        return head.hash(), head.hlc
 
 
 def _contiguous_runs(entries: list[Entry]) -> list[list[Entry]]:

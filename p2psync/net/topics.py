@@ -1,0 +1,45 @@
+"""Gossipsub topic names for one p2psync network.
+
+Every topic of a network shares the prefix ``/p2psync/<network>/v1/`` so that
+separate recipe books on one LAN (``--network``) never see each other's
+traffic, and a future wire format can move to ``v2`` side by side.
+
+- ``live_topic(network)``: every node publishes each new operation here.
+- ``sync_topic(network, a, b)``: anti-entropy between exactly two peers; the
+  name is built from the sorted pair, so both ends compute the same string
+  without agreeing on who goes first.
+- ``query_topic(network)``: ``ls r all`` requests, answered to the asker only.
+"""
+
+from __future__ import annotations
+
+VERSION = "v1"
+
+
+def _check_part(kind: str, value: str) -> str:
+    # A "/" inside a component would let two different inputs map to one
+    # topic name (network "a/b" vs. network "a" + suffix "b").
+    if not value or "/" in value or any(ch.isspace() for ch in value):
+        raise ValueError(f"invalid {kind} {value!r}: must be non-empty, no '/' or spaces")
+    return value
+
+
+def topic_prefix(network: str) -> str:
+    return f"/p2psync/{_check_part('network', network)}/{VERSION}"
+
+
+def live_topic(network: str) -> str:
+    return f"{topic_prefix(network)}/live"
+
+
+def sync_topic(network: str, peer_a: str, peer_b: str) -> str:
+    a = _check_part("peer id", peer_a)
+    b = _check_part("peer id", peer_b)
+    if a == b:
+        raise ValueError(f"a sync topic needs two different peers, got {a!r} twice")
+    low, high = sorted((a, b))
+    return f"{topic_prefix(network)}/sync/{low}/{high}"
+
+
+def query_topic(network: str) -> str:
+    return f"{topic_prefix(network)}/query"

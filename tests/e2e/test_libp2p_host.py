@@ -1,0 +1,210 @@
+"""The libp2p wrapper against real py-libp2p hosts on loopback, in one process."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import trio
+
+from p2psync.net.host import (
+    ConnectError,
+    Libp2pHost,
+    PeerEvent,
+    open_libp2p_host,
+)
+from p2psync.net.topics import live_topic, query_topic, sync_topic
+
+pytestmark = pytest.mark.e2e
+
+LOOPBACK = "127.0.0.1"
+
+
+def seed(name: str) -> bytes:
+    return hashlib.blake2b(name.encode(), digest_size=32).digest()
+
+
+def loopback_addr(host: Libp2pHost) -> str:
+    addrs = [a for a in host.listen_addrs() if a.startswith(f"/ip4/{LOOPBACK}/")]
+    assert addrs, host.listen_addrs()
+    return addrs[0]
+
+
+async def next_event(host: Libp2pHost, kind: str, peer_id: str) -> PeerEvent:
+    async for event in host.peer_events:
+        if event.kind == kind and event.peer_id == peer_id:
+            return event
+    raise AssertionError(f"event channel ended before {kind} {peer_id}")
+
+
+def test_topic_names() -> None:
+    a, b = "12D3KooWA", "12D3KooWB"
+    assert (
+        sync_topic("n", a, b) == sync_topic("n", b, a) == "/p2psync/n/v1/sync/12D3KooWA/12D3KooWB"
+    )
+    assert live_topic("n") == "/p2psync/n/v1/live"
+    assert query_topic("n") == "/p2psync/n/v1/query"
+    assert live_topic("n") != live_topic("m")
+    with pytest.raises(ValueError):
+        live_topic("a/b")
+    with pytest.raises(ValueError):
+        sync_topic("n", a, a)
+
+
+async def test_same_seed_same_peer_id_and_real_addrs() -> None:
+    with trio.fail_after(10):
+        async with open_libp2p_host(seed("alice"), "0.0.0.0", 0) as h1:
+            first = h1.peer_id
+            addrs = h1.listen_addrs()
+        async with open_libp2p_host(seed("alice"), LOOPBACK, 0) as h2:
+            assert h2.peer_id == first
+        async with open_libp2p_host(seed("bob"), LOOPBACK, 0) as h3:
+            assert h3.peer_id != first
+    assert addrs
+    assert f"/ip4/{LOOPBACK}/tcp/" in " ".join(addrs)
+    for addr in addrs:
+        assert "0.0.0.0" not in addr
+        assert addr.endswith(f"/p2p/{first}")
+
+
+async def test_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        async with open_libp2p_host(b"short", LOOPBACK, 0):
+            pass
+    with pytest.raises(ValueError):
+        async with open_libp2p_host(seed("x"), "localhost", 0):
+            pass
+
+
+async def test_gossip_connect_publish_disconnect_shutdown() -> None:
+    topic = live_topic("test")
+    received: list[tuple[str, bytes]] = []
+    with trio.fail_after(20):
+        async with (
+            open_libp2p_host(seed("a"), LOOPBACK, 0) as a,
+            open_libp2p_host(seed("b"), LOOPBACK, 0) as b,
+            open_libp2p_host(seed("c"), LOOPBACK, 0) as c,
+        ):
+            assert await a.connect(loopback_addr(b)) == b.peer_id
+            assert await c.connect(loopback_addr(b)) == b.peer_id
+            assert (await next_event(a, "connected", b.peer_id)).direction == "outbound"
+            await next_event(b, "connected", a.peer_id)
+            await next_event(b, "connected", c.peer_id)
+            assert a.connected_peers() == [b.peer_id]
+            assert sorted(b.connected_peers()) == sorted([a.peer_id, c.peer_id])
+
+            sub_a = await a.subscribe(topic)
+            sub_b = await b.subscribe(topic)
+            sub_c = await c.subscribe(topic)
+            await a.wait_for_topic_peer(topic, b.peer_id, 5)
+            await a.wait_for_mesh_peer(topic, b.peer_id, 5)
+            await c.wait_for_mesh_peer(topic, b.peer_id, 5)
+            await b.wait_for_mesh_peer(topic, a.peer_id, 5)
+            await b.wait_for_mesh_peer(topic, c.peer_id, 5)
+            assert a.peers_in_topic(topic) == [b.peer_id]
+
+            # Published in a burst: publish() must pace itself against the
+            # 32-slot per-peer queue instead of letting libp2p drop.
+            sent = [f"op-{i}".encode() for i in range(200)]
+            for payload in sent:
+                result = await a.publish(topic, payload)
+                assert result, result
+            received = []
+            async for message in sub_b:
+                received.append(tuple(message))
+                if len(received) == len(sent):
+                    break
+            relayed = []
+            async for message in sub_c:  # c is not connected to a: b forwards
+                relayed.append(message.data)
+                if len(relayed) == len(sent):
+                    break
+            assert relayed == sent
+            assert a.drop_counts() == {}
+            assert b.drop_counts() == {}
+            # Our own messages are not echoed to us.
+            assert sub_a.statistics().current_buffer_used == 0
+
+            assert await a.ping(b.peer_id, timeout=5) is not None
+            assert await a.ping(c.peer_id, timeout=1) is None  # not connected
+
+            too_big = await a.publish(topic, b"x" * (a.max_payload_bytes + 1))
+            assert not too_big and too_big.reason == "oversized"
+            lonely = await a.publish(query_topic("test"), b"anyone?")
+            assert not lonely and lonely.reason == "no_peers"
+            assert a.drop_counts() == {"publish_oversized": 1}
+
+            await a.disconnect(b.peer_id)
+            await next_event(a, "disconnected", b.peer_id)
+            await next_event(b, "disconnected", a.peer_id)
+            # Neither side may dial the other back on its own (py-libp2p's
+            # pubsub would, see Libp2pHost._guard_dials).
+            await trio.sleep(0.3)
+            assert a.connected_peers() == []
+            assert b.connected_peers() == [c.peer_id]
+
+            with pytest.raises(ConnectError):
+                await a.connect(f"/ip4/{LOOPBACK}/tcp/1/p2p/{c.peer_id}", timeout=3)
+            with pytest.raises(ValueError):
+                await a.connect(f"/ip4/{LOOPBACK}/tcp/1")
+            # c stays connected to b through the shutdown: the wrapper must
+            # disconnect it itself before pubsub stops.
+            await a.unsubscribe(topic)
+            async for _ in sub_a:
+                raise AssertionError("no message expected after unsubscribe")
+    assert [data for _, data in received] == sent
+    assert {sender for sender, _ in received} == {a.peer_id}
+
+
+async def test_every_message_is_delivered_or_counted() -> None:
+    # With timeout=0 publish() refuses instead of waiting, and the reader's
+    # buffer is tiny: what is neither delivered nor counted was lost silently.
+    topic = "/p2psync/test/v1/burst"
+    with trio.fail_after(10):
+        async with (
+            open_libp2p_host(seed("burst-a"), LOOPBACK, 0) as a,
+            open_libp2p_host(seed("burst-b"), LOOPBACK, 0) as b,
+        ):
+            await a.connect(loopback_addr(b))
+            await a.subscribe(topic)
+            sub_b = await b.subscribe(topic, buffer=10)
+            with pytest.raises(ValueError):
+                await b.subscribe(topic)
+            await a.wait_for_mesh_peer(topic, b.peer_id, 5)
+            results = [await a.publish(topic, b"%d" % i, timeout=0) for i in range(300)]
+            queued = sum(1 for r in results if r)
+            refused = [r.reason for r in results if not r]
+            assert refused and set(refused) == {"queue_full"}
+            assert a.drop_counts().get("publish_queue_full") == len(refused)
+
+            def accounted() -> int:
+                lost_sending = sum(n for k, n in a.drop_counts().items() if k.startswith("send_"))
+                in_buffer = sub_b.statistics().current_buffer_used
+                return in_buffer + b.drop_counts().get("recv_buffer_full", 0) + lost_sending
+
+            while accounted() < queued:
+                await trio.sleep(0.01)
+            assert accounted() == queued
+
+
+async def test_stream_protocol_roundtrip() -> None:
+    protocol = "/p2psync-test/echo/1.0.0"
+
+    async def echo(stream: object) -> None:
+        data = await stream.read(1024)  # type: ignore[attr-defined]
+        await stream.write(data[::-1])  # type: ignore[attr-defined]
+        await stream.close()  # type: ignore[attr-defined]
+
+    with trio.fail_after(10):
+        async with (
+            open_libp2p_host(seed("s1"), LOOPBACK, 0) as s1,
+            open_libp2p_host(seed("s2"), LOOPBACK, 0) as s2,
+        ):
+            s2.set_stream_handler(protocol, echo)
+            with pytest.raises(ConnectError):
+                await s1.open_stream(s2.peer_id, protocol)  # never dials
+            await s1.connect(loopback_addr(s2))
+            stream = await s1.open_stream(s2.peer_id, protocol)
+            await stream.write(b"hello")
+            assert await stream.read(1024) == b"olleh"
+            await stream.close()
