@@ -12,28 +12,42 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
+
+# `*_created` series double the exposition for no use on a dashboard.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Label values created up front so dashboards and tests see them at 0 before
 # the first event; other values are still accepted when they occur.
 ORIGIN_KINDS = ("own", "remote")
-REJECT_REASONS = (
-    "bad_signature",
-    "wrong_origin",
-    "conflict",
-    "bad_link",
+REJECT_REASONS = (  # the RemoteError reasons of p2psync.core, one label each
+    "signature",
+    "chain",
+    "fork",
     "not_author",
+    "bad_op",
+    "not_allowed",
     "malformed",
+    "oversized",
+    "version",
 )
 DROP_REASONS = (
-    "queue_full",
-    "too_large",
     "send_failed",
+    "live_not_sent",
+    "publish_queue_full",
+    "publish_mesh_pending",
+    "publish_no_peers",
+    "publish_oversized",
+    "ack_timeout",
     "malformed",
-    "unknown_version",
-    "refused",
-    "rate_limited",
+    "oversized",
+    "version",
+    "unknown_kind",
+    "bitmap",
+    "wrong_sender",
+    "peer_refused",
 )
 SYNC_RESULTS = ("ok", "failed")
 

@@ -83,6 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataDirBusy, NoFreeProfile, IdentityError) as error:
         _print_error(str(error))
         return EXIT_FAILURE
+    except OSError as error:
+        # An unusable data dir or data root: say which path and why, no trace.
+        where = f" ({error.filename})" if error.filename else ""
+        _print_error(f"{error.strerror or error}{where}")
+        return EXIT_FAILURE
 
 
 def entrypoint() -> None:

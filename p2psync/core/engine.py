@@ -283,7 +283,20 @@ class SyncEngine:
         persist = Persist(tuple(accepted), {self.me: held}, "local", None)
         return [a.op for a in accepted if a.op is not None], [persist, *live]
 
-    # ------------------------------------------------------------ peer lifecycle
+    def persist_failed(self, persist: Persist) -> None:
+        """The driver could not write `persist`: forget what it claimed.
+
+        Without this, a later successful commit would store progress bitmaps
+        claiming entries that never reached the log.
+        """
+        for accepted in persist.entries:
+            entry = accepted.entry
+            self.progress.held(entry.origin).discard(entry.seq)
+        own = [a.entry for a in persist.entries if a.entry.origin == self.me]
+        if own:
+            first = min(own, key=lambda e: e.seq)
+            if self.progress.next_seq(self.me) <= first.seq:
+                self._head_hash = first.prev
 
     def peer_connected(self, peer: str) -> list[Action]:
         state = self._peers.setdefault(peer, _Peer())

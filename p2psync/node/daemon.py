@@ -33,8 +33,10 @@ from p2psync.core.ops import Op, OpKind, RecipeFields
 from p2psync.node.config import NodeConfig
 from p2psync.node.generator import WorkloadGenerator
 from p2psync.node.identity import load_or_create_seed
+from p2psync.node.network import serve_network
 from p2psync.node.node import Node, data_file
 from p2psync.node.profiles import DataDirLock
+from p2psync.node.service import UserError
 from p2psync.store.sqlite import SqliteStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ async def run_node(config: NodeConfig, *, lock: DataDirLock) -> int:
         say(f"peer id {node.peer_id}")
         say(f"data dir {config.data_dir} ({node.engine.progress.total()} entries)")
         async with trio.open_nursery() as nursery:
-            await _start_services(nursery, node, config, metrics)
+            await _start_services(nursery, node, config, metrics, seed)
             await node.stop_requested.wait()
             say("stopping")
             nursery.cancel_scope.cancel()
@@ -72,10 +74,13 @@ async def run_node(config: NodeConfig, *, lock: DataDirLock) -> int:
 
 
 async def _start_services(
-    nursery: trio.Nursery, node: Node, config: NodeConfig, metrics: Metrics
+    nursery: trio.Nursery, node: Node, config: NodeConfig, metrics: Metrics, seed: bytes
 ) -> None:
     nursery.start_soon(_stop_on_signals, node)
     nursery.start_soon(_tick_forever, node)
+    addrs = await nursery.start(serve_network, node, config, metrics, seed)
+    for addr in addrs:
+        say(f"listening on {addr}")
     if config.api_port is not None:
         app = make_api_app(node, metrics, token=config.api_token)
         port = await nursery.start(serve_http, app, config.api_host, config.api_port)
@@ -155,7 +160,10 @@ def _generate(
                 )
             )
     _, actions = node.engine.append_local_many(makers, publish=publish)
-    node.run_actions(actions)
+    try:
+        node.run_actions(actions)
+    except UserError as exc:
+        say(f"workload generator paused: {exc}")
 
 
 def _create_op(me: bytes, made: list[tuple[str, int]], fields: RecipeFields, seq: int) -> Op:

@@ -38,6 +38,7 @@ from p2psync.core.recipes import RecipeState
 from p2psync.core.store import Store
 from p2psync.node.config import NodeConfig
 from p2psync.node.service import PeerView, RecipeView, StatusView, UserError
+from p2psync.store.sqlite import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,19 @@ class Transport:
     def peers(self) -> list[PeerView]:
         return []
 
+    def on_action(self, action: object) -> None:
+        """Network-level actions (queries); nothing to do without a network."""
+
+    def round_finished(self, peer: str, ok: bool, seconds: float) -> None:
+        pass
+
+    async def remote_published(
+        self, peer_prefix: str | None, timeout: float
+    ) -> dict[str, list[RecipeView]]:
+        if peer_prefix is not None:
+            raise UserError(f"no connected peer id starts with {peer_prefix!r}", status=404)
+        return {}
+
 
 class Node:
     def __init__(
@@ -97,6 +111,7 @@ class Node:
         )
         self.peer_id = peer_id_from_public_key(self.engine.me)
         self.stop_requested = trio.Event()
+        self.store_error: str | None = None
         self.changed = trio.Event()  # set after every commit, then replaced
         self._refresh_entry_gauges()
 
@@ -123,11 +138,29 @@ class Node:
                 self.metrics.dropped(action.reason)
             elif isinstance(action, RoundFinished):
                 self.metrics.sync_round(action.ok, action.seconds)
+                self.transport.round_finished(action.peer, action.ok, action.seconds)
             elif isinstance(action, QueryReceived | QueryAnswered):
-                pass  # answered by the network layer once it exists
+                self.transport.on_action(action)
+
+    def attach_transport(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def detach_transport(self) -> None:
+        self.transport = Transport()
 
     def _persist(self, persist: Persist) -> None:
-        self.store.commit(persist)
+        try:
+            self.store.commit(persist)
+        except StoreError as exc:
+            self.engine.persist_failed(persist)
+            self.metrics.dropped("store_failed")
+            log.error("%s", exc)
+            if persist.source == "local":
+                raise UserError(f"not saved: {exc}", status=503) from exc
+            # Received entries: anti-entropy brings them again once the store recovers.
+            self.store_error = str(exc)
+            return
+        self.store_error = None
         count = len(persist.entries)
         self.metrics.entries_applied(count)
         if persist.source == "live":
@@ -241,14 +274,7 @@ class Node:
     async def remote_published(
         self, peer_prefix: str | None, timeout: float
     ) -> dict[str, list[RecipeView]]:
-        connected = [p.peer_id for p in self.transport.peers() if p.connected]
-        if peer_prefix is not None:
-            matches = [p for p in connected if p.startswith(peer_prefix)]
-            if not matches:
-                raise UserError(f"no connected peer id starts with {peer_prefix!r}", status=404)
-            if len(matches) > 1:
-                raise UserError(f"{peer_prefix!r} matches {len(matches)} peers; type more of it")
-        return {}
+        return await self.transport.remote_published(peer_prefix, timeout)
 
     async def stop(self) -> None:
         self.stop_requested.set()

@@ -39,6 +39,7 @@ class NodeProcess:
     """A `p2psync run` child with its API on an ephemeral port."""
 
     def __init__(self, data_root: Path, args: list[str], *, stdin_pipe: bool = False) -> None:
+        data_root.mkdir(parents=True, exist_ok=True)
         self.stderr_path = data_root / f"stderr-{time.monotonic_ns()}.log"
         self._stderr = self.stderr_path.open("w")
         self.proc = subprocess.Popen(

@@ -1,0 +1,421 @@
+"""Puts a node on the network: libp2p host, topics, discovery, peer sessions.
+
+Task tree (all under the nursery of `serve_network`):
+
+    serve_network
+      ├─ live reader         live topic -> engine.live_received
+      ├─ live sender         PublishLive actions, paced through one channel
+      ├─ query reader        `ls r all` requests -> answer on the pair topic
+      ├─ peer events         connect / disconnect -> start / cancel sessions
+      ├─ session per peer    pair-topic reader + sender + health check
+      ├─ static dialers      one per --peer, exponential backoff with jitter
+      ├─ local discovery     <data root>/run/<network>/*.json
+      └─ mDNS                zeroconf, unless --no-mdns
+
+Engine actions are synchronous; sends are queued into bounded channels
+drained by sender tasks, and a full channel is a counted drop that the next
+anti-entropy round repairs (SPEC invariant 5).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from p2psync.api.metrics import Metrics
+from p2psync.core import protocol
+from p2psync.core.engine import QueryAnswered, QueryReceived
+from p2psync.core.ids import InvalidPeerId, public_key_from_peer_id
+from p2psync.net.host import ConnectError, Libp2pHost, PeerEvent, open_libp2p_host
+from p2psync.net.local import serve_local_discovery
+from p2psync.net.topics import live_topic, query_topic, sync_topic
+from p2psync.node.config import NodeConfig
+from p2psync.node.node import Node, Transport
+from p2psync.node.peers import PeerTable
+from p2psync.node.service import PeerView, RecipeView, UserError
+
+log = logging.getLogger(__name__)
+
+OUTBOX_SIZE = 64
+LIVE_OUTBOX_SIZE = 1024
+MESH_WAIT_SECONDS = 10.0
+HEALTH_INTERVAL = 2.0
+HEALTH_TIMEOUT = 3.0
+HEALTH_FAILURES = 2
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 30.0
+TIE_BREAK_DELAY = 2.0
+PUBLISH_TIMEOUT = 5.0
+
+
+def backoff_delay(failures: int, rng: random.Random) -> float:
+    """Exponential, capped, with full jitter on the upper half."""
+    ceiling = min(BACKOFF_MAX, BACKOFF_BASE * (2 ** min(failures, 16)))
+    return float(ceiling / 2 + rng.random() * ceiling / 2)
+
+
+@dataclass
+class _Session:
+    peer_id: str
+    topic: str
+    outbox_send: trio.MemorySendChannel[bytes]
+    outbox_receive: trio.MemoryReceiveChannel[bytes]
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    ready: bool = False
+
+
+@dataclass
+class _PendingQuery:
+    answers: dict[str, list[dict[str, object]]]
+    expected: set[str]
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class NetworkTransport(Transport):
+    """The node's window onto libp2p; all methods run in the trio thread."""
+
+    def __init__(self, node: Node, host: Libp2pHost, config: NodeConfig, metrics: Metrics) -> None:
+        self.node = node
+        self.host = host
+        self.config = config
+        self.metrics = metrics
+        self.table = PeerTable()
+        self.sessions: dict[str, _Session] = {}
+        self.live_send, self.live_receive = trio.open_memory_channel[bytes](LIVE_OUTBOX_SIZE)
+        self.dialing: set[str] = set()
+        self.queries: dict[int, _PendingQuery] = {}
+        self.rng = random.Random()
+        self.nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------ Transport
+
+    def send(self, peer: str, data: bytes) -> bool:
+        session = self.sessions.get(peer)
+        if session is None or not session.ready:
+            return False
+        try:
+            session.outbox_send.send_nowait(data)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def publish_live(self, data: bytes) -> bool:
+        if not self.table.connected_ids():
+            return False
+        try:
+            self.live_send.send_nowait(data)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def listen_addrs(self) -> list[str]:
+        return self.host.listen_addrs()
+
+    def peers(self) -> list[PeerView]:
+        return self.table.views()
+
+    def on_action(self, action: object) -> None:
+        if isinstance(action, QueryReceived):
+            self._answer_query(action.peer, action.query_id)
+        elif isinstance(action, QueryAnswered):
+            pending = self.queries.get(action.query_id)
+            if pending is not None and action.peer in pending.expected:
+                pending.answers[action.peer] = action.recipes
+                if set(pending.answers) >= pending.expected:
+                    pending.done.set()
+
+    def round_finished(self, peer: str, ok: bool, seconds: float) -> None:
+        self.table.round_finished(peer, ok, seconds)
+
+    # ------------------------------------------------------------ discovery
+
+    def discovered(self, peer_id: str, addrs: list[str], source: str) -> None:
+        if peer_id == self.host.peer_id or not self._allowed(peer_id):
+            return
+        record = self.table.learn(peer_id, addrs, source)
+        if record.connected or peer_id in self.dialing or self.nursery is None:
+            return
+        # Both sides usually discover each other at once; the smaller id dials
+        # first and the other only if nothing happened after a short delay.
+        delay = 0.0 if self.host.peer_id < peer_id else TIE_BREAK_DELAY
+        self.dialing.add(peer_id)
+        self.nursery.start_soon(self._dial_discovered, peer_id, delay)
+
+    def _allowed(self, peer_id: str) -> bool:
+        allow = self.config.allow_peers
+        return not allow or peer_id in allow
+
+    async def _dial_discovered(self, peer_id: str, delay: float) -> None:
+        try:
+            await trio.sleep(delay)
+            record = self.table.get(peer_id)
+            if record is None or record.connected:
+                return
+            if record.state == "backing_off":
+                return
+            for addr in list(record.addrs):
+                if peer_id in self.sessions:
+                    return
+                self.table.set_state(peer_id, "connecting")
+                try:
+                    await self.host.connect(addr, timeout=5)
+                    return
+                except (ConnectError, ValueError) as exc:
+                    log.info("dial %s failed: %s", addr, exc)
+            self.table.set_state(peer_id, "failed")
+        finally:
+            self.dialing.discard(peer_id)
+
+    async def dial_static(self, multiaddr: str) -> None:
+        """Keep one static peer connected, re-dialing with backoff."""
+        peer_id = multiaddr.rsplit("/p2p/", 1)[-1]
+        self.table.learn(peer_id, [multiaddr], "static")
+        failures = 0
+        while True:
+            record = self.table.get(peer_id)
+            if record is not None and record.connected:
+                failures = 0
+                await trio.sleep(1.0)
+                continue
+            self.table.set_state(peer_id, "connecting")
+            try:
+                await self.host.connect(multiaddr, timeout=5)
+                failures = 0
+                await trio.sleep(1.0)
+                continue
+            except (ConnectError, ValueError) as exc:
+                failures += 1
+                log.info("static peer %s unreachable: %s", multiaddr, exc)
+            self.table.set_state(peer_id, "backing_off")
+            await trio.sleep(backoff_delay(failures, self.rng))
+
+    # ------------------------------------------------------------ sessions
+
+    async def watch_peer_events(self, nursery: trio.Nursery) -> None:
+        async for event in self.host.peer_events:
+            self._on_peer_event(event, nursery)
+
+    def _on_peer_event(self, event: PeerEvent, nursery: trio.Nursery) -> None:
+        peer = event.peer_id
+        if event.kind == "connected":
+            if not self._allowed(peer) or not _is_ed25519(peer):
+                self.metrics.dropped("peer_refused")
+                nursery.start_soon(self.host.disconnect, peer)
+                return
+            self.table.learn(peer, [event.addr] if event.addr else [], "inbound")
+            self.table.set_state(peer, "connected")
+            if peer not in self.sessions:
+                send, receive = trio.open_memory_channel[bytes](OUTBOX_SIZE)
+                topic = sync_topic(self.config.network, self.host.peer_id, peer)
+                session = _Session(peer, topic, send, receive)
+                self.sessions[peer] = session
+                nursery.start_soon(self._run_session, session)
+        else:
+            if peer in self.host.connected_peers():
+                return  # another connection to it is still up
+            self.table.set_state(peer, "known")
+            existing = self.sessions.get(peer)
+            if existing is not None:
+                existing.cancel.cancel()
+        self.metrics.set_peers_connected(len(self.table.connected_ids()))
+
+    async def _run_session(self, session: _Session) -> None:
+        peer = session.peer_id
+        try:
+            with session.cancel:
+                receive = await self.host.subscribe(session.topic)
+                try:
+                    with trio.move_on_after(MESH_WAIT_SECONDS):
+                        await self.host.wait_for_mesh_peer(session.topic, peer, MESH_WAIT_SECONDS)
+                    session.ready = True
+                    self.node.run_actions(self.node.engine.peer_connected(peer))
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._session_sender, session)
+                        nursery.start_soon(self._health_check, session)
+                        async for received in receive:
+                            if received.sender != peer:
+                                self.metrics.dropped("wrong_sender")
+                                continue
+                            self.node.run_actions(
+                                self.node.engine.message_received(peer, received.data)
+                            )
+                        nursery.cancel_scope.cancel()
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(2):
+                        await self.host.unsubscribe(session.topic)
+        finally:
+            session.ready = False
+            if self.sessions.get(peer) is session:
+                del self.sessions[peer]
+            self.node.run_actions(self.node.engine.peer_disconnected(peer))
+            self.metrics.set_peers_connected(len(self.table.connected_ids()))
+
+    async def _session_sender(self, session: _Session) -> None:
+        async for data in session.outbox_receive:
+            result = await self.host.publish(session.topic, data, timeout=PUBLISH_TIMEOUT)
+            if not result:
+                self.metrics.dropped(f"publish_{result.reason}")
+
+    async def _health_check(self, session: _Session) -> None:
+        """Notice a peer that vanished without closing its connection."""
+        failures = 0
+        while True:
+            await trio.sleep(HEALTH_INTERVAL)
+            rtt = await self.host.ping(session.peer_id, timeout=HEALTH_TIMEOUT)
+            failures = 0 if rtt is not None else failures + 1
+            if failures >= HEALTH_FAILURES:
+                log.info("peer %s stopped answering pings; disconnecting", session.peer_id)
+                self.table.set_state(session.peer_id, "failed")
+                session.cancel.cancel()
+                with trio.move_on_after(2):
+                    await self.host.disconnect(session.peer_id)
+                return
+
+    # ------------------------------------------------------------ live topic
+
+    async def run_live_reader(self) -> None:
+        receive = await self.host.subscribe(live_topic(self.config.network))
+        async for received in receive:
+            self.node.run_actions(self.node.engine.live_received(received.sender, received.data))
+
+    async def run_live_sender(self) -> None:
+        topic = live_topic(self.config.network)
+        async for data in self.live_receive:
+            result = await self.host.publish(topic, data, timeout=PUBLISH_TIMEOUT)
+            if not result:
+                self.metrics.dropped(f"publish_{result.reason}")
+
+    # ------------------------------------------------------------ queries
+
+    async def run_query_reader(self) -> None:
+        receive = await self.host.subscribe(query_topic(self.config.network))
+        async for received in receive:
+            self.node.run_actions(self.node.engine.message_received(received.sender, received.data))
+
+    def _answer_query(self, peer: str, query_id: int) -> None:
+        recipes = [r.to_json() for r in self.node.list_recipes() if r.published]
+        reply = protocol.QueryReply(query_id, recipes[: protocol.MAX_QUERY_REPLY_RECIPES])
+        data = protocol.encode(reply)
+        while len(data) > protocol.MAX_MESSAGE_BYTES and reply.recipes:
+            reply = protocol.QueryReply(query_id, reply.recipes[: len(reply.recipes) // 2])
+            data = protocol.encode(reply)
+        if not self.send(peer, data):
+            self.metrics.dropped("query_reply_not_sent")
+
+    async def remote_published(
+        self, peer_prefix: str | None, timeout: float
+    ) -> dict[str, list[RecipeView]]:
+        connected = [p for p in self.table.connected_ids() if p in self.sessions]
+        if peer_prefix is not None:
+            connected = [p for p in connected if p.startswith(peer_prefix)]
+            if not connected:
+                raise UserError(f"no connected peer id starts with {peer_prefix!r}", status=404)
+            if len(connected) > 1:
+                raise UserError(f"{peer_prefix!r} matches {len(connected)} peers; type more of it")
+        if not connected:
+            return {}
+        query_id = self.rng.getrandbits(63)
+        pending = _PendingQuery({}, set(connected))
+        self.queries[query_id] = pending
+        try:
+            data = protocol.encode(protocol.Query(query_id))
+            for peer in connected:
+                self.send(peer, data)
+            with trio.move_on_after(timeout):
+                await pending.done.wait()
+        finally:
+            del self.queries[query_id]
+        answer: dict[str, list[RecipeView]] = {}
+        for peer in connected:
+            recipes = pending.answers.get(peer)
+            if recipes is None:
+                continue
+            answer[peer] = [view for r in recipes if (view := _recipe_from_json(r)) is not None]
+        return answer
+
+
+def _is_ed25519(peer_id: str) -> bool:
+    try:
+        public_key_from_peer_id(peer_id)
+    except InvalidPeerId:
+        return False
+    return True
+
+
+def _recipe_from_json(body: dict[str, object]) -> RecipeView | None:
+    try:
+        fields = {k: body[k] for k in ("id", "name", "ingredients", "instructions", "author")}
+        if not all(isinstance(v, str) for v in fields.values()):
+            return None
+        updated = body.get("updated", 0)
+        return RecipeView(
+            id=str(fields["id"]),
+            name=str(fields["name"]),
+            ingredients=str(fields["ingredients"]),
+            instructions=str(fields["instructions"]),
+            author=str(fields["author"]),
+            published=bool(body.get("published", True)),
+            updated=updated if isinstance(updated, int) else 0,
+        )
+    except KeyError:
+        return None
+
+
+async def serve_network(
+    node: Node,
+    config: NodeConfig,
+    metrics: Metrics,
+    seed: bytes,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the node's networking until cancelled; started() once listening."""
+    async with open_libp2p_host(seed, config.host, config.port) as host:
+        transport = NetworkTransport(node, host, config, metrics)
+        async with trio.open_nursery() as nursery:
+            transport.nursery = nursery
+            node.attach_transport(transport)
+            nursery.start_soon(transport.watch_peer_events, nursery)
+            nursery.start_soon(transport.run_live_reader)
+            nursery.start_soon(transport.run_live_sender)
+            nursery.start_soon(transport.run_query_reader)
+            for multiaddr in config.peers:
+                nursery.start_soon(transport.dial_static, multiaddr)
+            if config.data_root is not None:
+                found = functools.partial(transport.discovered, source="local")
+                await nursery.start(
+                    functools.partial(
+                        serve_local_discovery,
+                        config.data_root,
+                        config.network,
+                        host.peer_id,
+                        host.listen_addrs(),
+                        found,
+                    )
+                )
+            if config.mdns:
+                await _start_mdns(nursery, transport, config, host)
+            task_status.started(host.listen_addrs())
+            try:
+                await trio.sleep_forever()
+            finally:
+                node.detach_transport()
+                transport.live_send.close()
+
+
+async def _start_mdns(
+    nursery: trio.Nursery, transport: NetworkTransport, config: NodeConfig, host: Libp2pHost
+) -> None:
+    from p2psync.net.mdns import serve_mdns
+
+    found = functools.partial(transport.discovered, source="mdns")
+    start: Callable[..., Awaitable[Any]] = serve_mdns
+    await nursery.start(
+        functools.partial(start, host.peer_id, host.listen_addrs(), config.network, found)
+    )

@@ -1,0 +1,115 @@
+"""Several real nodes on loopback (--no-mdns): they connect, converge and catch up."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.helpers import NodeProcess
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def listen_addr(node: NodeProcess) -> str:
+    addrs = node.get("/api/v0/status")["listen_addrs"]
+    return next(a for a in addrs if a.startswith("/ip4/127.0.0.1/"))
+
+
+def same_book(nodes: list[NodeProcess], entries: int) -> Callable[[], bool]:
+    def check() -> bool:
+        statuses = [n.get("/api/v0/status") for n in nodes]
+        return (
+            all(s["entries"] == entries for s in statuses)
+            and len({s["digest"] for s in statuses}) == 1
+        )
+
+    return check
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[list[NodeProcess]]:
+    started: list[NodeProcess] = []
+    yield started
+    for node in started:
+        node.stop(signal.SIGTERM)
+
+
+def start(nodes: list[NodeProcess], root: Path, *args: str) -> NodeProcess:
+    node = NodeProcess(root, ["--host", "127.0.0.1", "--sync-interval", "2", *args])
+    nodes.append(node)
+    return node
+
+
+def test_three_nodes_on_one_host_find_each_other_and_converge(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    # One data root, no flags but the API: same-host discovery must connect them.
+    a = start(nodes, tmp_path, "--initial-ops", "200", "--seed", "1")
+    b = start(nodes, tmp_path, "--initial-ops", "100", "--seed", "2")
+    c = start(nodes, tmp_path)
+    wait_until(same_book([a, b, c], 300), 60, "three nodes to converge")
+    created = a.post(
+        "/api/v0/recipes", {"name": "Live one", "ingredients": "i", "instructions": "s"}
+    )
+    assert created.status_code == 201
+    recipe_id = created.json()["id"]
+    wait_until(
+        lambda: all(any(r["id"] == recipe_id for r in n.get("/api/v0/recipes")) for n in (b, c)),
+        10,
+        "a live op to reach the others",
+    )
+    others = {a.get("/api/v0/status")["peer_id"], b.get("/api/v0/status")["peer_id"]}
+    wait_until(
+        lambda: {p["peer_id"] for p in c.get("/api/v0/peers") if p["connected"]} == others,
+        15,
+        "c to connect to both a and b",
+    )
+    peers = c.get("/api/v0/peers")
+    assert all(p["source"] in ("local", "inbound") for p in peers)
+    assert sum(p["syncs_ok"] for p in peers) >= 2
+
+
+def test_chain_relays_to_nodes_that_never_meet(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    # Separate data roots: no same-host discovery, only the static chain A-B-C.
+    a = start(nodes, tmp_path / "a", "--initial-ops", "300", "--seed", "3")
+    b = start(nodes, tmp_path / "b", "--peer", listen_addr(a))
+    c = start(nodes, tmp_path / "c", "--peer", listen_addr(b), "--initial-ops", "50", "--seed", "4")
+    wait_until(same_book([a, b, c], 350), 60, "the chain to converge")
+    a_id = a.get("/api/v0/status")["peer_id"]
+    assert a_id not in {p["peer_id"] for p in c.get("/api/v0/peers") if p["connected"]}
+    assert c.get("/api/v0/sync")["self"][a_id]["held"] == 300
+
+
+def test_killed_node_restarts_as_itself_and_backfills_what_it_missed(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
+    a = start(nodes, tmp_path / "a", "--initial-ops", "100", "--seed", "5")
+    b_dir = tmp_path / "b" / "data"
+    b = start(nodes, tmp_path / "b", "--data-dir", str(b_dir), "--peer", listen_addr(a))
+    wait_until(same_book([a, b], 100), 60, "first sync")
+    b_id = b.get("/api/v0/status")["peer_id"]
+    b.stop(signal.SIGKILL)
+    nodes.remove(b)
+
+    # 5 000 entries are written while b is down.
+    a.stop(signal.SIGTERM)
+    nodes.remove(a)
+    a = start(nodes, tmp_path / "a", "--profile", "node1", "--initial-ops", "5000", "--seed", "6")
+    wait_until(lambda: a.get("/api/v0/status")["entries"] == 5100, 120, "a to write 5 000 more")
+
+    b = start(nodes, tmp_path / "b", "--data-dir", str(b_dir), "--peer", listen_addr(a))
+    assert b.get("/api/v0/status")["peer_id"] == b_id
+    wait_until(same_book([a, b], 5100), 120, "b to backfill 5 000 entries")

@@ -1,0 +1,84 @@
+"""The node over an in-memory store: local writes, errors, store failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from nacl.signing import SigningKey
+
+from p2psync.api.metrics import Metrics
+from p2psync.core.engine import Persist
+from p2psync.node.config import NodeConfig
+from p2psync.node.node import Node
+from p2psync.node.service import UserError
+from p2psync.store.memory import MemoryStore
+from p2psync.store.sqlite import StoreError
+
+
+class FlakyStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = False
+
+    def commit(self, persist: Persist) -> None:
+        if self.fail:
+            raise StoreError("could not store: disk is full; nothing was written")
+        super().commit(persist)
+
+
+def make_node(store: MemoryStore, key: SigningKey | None = None) -> Node:
+    config = NodeConfig(data_dir=Path("/nonexistent"), mdns=False)
+    return Node(config, key or SigningKey(b"\x07" * 32), store, Metrics())
+
+
+async def test_create_publish_delete_round_trip() -> None:
+    node = make_node(MemoryStore())
+    recipe = await node.create_recipe(" Pancakes ", "flour,egg", "whisk")
+    assert recipe.name == "Pancakes" and not recipe.published
+    published = await node.publish_recipe(recipe.id)
+    assert published.id == recipe.id and published.published
+    await node.delete_recipe(recipe.id)
+    assert node.list_recipes() == []
+    with pytest.raises(UserError) as missing:
+        await node.publish_recipe(recipe.id)
+    assert missing.value.status == 404
+    assert node.status().entries == 3
+
+
+async def test_bad_fields_are_a_user_error() -> None:
+    node = make_node(MemoryStore())
+    with pytest.raises(UserError) as error:
+        await node.create_recipe("", "x", "y")
+    assert error.value.status == 400
+    with pytest.raises(UserError):
+        await node.create_recipe("x" * 201, "x", "y")
+    assert node.status().entries == 0
+
+
+async def test_only_the_author_may_change_a_recipe() -> None:
+    store = MemoryStore()
+    author = make_node(store, SigningKey(b"\x01" * 32))
+    recipe = await author.create_recipe("Soup", "water", "boil")
+    other = make_node(store, SigningKey(b"\x02" * 32))
+    with pytest.raises(UserError) as error:
+        await other.publish_recipe(recipe.id)
+    assert error.value.status == 403
+
+
+async def test_failed_commit_is_refused_and_leaves_progress_consistent() -> None:
+    store = FlakyStore()
+    node = make_node(store)
+    await node.create_recipe("One", "a", "b")
+    store.fail = True
+    with pytest.raises(UserError) as error:
+        await node.create_recipe("Two", "a", "b")
+    assert error.value.status == 503 and "disk is full" in str(error.value)
+    store.fail = False
+    await node.create_recipe("Three", "a", "b")
+    me = node.engine.me
+    # The failed op left no hole: seqs are 0 and 1, and the chain links.
+    assert sorted(seq for origin, seq in store.log if origin == me) == [0, 1]
+    assert set(store.bitmaps[me]) == {0, 1}
+    assert store.log[(me, 1)][2] == store.log[(me, 0)][1]
+    assert [r.name for r in node.list_recipes()] in (["One", "Three"], ["Three", "One"])
