@@ -81,6 +81,7 @@ RESOLVE_TIMEOUT_MS = 3000
 MAX_LABEL = 63  # DNS label limit, bytes
 MAX_TXT_STRING = 255  # one TXT character-string, bytes
 MAX_ADDRS = 32  # ignore the tail of absurdly long address lists
+MAX_RESOLVING = 16  # concurrent SRV/A lookups (each holds a worker thread)
 
 
 def service_type(network: str) -> str:
@@ -233,9 +234,13 @@ class _Discovery:
 
     def evaluate(self, name: str, *, force: bool = False) -> bool:
         """Read what the cache holds for name and report it; True if complete."""
-        info = ServiceInfo(self.stype, name)
-        complete = bool(info.load_from_cache(self.zc))
-        found = self._parse(info)
+        try:
+            info = ServiceInfo(self.stype, name)
+            complete = bool(info.load_from_cache(self.zc))
+            found = self._parse(info)
+        except Exception as exc:  # a malformed name or record must not stop discovery
+            log.debug("mdns: ignoring %r: %r", name, exc)
+            return True
         if found is None:
             return complete
         peer, addrs = found
@@ -340,18 +345,28 @@ async def serve_mdns(
     browser: ServiceBrowser | None = None
     try:
         browser = ServiceBrowser(zc, stype, handlers=[on_change])
-        await trio.to_thread.run_sync(partial(zc.register_service, info, allow_name_change=True))
-        log.info("mdns: registered %s on %s (%s)", info.name, stype, ", ".join(maddrs))
+        registered = bool(ips or maddrs)
+        if registered:
+            await trio.to_thread.run_sync(
+                partial(zc.register_service, info, allow_name_change=True)
+            )
+            log.info("mdns: registered %s on %s (%s)", info.name, stype, ", ".join(maddrs))
+        else:
+            log.warning("mdns: no LAN address to advertise in %s; browsing only", listen_addrs)
         disc = _Discovery(zc, stype, peer_id, network, on_found)
         task_status.started()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_refresh, zc, info, disc, refresh_interval)
+            nursery.start_soon(_refresh, zc, info, registered, disc, refresh_interval)
             async for name, change in recv:
                 if change is ServiceStateChange.Removed:
                     disc.reported.pop(name, None)
                     continue
                 complete = disc.evaluate(name)
-                if not complete and name not in disc.requesting:
+                if (
+                    not complete
+                    and name not in disc.requesting
+                    and len(disc.requesting) < MAX_RESOLVING
+                ):
                     disc.requesting.add(name)
                     nursery.start_soon(disc.request, name)
     finally:
@@ -360,11 +375,14 @@ async def serve_mdns(
             await trio.to_thread.run_sync(_shutdown, zc, browser)
 
 
-async def _refresh(zc: Zeroconf, info: ServiceInfo, disc: _Discovery, interval: float) -> None:
+async def _refresh(
+    zc: Zeroconf, info: ServiceInfo, registered: bool, disc: _Discovery, interval: float
+) -> None:
     while True:
         await trio.sleep(interval)
         try:
-            await trio.to_thread.run_sync(zc.update_service, info)
+            if registered:
+                await trio.to_thread.run_sync(zc.update_service, info)
         except Exception as exc:
             log.debug("mdns: re-announce failed: %r", exc)
         for name in list(disc.reported):

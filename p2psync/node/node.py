@@ -261,13 +261,16 @@ class Node:
             if progress.count(origin)
         }
         answer: dict[str, dict[str, dict[str, int]]] = {"self": mine}
-        for peer, claims in self.engine.peer_claims().items():
+        claims = self.engine.peer_claims()
+        for peer in self.engine.connected_peers():
+            theirs = claims.get(peer, {})
+            origins = set(theirs) | {o for o in progress.origins() if progress.count(o)}
             answer[peer] = {
                 peer_id_from_public_key(origin): {
-                    "held": count,
-                    "known": max(count, progress.count(origin)),
+                    "held": theirs.get(origin, 0),
+                    "known": max(theirs.get(origin, 0), progress.count(origin)),
                 }
-                for origin, count in claims.items()
+                for origin in origins
             }
         return answer
 
