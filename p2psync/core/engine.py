@@ -76,6 +76,10 @@ class TimeSource(Protocol):
 class Accepted:
     entry: Entry
     op: Op | None  # None: kept in the log (it is validly signed) but changes no recipe
+    hash: bytes = b""  # entry_hash(entry.raw) when already computed; the store reuses it
+
+    def entry_hash(self) -> bytes:
+        return self.hash or entry_hash(self.entry.raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +261,10 @@ class SyncEngine:
         self._head_hash = entry.hash()
         self.progress.add(self.me, [seq])
         persist = Persist(
-            (Accepted(entry, op),), {self.me: BitMap64(self.progress.held(self.me))}, "local", None
+            (Accepted(entry, op, self._head_hash),),
+            {self.me: BitMap64(self.progress.held(self.me))},
+            "local",
+            None,
         )
         return entry, op, [persist, PublishLive(protocol.encode(protocol.Live(entry.raw)))]
 
@@ -273,7 +280,7 @@ class SyncEngine:
             hlc = self.clock.tick(self._time.wall_ms())
             entry = sign_entry(self._key, seq, self._head_hash, hlc, encode_op(op))
             self._head_hash = entry.hash()
-            accepted.append(Accepted(entry, op))
+            accepted.append(Accepted(entry, op, self._head_hash))
             if publish:
                 live.append(PublishLive(protocol.encode(protocol.Live(entry.raw))))
         if not accepted:
@@ -543,14 +550,16 @@ class SyncEngine:
                 if problem is not None:
                     actions.append(Rejected(peer, problem.reason, len(run), str(problem)))
                     continue
-                for entry in new:
-                    accepted.append(Accepted(entry, self._authorised_op(entry, peer, actions)))
-                    self.clock.observe(entry.hlc, wall_ms)
-                if new and origin == self.me and new[-1].seq >= self.progress.next_seq(self.me):
-                    # Our own entries coming back (e.g. restored from a peer after data loss).
-                    self._head_hash = new[-1].hash()
+                for entry, digest in new:
+                    op = self._authorised_op(entry, peer, actions)
+                    accepted.append(Accepted(entry, op, digest))
                 if new:
-                    self.progress.add(origin, [e.seq for e in new])
+                    self.clock.observe(max(e.hlc for e, _ in new), wall_ms)
+                if new and origin == self.me and new[-1][0].seq >= self.progress.next_seq(self.me):
+                    # Our own entries coming back (e.g. restored from a peer after data loss).
+                    self._head_hash = new[-1][1]
+                if new:
+                    self.progress.add(origin, [e.seq for e, _ in new])
                     touched[origin] = self.progress.held(origin)
         if accepted:
             progress = {origin: BitMap64(held) for origin, held in touched.items()}
@@ -559,8 +568,8 @@ class SyncEngine:
 
     def _check_run(
         self, run: list[Entry], verify_each: bool
-    ) -> tuple[list[Entry], RemoteError | None]:
-        """Authenticate one contiguous run; return the entries not yet held."""
+    ) -> tuple[list[tuple[Entry, bytes]], RemoteError | None]:
+        """Authenticate one contiguous run; return the entries not yet held, with hashes."""
         hashes = [entry_hash(e.raw) for e in run]
         for i in range(1, len(run)):
             if run[i].prev != hashes[i - 1]:
@@ -594,7 +603,7 @@ class SyncEngine:
             stored = links.get(entry.seq)
             if stored is not None and stored[0] != hashes[i]:
                 return [], RemoteError("entry differs from the one held", reason="fork")
-        return [e for e in run if e.seq not in held], None
+        return [(e, hashes[i]) for i, e in enumerate(run) if e.seq not in held], None
 
     def _authorised_op(self, entry: Entry, peer: str | None, actions: list[Action]) -> Op | None:
         try:

@@ -48,6 +48,12 @@ def is_by_author(entry: Entry, op: Op) -> bool:
 
 def merge(state: RecipeState | None, entry: Entry, op: Op) -> RecipeState:
     """Fold one authorised op into a recipe's state (pure, order-independent)."""
+    if state is None and op.kind == "create":
+        # The common case by far (a backfill of fresh recipes): build it directly.
+        return RecipeState(
+            op.recipe_id, entry.origin, entry.seq, op.fields, (entry.hlc, entry.seq),
+            False, False, entry.hlc,
+        )  # fmt: skip
     if state is None:
         create_seq = entry.seq if op.kind == "create" else op.create_seq
         assert create_seq is not None

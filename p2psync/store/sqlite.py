@@ -29,7 +29,7 @@ import orjson
 from pyroaring import BitMap64
 
 from p2psync.core.engine import Persist
-from p2psync.core.entry import Entry, entry_hash
+from p2psync.core.entry import Entry
 from p2psync.core.ops import Op, RecipeFields
 from p2psync.core.progress import encode_bitmap
 from p2psync.core.recipes import RecipeState, digest, merge
@@ -141,6 +141,7 @@ class SqliteStore:
         self._count: int = meta["entry_count"]
         self._last_hlc: int = _from_sql(meta["last_hlc"])
         self._digest: str | None = None
+        self._durable = True  # PRAGMA synchronous = FULL, as open() sets it
 
     # ------------------------------------------------------------ lifecycle
 
@@ -226,8 +227,9 @@ class SqliteStore:
         if not persist.entries and not persist.progress:
             return
         log_rows = [
-            (e.origin, e.seq, entry_hash(e.raw), e.prev, _to_sql(e.hlc), e.raw)
-            for e in (accepted.entry for accepted in persist.entries)
+            (e.origin, e.seq, accepted.entry_hash(), e.prev, _to_sql(e.hlc), e.raw)
+            for accepted in persist.entries
+            for e in (accepted.entry,)
         ]
         ops: dict[str, list[tuple[Entry, Op]]] = {}
         for accepted in persist.entries:
@@ -238,6 +240,13 @@ class SqliteStore:
         with self._lock:
             conn = self._conn
             try:
+                # Own ops are acknowledged to a user: fsync them (FULL). Entries
+                # from peers have other copies; WAL with NORMAL still commits
+                # them atomically and survives kill -9, and skips the fsync.
+                durable = persist.source == "local"
+                if durable != self._durable:
+                    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                    self._durable = durable
                 conn.execute("BEGIN IMMEDIATE")
                 inserted = conn.executemany(_INSERT_LOG, log_rows).rowcount if log_rows else 0
                 if ops:
