@@ -158,7 +158,7 @@ Action = (
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
-    batch_size: int = 250
+    batch_size: int = 1000  # ~280 KB messages: few commits, well under 1 MiB
     max_batch_bytes: int = 900 * 1024
     window: int = 4  # unacknowledged batches in flight per peer
     sync_interval: float = 30.0

@@ -168,7 +168,7 @@ class ConnectError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class PeerEvent:
-    kind: Literal["connected", "disconnected"]
+    kind: Literal["connected", "disconnected", "misbehaved"]
     peer_id: str
     addr: str | None  # the remote transport address, e.g. /ip4/10.0.0.2/tcp/4001
     direction: str  # "inbound", "outbound" or "unknown"
@@ -227,13 +227,31 @@ class _RoutedPubsub(Pubsub):
         router: GossipSub,
         *,
         deliver: Callable[[rpc_pb2.Message], None],
+        on_bad_stream: Callable[[ID, str], None],
         **kwargs: Any,
     ) -> None:
         super().__init__(host, router, **kwargs)
         self._deliver = deliver
+        self._on_bad_stream = on_bad_stream
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         self._deliver(publish_message)
+
+    async def continuously_read_stream(self, stream: INetStream) -> None:
+        # py-libp2p 0.8.1 lets a protobuf DecodeError (a corrupt or hostile
+        # RPC) escape its read loop, and the exception then takes down the
+        # whole pubsub service and our node with it. Contain it: drop this
+        # peer's stream and let the owner disconnect it; the peer can
+        # reconnect and anti-entropy repairs whatever was lost.
+        peer_id = stream.muxed_conn.peer_id
+        try:
+            await super().continuously_read_stream(stream)
+        except Exception as exc:
+            logger.warning("unreadable pubsub stream from %s: %r", peer_id, exc)
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            self._handle_dead_peer(peer_id)
+            self._on_bad_stream(peer_id, type(exc).__name__)
 
 
 class _PeerNotifee(INotifee):
@@ -358,6 +376,7 @@ class Libp2pHost:
             host,
             self._router,
             deliver=self._deliver,
+            on_bad_stream=self._bad_stream,
             strict_signing=True,
             # Inbound must accept what any peer's queue lets out (1 MiB), even
             # when we publish smaller: an oversized frame resets the stream.
@@ -411,8 +430,29 @@ class Libp2pHost:
             self._dial_allowed.discard(info.peer_id)
         return info.peer_id.to_base58()
 
-    async def disconnect(self, peer_id: str) -> None:
-        await self._host.disconnect(ID.from_base58(peer_id))
+    async def disconnect(self, peer_id: str, *, timeout: float = 2.0) -> None:
+        """Close every connection to the peer, forcibly if it does not answer.
+
+        A peer that vanished without a FIN (cable pulled, partition) can hang
+        the muxer's polite close forever; then libp2p would keep the dead
+        connection and `connect()` would "succeed" on it. After `timeout` the
+        TCP sockets are closed under the muxer and the peer is forgotten.
+        """
+        peer = ID.from_base58(peer_id)
+        polite = False
+        with trio.move_on_after(timeout):
+            await self._host.disconnect(peer)
+            polite = True
+        # Whatever libp2p did, nothing of this peer may linger: a stale entry
+        # would hide the next connection's "connected" event.
+        swarm: Any = self._host.get_network()
+        for conn in list(self._conns.get(peer, ())):
+            socket_stream = None if polite else _find_socket_stream(conn.muxed_conn)
+            if socket_stream is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await socket_stream.aclose()
+            self._on_conn_closed(conn)
+        swarm.connections.pop(peer, None)
 
     # -- gossipsub -----------------------------------------------------------
 
@@ -638,6 +678,11 @@ class Libp2pHost:
                 )
             )
 
+    def _bad_stream(self, peer: ID, reason: str) -> None:
+        """A peer's pubsub stream broke with garbage: count it, cut the peer."""
+        self._drops["recv_bad_rpc"] += 1
+        self._emit(PeerEvent("misbehaved", peer.to_base58(), None, reason))
+
     def _emit(self, event: PeerEvent) -> None:
         # Nobody listens any more, or we are past shutdown: nothing to tell.
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -654,6 +699,21 @@ class Libp2pHost:
             except Exception:
                 logger.debug("error disconnecting %s during shutdown", peer, exc_info=True)
         self._event_send.close()
+
+
+def _find_socket_stream(obj: object, depth: int = 6) -> trio.SocketStream | None:
+    """The TCP stream under a muxed connection (yamux -> noise -> raw -> trio)."""
+    if isinstance(obj, trio.SocketStream):
+        return obj
+    if depth == 0:
+        return None
+    for name in ("secured_conn", "conn", "stream", "read_writer", "read_writecloser"):
+        inner = getattr(obj, name, None)
+        if inner is not None and inner is not obj:
+            found = _find_socket_stream(inner, depth - 1)
+            if found is not None:
+                return found
+    return None
 
 
 async def _reset_quietly(stream: INetStream) -> None:

@@ -19,7 +19,7 @@ class NodeConfig:
     api_port: int | None = None
     api_host: str = "127.0.0.1"
     metrics_port: int | None = None
-    batch_size: int = 250
+    batch_size: int = 1000  # ~280 KB messages: few commits, well under 1 MiB
     sync_interval: float = 30.0
     initial_ops: int = 0
     op_interval: float | None = None

@@ -5,6 +5,7 @@ Structure (one nursery, owned here):
     run_node
       ├─ signals        SIGINT/SIGTERM -> graceful stop
       ├─ ticker         engine.tick() once a second (timeouts, periodic sync)
+      ├─ network        libp2p host, topics, peer sessions, discovery (network.py)
       ├─ HTTP API       hypercorn trio worker, if --api-port
       ├─ metrics        hypercorn trio worker, if --metrics-port
       ├─ generator      synthetic workload, if --initial-ops / --op-interval
@@ -33,7 +34,7 @@ from p2psync.core.ops import Op, OpKind, RecipeFields
 from p2psync.node.config import NodeConfig
 from p2psync.node.generator import WorkloadGenerator
 from p2psync.node.identity import load_or_create_seed
-from p2psync.node.network import serve_network
+from p2psync.node.network import NetworkStartError, serve_network
 from p2psync.node.node import Node, data_file
 from p2psync.node.profiles import DataDirLock
 from p2psync.node.service import UserError
@@ -63,11 +64,18 @@ async def run_node(config: NodeConfig, *, lock: DataDirLock) -> int:
         node = Node(config, SigningKey(seed), store, metrics)
         say(f"peer id {node.peer_id}")
         say(f"data dir {config.data_dir} ({node.engine.progress.total()} entries)")
-        async with trio.open_nursery() as nursery:
-            await _start_services(nursery, node, config, metrics, seed)
-            await node.stop_requested.wait()
-            say("stopping")
-            nursery.cancel_scope.cancel()
+        failure: str | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                await _start_services(nursery, node, config, metrics, seed)
+                await node.stop_requested.wait()
+                say("stopping")
+                nursery.cancel_scope.cancel()
+        except* NetworkStartError as group:
+            failure = str(group.exceptions[0])
+        if failure is not None:
+            say(failure)
+            return 1
     finally:
         store.close()
     return 0

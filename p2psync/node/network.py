@@ -31,6 +31,7 @@ import trio
 from p2psync.api.metrics import Metrics
 from p2psync.core import protocol
 from p2psync.core.engine import QueryAnswered, QueryReceived
+from p2psync.core.errors import RemoteError
 from p2psync.core.ids import InvalidPeerId, public_key_from_peer_id
 from p2psync.net.host import ConnectError, Libp2pHost, PeerEvent, open_libp2p_host
 from p2psync.net.local import serve_local_discovery
@@ -52,6 +53,7 @@ BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
 TIE_BREAK_DELAY = 2.0
 PUBLISH_TIMEOUT = 5.0
+LOST_PEER_REDIALS = 12
 
 
 def backoff_delay(failures: int, rng: random.Random) -> float:
@@ -140,6 +142,7 @@ class NetworkTransport(Transport):
             return
         record = self.table.learn(peer_id, addrs, source)
         if record.connected or peer_id in self.dialing or self.nursery is None:
+            log.debug("discovered %s again (%s)", peer_id, record.state)
             return
         # Both sides usually discover each other at once; the smaller id dials
         # first and the other only if nothing happened after a short delay.
@@ -159,18 +162,39 @@ class NetworkTransport(Transport):
                 return
             if record.state == "backing_off":
                 return
-            for addr in list(record.addrs):
+            for addr in [a for a in record.addrs if "/p2p/" in a]:
                 if peer_id in self.sessions:
                     return
                 self.table.set_state(peer_id, "connecting")
+                log.info("dialing %s at %s", peer_id, addr)
                 try:
                     await self.host.connect(addr, timeout=5)
+                    log.info("connected to %s", peer_id)
                     return
                 except (ConnectError, ValueError) as exc:
                     log.info("dial %s failed: %s", addr, exc)
             self.table.set_state(peer_id, "failed")
         finally:
             self.dialing.discard(peer_id)
+
+    async def _reconnect(self, peer_id: str) -> None:
+        with trio.move_on_after(5):
+            await self.host.disconnect(peer_id)
+        await self._redial_lost(peer_id)
+
+    async def _redial_lost(self, peer_id: str) -> None:
+        """Try to get a vanished peer back, with backoff, for a few minutes."""
+        for failures in range(LOST_PEER_REDIALS):
+            await trio.sleep(backoff_delay(failures, self.rng))
+            record = self.table.get(peer_id)
+            if record is None or record.connected or peer_id in self.sessions:
+                return
+            for addr in [a for a in record.addrs if "/p2p/" in a]:
+                try:
+                    await self.host.connect(addr, timeout=5)
+                    return
+                except (ConnectError, ValueError) as exc:
+                    log.debug("redial %s failed: %s", addr, exc)
 
     async def dial_static(self, multiaddr: str) -> None:
         """Keep one static peer connected, re-dialing with backoff."""
@@ -203,6 +227,13 @@ class NetworkTransport(Transport):
 
     def _on_peer_event(self, event: PeerEvent, nursery: trio.Nursery) -> None:
         peer = event.peer_id
+        if event.kind == "misbehaved":
+            # Its pubsub stream is gone; a clean reconnect restores it.
+            log.warning(
+                "peer %s sent an unreadable stream (%s); reconnecting", peer, event.direction
+            )
+            nursery.start_soon(self._reconnect, peer)
+            return
         if event.kind == "connected":
             if not self._allowed(peer) or not _is_ed25519(peer):
                 self.metrics.dropped("peer_refused")
@@ -272,9 +303,13 @@ class NetworkTransport(Transport):
             if failures >= HEALTH_FAILURES:
                 log.info("peer %s stopped answering pings; disconnecting", session.peer_id)
                 self.table.set_state(session.peer_id, "failed")
-                session.cancel.cancel()
-                with trio.move_on_after(2):
+                # Disconnect before cancelling the session: this task lives
+                # inside the session's scope and would be cancelled with it.
+                with trio.move_on_after(5):
                     await self.host.disconnect(session.peer_id)
+                if self.nursery is not None:
+                    self.nursery.start_soon(self._redial_lost, session.peer_id)
+                session.cancel.cancel()
                 return
 
     # ------------------------------------------------------------ live topic
@@ -296,13 +331,35 @@ class NetworkTransport(Transport):
     async def run_query_reader(self) -> None:
         receive = await self.host.subscribe(query_topic(self.config.network))
         async for received in receive:
-            self.node.run_actions(self.node.engine.message_received(received.sender, received.data))
+            try:
+                message = protocol.decode(received.data)
+            except RemoteError as exc:
+                self.metrics.dropped(exc.reason)
+                continue
+            if not isinstance(message, protocol.Query):
+                self.metrics.dropped("unexpected")
+                continue
+            if received.sender in self.sessions:
+                self._answer_query(received.sender, message.query_id)
+
+    async def run_drop_counter(self) -> None:
+        """Export the drops that happen inside the libp2p wrapper."""
+        seen: dict[str, int] = {}
+        while True:
+            await trio.sleep(1.0)
+            for reason, count in self.host.drop_counts().items():
+                if reason.startswith("publish_"):
+                    continue  # already counted where publish() was refused
+                if count > seen.get(reason, 0):
+                    self.metrics.dropped(reason, count - seen.get(reason, 0))
+                    seen[reason] = count
 
     def _answer_query(self, peer: str, query_id: int) -> None:
         recipes = [r.to_json() for r in self.node.list_recipes() if r.published]
         reply = protocol.QueryReply(query_id, recipes[: protocol.MAX_QUERY_REPLY_RECIPES])
         data = protocol.encode(reply)
-        while len(data) > protocol.MAX_MESSAGE_BYTES and reply.recipes:
+        limit = min(protocol.MAX_MESSAGE_BYTES, self.host.max_payload_bytes)
+        while len(data) > limit and reply.recipes:
             reply = protocol.QueryReply(query_id, reply.recipes[: len(reply.recipes) // 2])
             data = protocol.encode(reply)
         if not self.send(peer, data):
@@ -325,8 +382,14 @@ class NetworkTransport(Transport):
         self.queries[query_id] = pending
         try:
             data = protocol.encode(protocol.Query(query_id))
-            for peer in connected:
-                self.send(peer, data)
+            if peer_prefix is None:
+                # One request on the query topic reaches everyone; each peer
+                # answers on its pair topic with us, so only we see the answers.
+                result = await self.host.publish(query_topic(self.config.network), data)
+                if not result:
+                    self.metrics.dropped(f"publish_{result.reason}")
+            elif not self.send(connected[0], data):
+                self.metrics.dropped("send_failed")
             with trio.move_on_after(timeout):
                 await pending.done.wait()
         finally:
@@ -367,6 +430,10 @@ def _recipe_from_json(body: dict[str, object]) -> RecipeView | None:
         return None
 
 
+class NetworkStartError(Exception):
+    """The node could not get onto the network (e.g. its port is taken)."""
+
+
 async def serve_network(
     node: Node,
     config: NodeConfig,
@@ -377,6 +444,11 @@ async def serve_network(
 ) -> None:
     """Run the node's networking until cancelled; started() once listening."""
     async with open_libp2p_host(seed, config.host, config.port) as host:
+        if not host.listen_addrs():
+            raise NetworkStartError(
+                f"cannot listen on {config.host}:{config.port} (address in use or not ours?);"
+                " choose another --port or --host"
+            )
         transport = NetworkTransport(node, host, config, metrics)
         async with trio.open_nursery() as nursery:
             transport.nursery = nursery
@@ -385,6 +457,7 @@ async def serve_network(
             nursery.start_soon(transport.run_live_reader)
             nursery.start_soon(transport.run_live_sender)
             nursery.start_soon(transport.run_query_reader)
+            nursery.start_soon(transport.run_drop_counter)
             for multiaddr in config.peers:
                 nursery.start_soon(transport.dial_static, multiaddr)
             if config.data_root is not None:

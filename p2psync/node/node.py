@@ -216,7 +216,7 @@ class Node:
             listen_addrs=self.transport.listen_addrs(),
             peers=sum(1 for p in self.transport.peers() if p.connected),
             entries=self.engine.progress.total(),
-            recipes=len(self.store.visible_recipes()),
+            recipes=self.store.recipe_count(),
             digest=self.store.digest(),
         )
 

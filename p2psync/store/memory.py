@@ -8,7 +8,7 @@ from pyroaring import BitMap64
 
 from p2psync.core.engine import Persist
 from p2psync.core.entry import entry_hash
-from p2psync.core.recipes import RecipeState, digest, merge
+from p2psync.core.recipes import RecipeState, digest_hex, merge, recipe_hash
 
 
 class MemoryStore:
@@ -17,6 +17,8 @@ class MemoryStore:
         self.recipes: dict[str, RecipeState] = {}
         self.bitmaps: dict[bytes, BitMap64] = {}
         self._last_hlc = 0
+        self._digest_sum = 0
+        self._visible = 0
 
     def entry_links(self, origin: bytes, seqs: Iterable[int]) -> dict[int, tuple[bytes, bytes]]:
         found = {}
@@ -39,7 +41,15 @@ class MemoryStore:
             self._last_hlc = max(self._last_hlc, entry.hlc)
             if accepted.op is not None:
                 recipe_id = accepted.op.recipe_id
-                self.recipes[recipe_id] = merge(self.recipes.get(recipe_id), entry, accepted.op)
+                old = self.recipes.get(recipe_id)
+                new = merge(old, entry, accepted.op)
+                self.recipes[recipe_id] = new
+                if old is not None and old.visible:
+                    self._digest_sum -= recipe_hash(old)
+                    self._visible -= 1
+                if new.visible:
+                    self._digest_sum += recipe_hash(new)
+                    self._visible += 1
         for origin, bitmap in persist.progress.items():
             self.bitmaps[origin] = BitMap64(bitmap)
 
@@ -50,7 +60,10 @@ class MemoryStore:
         return [self.recipes[k] for k in sorted(self.recipes) if self.recipes[k].visible]
 
     def digest(self) -> str:
-        return digest(self.visible_recipes())
+        return digest_hex(self._digest_sum)
+
+    def recipe_count(self) -> int:
+        return self._visible
 
     def entry_count(self) -> int:
         return len(self.log)

@@ -32,7 +32,7 @@ from p2psync.core.engine import Persist
 from p2psync.core.entry import Entry
 from p2psync.core.ops import Op, RecipeFields
 from p2psync.core.progress import encode_bitmap
-from p2psync.core.recipes import RecipeState, digest, merge
+from p2psync.core.recipes import DIGEST_MODULUS, RecipeState, digest_hex, merge, recipe_hash
 
 
 class StoreError(Exception):
@@ -78,7 +78,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
             key TEXT PRIMARY KEY,
             value INTEGER NOT NULL
         ) WITHOUT ROWID""",
-        "INSERT INTO meta (key, value) VALUES ('entry_count', 0), ('last_hlc', 0)",
+        "INSERT INTO meta (key, value) VALUES ('entry_count', 0), ('last_hlc', 0),"
+        " ('recipe_count', 0), ('digest_hi', 0), ('digest_lo', 0)",
         f"PRAGMA application_id = {APPLICATION_ID}",
     ),
 ]
@@ -140,7 +141,9 @@ class SqliteStore:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self._count: int = meta["entry_count"]
         self._last_hlc: int = _from_sql(meta["last_hlc"])
-        self._digest: str | None = None
+        self._recipes: int = meta["recipe_count"]
+        # Sum (mod 2**128) of the hashes of visible recipes: the state digest.
+        self._digest_sum: int = (_from_sql(meta["digest_hi"]) << 64) | _from_sql(meta["digest_lo"])
         self._durable = True  # PRAGMA synchronous = FULL, as open() sets it
 
     # ------------------------------------------------------------ lifecycle
@@ -248,16 +251,23 @@ class SqliteStore:
                     conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
                     self._durable = durable
                 conn.execute("BEGIN IMMEDIATE")
+                digest_sum, recipes = self._digest_sum, self._recipes
                 inserted = conn.executemany(_INSERT_LOG, log_rows).rowcount if log_rows else 0
                 if ops:
                     states = self._load_recipes(list(ops))
                     merged: list[_RecipeRow] = []
                     for recipe_id, recipe_ops in ops.items():
-                        state = states.get(recipe_id)
+                        old = state = states.get(recipe_id)
                         for entry, op in recipe_ops:
                             state = merge(state, entry, op)
                         assert state is not None
                         merged.append(_recipe_row(state))
+                        if old is not None and old.visible:
+                            digest_sum -= recipe_hash(old)
+                            recipes -= 1
+                        if state.visible:
+                            digest_sum += recipe_hash(state)
+                            recipes += 1
                     conn.executemany(_UPSERT_RECIPE, merged)
                 if persist.progress:
                     conn.executemany(
@@ -269,6 +279,11 @@ class SqliteStore:
                     meta.append((self._count + inserted, "entry_count"))
                 if last_hlc != self._last_hlc:
                     meta.append((_to_sql(last_hlc), "last_hlc"))
+                digest_sum %= DIGEST_MODULUS
+                if digest_sum != self._digest_sum or recipes != self._recipes:
+                    meta.append((_to_sql(digest_sum >> 64), "digest_hi"))
+                    meta.append((_to_sql(digest_sum & (_U64 - 1)), "digest_lo"))
+                    meta.append((recipes, "recipe_count"))
                 if meta:
                     conn.executemany(_SET_META, meta)
                 conn.execute("COMMIT")
@@ -284,7 +299,7 @@ class SqliteStore:
             self._count += inserted
             self._last_hlc = last_hlc
             if ops:
-                self._digest = None
+                self._digest_sum, self._recipes = digest_sum, recipes
 
     def _rollback(self) -> None:
         # SQLite already rolls back by itself after some errors (SQLITE_FULL,
@@ -323,10 +338,10 @@ class SqliteStore:
         return [_recipe_state(row) for row in rows]
 
     def digest(self) -> str:
-        cached = self._digest
-        if cached is None:
-            cached = self._digest = digest(self.visible_recipes())
-        return cached
+        return digest_hex(self._digest_sum)
+
+    def recipe_count(self) -> int:
+        return self._recipes
 
     def entry_count(self) -> int:
         return self._count

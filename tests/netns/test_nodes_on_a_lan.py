@@ -88,3 +88,22 @@ def test_mdns_nodes_find_each_other_and_networks_stay_apart(tmp_path: Path) -> N
         for i in range(3):
             assert other_id not in {p["peer_id"] for p in api(lab, i, "/api/v0/peers")}
     assert sniffer.count in (0, None), "mDNS leaked into the root namespace"
+
+
+def test_a_silently_vanished_peer_is_noticed_and_rejoins(tmp_path: Path) -> None:
+    require_netns()
+    with netns_lab(2, "p2ph") as lab:
+        start_node(lab, 0, tmp_path, "--initial-ops", "5", "--seed", "1")
+        start_node(lab, 1, tmp_path)
+
+        def connected(host: int) -> int:
+            return int(api(lab, host, "/api/v0/status")["peers"])
+
+        wait_until(lambda: connected(0) == 1 and connected(1) == 1, 60, "the pair", tmp_path)
+        lab.partition(1)  # the switch port goes down: no FIN, no RST, just silence
+        cut = time.monotonic()
+        wait_until(lambda: connected(0) == 0, 30, "the health check to notice", tmp_path)
+        noticed = time.monotonic() - cut
+        assert noticed < 20, f"took {noticed:.1f} s to notice a vanished peer"
+        lab.heal(1)
+        wait_until(lambda: connected(0) == 1, 90, "mDNS to bring the peer back", tmp_path)

@@ -7,6 +7,7 @@ import itertools
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from p2psync.core.recipes import digest
 from tests.sim.simulator import Simulator
 
 
@@ -72,6 +73,10 @@ def test_any_order_loss_and_duplication_converge(
             f"{node.name} holds {node.store.entry_count()}/{total}"
         )
     assert len({node.store.digest() for node in sim.nodes.values()}) == 1
+    for node in sim.nodes.values():
+        # The incrementally kept digest equals one computed from scratch.
+        assert node.store.digest() == digest(node.store.visible_recipes())
+        assert node.store.recipe_count() == len(node.store.visible_recipes())
     assert all(not node.rejected for node in sim.nodes.values())
 
 
