@@ -445,9 +445,30 @@ class SyncEngine:
             and len(incoming.received_batches) >= incoming.total_batches
             and all(n in incoming.received_batches for n in range(incoming.total_batches))
         ):
-            actions.append(self._finish_incoming(peer, state, ok=True, detail=""))
+            finished = self._finish_incoming(peer, state, ok=True, detail="")
+            actions.append(finished)
             if state.resync_wanted:
                 actions.extend(self._start_round(peer, state, reply_wanted=True))
+            if finished.entries_received:
+                actions.extend(self._offer_to_others(peer))
+        return actions
+
+    def _offer_to_others(self, source: str) -> list[Action]:
+        """We just learnt entries from `source`: let our other peers know now.
+
+        Our summary makes each of them answer with theirs, and then we stream
+        what they lack, so news crosses a chain of nodes at sync speed rather
+        than one `sync_interval` per hop. It stops by itself: a round that
+        brings nothing new offers nothing further.
+        """
+        actions: list[Action] = []
+        for other, state in self._peers.items():
+            if other == source or not state.connected:
+                continue
+            if state.incoming is not None:
+                state.resync_wanted = True
+            else:
+                actions.extend(self._start_round(other, state, reply_wanted=True))
         return actions
 
     def _on_ack(self, peer: str, state: _Peer, message: protocol.Ack) -> list[Action]:

@@ -53,6 +53,9 @@ BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
 TIE_BREAK_DELAY = 2.0
 PUBLISH_TIMEOUT = 5.0
+STRIKE_WINDOW = 10.0  # seconds
+STRIKES_TO_BAN = 20  # offences within the window that get a peer cut off
+BAN_SECONDS = 120.0
 LOST_PEER_REDIALS = 12
 
 
@@ -135,10 +138,32 @@ class NetworkTransport(Transport):
     def round_finished(self, peer: str, ok: bool, seconds: float) -> None:
         self.table.round_finished(peer, ok, seconds)
 
+    def penalize(self, peer: str, reason: str) -> None:
+        """Score a peer down; too many offences in a short time get it banned."""
+        record = self.table.get(peer)
+        if record is None or self.nursery is None:
+            return
+        now = trio.current_time()
+        record.strikes = [t for t in record.strikes if now - t < STRIKE_WINDOW]
+        record.strikes.append(now)
+        if len(record.strikes) >= STRIKES_TO_BAN and record.banned_until <= now:
+            log.warning(
+                "peer %s misbehaves (%d bad messages in %g s, last: %s); disconnecting it for %g s",
+                peer, len(record.strikes), STRIKE_WINDOW, reason, BAN_SECONDS,
+            )  # fmt: skip
+            record.banned_until = now + BAN_SECONDS
+            record.strikes.clear()
+            self.metrics.dropped("peer_banned")
+            self.nursery.start_soon(self.host.disconnect, peer)
+
+    def banned(self, peer: str) -> bool:
+        record = self.table.get(peer)
+        return record is not None and record.banned_until > trio.current_time()
+
     # ------------------------------------------------------------ discovery
 
     def discovered(self, peer_id: str, addrs: list[str], source: str) -> None:
-        if peer_id == self.host.peer_id or not self._allowed(peer_id):
+        if peer_id == self.host.peer_id or not self._allowed(peer_id) or self.banned(peer_id):
             return
         record = self.table.learn(peer_id, addrs, source)
         if record.connected or peer_id in self.dialing or self.nursery is None:
@@ -189,6 +214,8 @@ class NetworkTransport(Transport):
             record = self.table.get(peer_id)
             if record is None or record.connected or peer_id in self.sessions:
                 return
+            if self.banned(peer_id):
+                continue
             for addr in [a for a in record.addrs if "/p2p/" in a]:
                 try:
                     await self.host.connect(addr, timeout=5)
@@ -199,12 +226,18 @@ class NetworkTransport(Transport):
     async def dial_static(self, multiaddr: str) -> None:
         """Keep one static peer connected, re-dialing with backoff."""
         peer_id = multiaddr.rsplit("/p2p/", 1)[-1]
+        if not self._allowed(peer_id):
+            log.warning("not dialing %s: it is not in the allow list", multiaddr)
+            return
         self.table.learn(peer_id, [multiaddr], "static")
         failures = 0
         while True:
             record = self.table.get(peer_id)
             if record is not None and record.connected:
                 failures = 0
+                await trio.sleep(1.0)
+                continue
+            if self.banned(peer_id):
                 await trio.sleep(1.0)
                 continue
             self.table.set_state(peer_id, "connecting")
@@ -235,7 +268,7 @@ class NetworkTransport(Transport):
             nursery.start_soon(self._reconnect, peer)
             return
         if event.kind == "connected":
-            if not self._allowed(peer) or not _is_ed25519(peer):
+            if not self._allowed(peer) or not _is_ed25519(peer) or self.banned(peer):
                 self.metrics.dropped("peer_refused")
                 nursery.start_soon(self.host.disconnect, peer)
                 return

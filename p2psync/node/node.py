@@ -31,7 +31,7 @@ from p2psync.core.engine import (
 )
 from p2psync.core.errors import LocalError
 from p2psync.core.hlc import wall_ms_of
-from p2psync.core.ids import make_recipe_id, peer_id_from_public_key
+from p2psync.core.ids import make_recipe_id, peer_id_from_public_key, public_key_from_peer_id
 from p2psync.core.ops import Op, OpKind, validate_fields
 from p2psync.core.progress import Progress
 from p2psync.core.recipes import RecipeState
@@ -76,6 +76,9 @@ class Transport:
     def round_finished(self, peer: str, ok: bool, seconds: float) -> None:
         pass
 
+    def penalize(self, peer: str, reason: str) -> None:
+        """The peer sent something bad; the network may cut it off."""
+
     async def remote_published(
         self, peer_prefix: str | None, timeout: float
     ) -> dict[str, list[RecipeView]]:
@@ -100,6 +103,8 @@ class Node:
         self.metrics = metrics
         self.time = time_source or SystemTime()
         self.transport = Transport()
+        if origin_allowed is None and config.allow_peers:
+            origin_allowed = allowed_origins(config.allow_peers, bytes(signing_key.verify_key))
         self.engine = SyncEngine(
             signing_key,
             Progress(store.load_progress()),
@@ -133,9 +138,14 @@ class Node:
                     "rejected %d entries from %s: %s", action.count, action.peer, action.detail
                 )
                 self.metrics.entries_rejected(action.reason, action.count)
+                if action.peer is not None and action.reason != "not_author":
+                    # Relaying a validly signed op that the CRDT ignores is no offence.
+                    self.transport.penalize(action.peer, action.reason)
             elif isinstance(action, Dropped):
                 log.info("dropped a message from %s: %s", action.peer, action.detail)
                 self.metrics.dropped(action.reason)
+                if action.peer is not None and action.reason != "ack_timeout":
+                    self.transport.penalize(action.peer, action.reason)
             elif isinstance(action, RoundFinished):
                 self.metrics.sync_round(action.ok, action.seconds)
                 self.transport.round_finished(action.peer, action.ok, action.seconds)
@@ -281,6 +291,12 @@ class Node:
 
     async def stop(self) -> None:
         self.stop_requested.set()
+
+
+def allowed_origins(allow_peers: frozenset[str], me: bytes) -> Callable[[bytes], bool]:
+    """In a closed network, accept entries authored by listed peers (and us) only."""
+    allowed = {public_key_from_peer_id(peer) for peer in allow_peers} | {me}
+    return allowed.__contains__
 
 
 def recipe_view(state: RecipeState) -> RecipeView:

@@ -26,6 +26,8 @@ class PeerRecord:
     total_sync_seconds: float = 0.0
     last_sync: str | None = None
     failures: int = 0  # consecutive dial failures, for backoff
+    strikes: list[float] = field(default_factory=list)  # times of recent offences
+    banned_until: float = 0.0  # monotonic time; refused until then
 
     def view(self) -> PeerView:
         return PeerView(

@@ -113,3 +113,25 @@ def test_killed_node_restarts_as_itself_and_backfills_what_it_missed(
     b = start(nodes, tmp_path / "b", "--data-dir", str(b_dir), "--peer", listen_addr(a))
     assert b.get("/api/v0/status")["peer_id"] == b_id
     wait_until(same_book([a, b], 5100), 120, "b to backfill 5 000 entries")
+
+
+def test_closed_network_refuses_unlisted_peers(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    friend = start(nodes, tmp_path / "f", "--initial-ops", "10", "--seed", "8")
+    friend_id = friend.get("/api/v0/status")["peer_id"]
+    closed = start(nodes, tmp_path / "c", "--allow-peer", friend_id, "--peer", listen_addr(friend))
+    wait_until(lambda: closed.get("/api/v0/status")["entries"] == 10, 30, "the friend's entries")
+    # A stranger dials in; the closed node must refuse it and count the refusal.
+    stranger = start(
+        nodes, tmp_path / "s", "--initial-ops", "20", "--seed", "7", "--peer", listen_addr(closed)
+    )
+    import httpx
+
+    def refused() -> float:
+        metrics = httpx.get(f"{closed.api}/metrics", timeout=10).text
+        lines = [line for line in metrics.splitlines() if 'reason="peer_refused"' in line]
+        return float(lines[0].split()[-1]) if lines else 0.0
+
+    wait_until(lambda: refused() >= 1, 30, "the stranger to be refused")
+    status = closed.get("/api/v0/status")
+    assert status["entries"] == 10 and status["peers"] == 1
+    assert stranger.get("/api/v0/status")["entries"] == 20

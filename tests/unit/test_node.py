@@ -82,3 +82,33 @@ async def test_failed_commit_is_refused_and_leaves_progress_consistent() -> None
     assert set(store.bitmaps[me]) == {0, 1}
     assert store.log[(me, 1)][2] == store.log[(me, 0)][1]
     assert [r.name for r in node.list_recipes()] in (["One", "Three"], ["Three", "One"])
+
+
+async def test_closed_network_rejects_entries_of_unlisted_authors() -> None:
+    from p2psync.core import protocol
+    from p2psync.core.entry import ZERO_HASH, sign_entry
+    from p2psync.core.ids import make_recipe_id, peer_id_from_seed
+    from p2psync.core.ops import Op, RecipeFields, encode_op
+
+    friend_seed, stranger_seed = b"\x11" * 32, b"\x12" * 32
+    config = NodeConfig(
+        data_dir=Path("/nonexistent"),
+        mdns=False,
+        allow_peers=frozenset({peer_id_from_seed(friend_seed)}),
+    )
+    node = Node(config, SigningKey(b"\x07" * 32), MemoryStore(), Metrics())
+
+    def live_entry(seed: bytes) -> bytes:
+        key = SigningKey(seed)
+        op = Op(
+            "create", make_recipe_id(bytes(key.verify_key), 0), None, RecipeFields("n", "i", "s")
+        )
+        entry = sign_entry(key, 0, ZERO_HASH, 1 << 40, encode_op(op))
+        return protocol.encode(protocol.Live(entry.raw))
+
+    node.run_actions(node.engine.live_received("relay", live_entry(stranger_seed)))
+    assert node.status().entries == 0
+    node.run_actions(node.engine.live_received("relay", live_entry(friend_seed)))
+    assert node.status().entries == 1
+    rendered = node.metrics.render()[0].decode()
+    assert 'p2psync_entries_rejected_total{reason="not_allowed"} 1.0' in rendered

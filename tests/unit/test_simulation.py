@@ -116,3 +116,24 @@ def test_in_sync_round_sends_no_entries() -> None:
     sim.run_until_quiet()
     # summary, its reply, and an empty final batch + ack each way at most
     assert sim.delivered - before <= 6
+
+
+def test_news_crosses_a_chain_without_waiting_for_periodic_rounds() -> None:
+    from p2psync.core.engine import EngineConfig
+
+    config = EngineConfig(batch_size=7, window=2, sync_interval=1000.0, round_timeout=3.0)
+    sim = Simulator(5, seed=11, config=config)
+    ids = sim.ids
+    for a, b in itertools.pairwise(ids):
+        sim.connect(a, b)
+    sim.run_until_quiet()
+    sim.loss = 1.0  # every live broadcast is lost: only anti-entropy can carry them
+    for i in range(40):
+        sim.create(ids[0], f"r{i}")
+    sim.heal()
+    sim.nodes[ids[0]].engine.request_sync(ids[1])
+    sim._run(ids[0], sim.nodes[ids[0]].engine.request_sync(ids[1]))
+    started = sim.time.now
+    sim.run_until_quiet(max_time=100)
+    assert sim.nodes[ids[-1]].store.entry_count() == 40
+    assert sim.time.now - started < 20, "relay waited for periodic rounds"
