@@ -525,7 +525,16 @@ class SyncEngine:
             room = self.config.batch_size - len(raws)
             seqs = list(itertools.islice(seqs_left, room))
             taken = 0
-            for raw in self._reader.read_raw(origin, seqs):
+            try:
+                found = self._reader.read_raw(origin, seqs)
+            except KeyError:
+                # Held a moment ago but never stored (a failed commit being
+                # rolled back): skip them; the next round offers them again.
+                seqs_left.difference_update(BitMap64(seqs))
+                if not seqs_left:
+                    del lacking[origin]
+                continue
+            for raw in found:
                 if raws and size + len(raw) > self.config.max_batch_bytes:
                     break
                 raws.append(raw)

@@ -132,7 +132,7 @@ async def _generate_workload(node: Node, config: NodeConfig) -> None:
     remaining = config.initial_ops
     while remaining > 0:
         count = min(GENERATOR_BATCH, remaining)
-        _generate(node, generator, made, count, publish=False)
+        await _generate(node, generator, made, count, publish=False)
         remaining -= count
         await trio.sleep(0)  # let the REPL and API answer during a big run
     if config.initial_ops:
@@ -141,10 +141,10 @@ async def _generate_workload(node: Node, config: NodeConfig) -> None:
         return
     while True:
         await trio.sleep(config.op_interval)
-        _generate(node, generator, made, config.ops_per_interval, publish=True)
+        await _generate(node, generator, made, config.ops_per_interval, publish=True)
 
 
-def _generate(
+async def _generate(
     node: Node,
     generator: WorkloadGenerator,
     made: list[tuple[str, int]],
@@ -167,11 +167,12 @@ def _generate(
                     _change_op, made, kind, planned.target, fields if kind == "update" else None
                 )
             )
-    _, actions = node.engine.append_local_many(makers, publish=publish)
-    try:
-        node.run_actions(actions)
-    except UserError as exc:
-        say(f"workload generator paused: {exc}")
+    async with node.local_writes:
+        _, actions = node.engine.append_local_many(makers, publish=publish)
+        try:
+            await node.run_local_actions(actions)
+        except UserError as exc:
+            say(f"workload generator: {exc}")
 
 
 def _create_op(me: bytes, made: list[tuple[str, int]], fields: RecipeFields, seq: int) -> Op:

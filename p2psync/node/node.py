@@ -116,6 +116,7 @@ class Node:
         )
         self.peer_id = peer_id_from_public_key(self.engine.me)
         self.stop_requested = trio.Event()
+        self.local_writes = trio.Lock()  # one local append (sign + durable commit) at a time
         self.store_error: str | None = None
         self.changed = trio.Event()  # set after every commit, then replaced
         self._refresh_entry_gauges()
@@ -162,14 +163,38 @@ class Node:
         try:
             self.store.commit(persist)
         except StoreError as exc:
-            self.engine.persist_failed(persist)
-            self.metrics.dropped("store_failed")
-            log.error("%s", exc)
-            if persist.source == "local":
-                raise UserError(f"not saved: {exc}", status=503) from exc
-            # Received entries: anti-entropy brings them again once the store recovers.
-            self.store_error = str(exc)
+            self._persist_failed(persist, exc)
             return
+        self._persisted(persist)
+
+    async def run_local_actions(self, actions: list[Action]) -> None:
+        """Like run_actions, but fsync our own ops off the event loop.
+
+        A durable commit waits ~10 ms for the disk; done in the trio thread it
+        would stall every peer session and the API meanwhile. Callers hold
+        `local_writes`, so our entries reach the disk in seq order.
+        """
+        for action in actions:
+            if not isinstance(action, Persist):
+                self.run_actions([action])
+                continue
+            try:
+                await trio.to_thread.run_sync(self.store.commit, action)
+            except StoreError as exc:
+                self._persist_failed(action, exc)
+                continue
+            self._persisted(action)
+
+    def _persist_failed(self, persist: Persist, exc: StoreError) -> None:
+        self.engine.persist_failed(persist)
+        self.metrics.dropped("store_failed")
+        log.error("%s", exc)
+        if persist.source == "local":
+            raise UserError(f"not saved: {exc}", status=503) from exc
+        # Received entries: anti-entropy brings them again once the store recovers.
+        self.store_error = str(exc)
+
+    def _persisted(self, persist: Persist) -> None:
         self.store_error = None
         count = len(persist.entries)
         self.metrics.entries_applied(count)
@@ -193,12 +218,13 @@ class Node:
 
     # ------------------------------------------------------------ local writes
 
-    def append(self, kind: OpKind, make_op: Callable[[int], Op]) -> RecipeState:
-        try:
-            _, op, actions = self.engine.append_local(make_op)
-        except LocalError as exc:
-            raise UserError(str(exc)) from exc
-        self.run_actions(actions)
+    async def append(self, kind: OpKind, make_op: Callable[[int], Op]) -> RecipeState:
+        async with self.local_writes:
+            try:
+                _, op, actions = self.engine.append_local(make_op)
+            except LocalError as exc:
+                raise UserError(str(exc)) from exc
+            await self.run_local_actions(actions)
         state = self.store.recipe(op.recipe_id)
         assert state is not None
         return state
@@ -243,19 +269,19 @@ class Node:
         def make(seq: int) -> Op:
             return Op("create", make_recipe_id(me, seq), None, fields)
 
-        return recipe_view(self.append("create", make))
+        return recipe_view(await self.append("create", make))
 
     async def publish_recipe(self, recipe_id: str) -> RecipeView:
         state = self._own_recipe(recipe_id)
         if state.published:
             return recipe_view(state)
         op = Op("publish", state.id, state.create_seq)
-        return recipe_view(self.append("publish", lambda _seq: op))
+        return recipe_view(await self.append("publish", lambda _seq: op))
 
     async def delete_recipe(self, recipe_id: str) -> None:
         state = self._own_recipe(recipe_id)
         op = Op("delete", state.id, state.create_seq)
-        self.append("delete", lambda _seq: op)
+        await self.append("delete", lambda _seq: op)
 
     def list_peers(self) -> list[PeerView]:
         return self.transport.peers()
