@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit bench bench-quick netns-tools clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 2; }
@@ -19,11 +19,24 @@ lint: $(STAMP)
 	$(BIN)/ruff check p2psync tests
 	$(BIN)/mypy p2psync
 
-test: lint
+# The fault tests drop packets with iptables inside their own namespaces;
+# as root on Debian, fetch it if missing (they skip without it otherwise).
+netns-tools:
+	@if [ "$$(id -u)" = 0 ] && ! command -v iptables >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing iptables for the network-fault tests"; \
+		(apt-get install -y -q iptables >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q iptables >/dev/null 2>&1)) || \
+		echo "iptables unavailable: packet-loss tests will be skipped"; \
+	fi
+
+test: lint netns-tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info

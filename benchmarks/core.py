@@ -1,0 +1,149 @@
+"""Core microbenchmarks, one process: verify+apply into SQLite, summary encode/decode.
+
+`apply_per_s`: entries of 4 origins, signed beforehand, fed as encoded BATCH
+messages (the node's batch size) to a `SyncEngine` over a `SqliteStore` in a
+temporary directory, every `Persist` committed as the daemon does. The time is
+split into the engine's part (decode, hash links, one signature per run,
+bitmaps, op decode) and the store's part (one transaction per batch).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from nacl.signing import SigningKey
+from pyroaring import BitMap64
+
+from benchmarks.common import Context
+from benchmarks.entries import make_logs
+from p2psync.core import protocol
+from p2psync.core.engine import EngineConfig, Persist, SyncEngine
+from p2psync.core.progress import Progress, decode_summary, encode_summary
+from p2psync.store.sqlite import SqliteStore
+
+KEYS = ("apply_per_s",)
+
+
+class _Clock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+
+def _batches(logs: list[list[Any]], batch_size: int) -> list[bytes]:
+    messages: list[bytes] = []
+    for log in logs:
+        raws = [entry.raw for entry, _ in log]
+        for start in range(0, len(raws), batch_size):
+            chunk = tuple(raws[start : start + batch_size])
+            batch = protocol.Batch(1, len(messages), False, chunk)
+            messages.append(protocol.encode(batch))
+    return messages
+
+
+def _apply(messages: list[bytes], workdir: Path) -> dict[str, float]:
+    store = SqliteStore.open(workdir / "p2psync.db")
+    try:
+        engine = SyncEngine(
+            SigningKey(b"\x42" * 32),
+            Progress(store.load_progress()),
+            store,
+            _Clock(),
+            EngineConfig(),
+        )
+        engine_s = commit_s = 0.0
+        applied = 0
+        for data in messages:
+            t0 = time.perf_counter()
+            actions = engine.message_received("peer", data)
+            t1 = time.perf_counter()
+            for action in actions:
+                if isinstance(action, Persist):
+                    store.commit(action)
+                    applied += len(action.entries)
+            t2 = time.perf_counter()
+            engine_s += t1 - t0
+            commit_s += t2 - t1
+        return {"applied": applied, "engine_s": engine_s, "commit_s": commit_s}
+    finally:
+        store.close()
+
+
+def _time_it(fn: Any, repeat: int) -> float:
+    """Best of `repeat` runs, in microseconds."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e6
+
+
+def _summary_case(progress: Progress) -> dict[str, Any]:
+    data = encode_summary(progress)
+    return {
+        "bytes": len(data),
+        "encode_us": round(_time_it(lambda: encode_summary(progress), 20), 1),
+        "decode_us": round(_time_it(lambda: decode_summary(data), 20), 1),
+    }
+
+
+def _summaries(entries: int) -> dict[str, Any]:
+    origins = [bytes([i]) * 32 for i in range(4)]
+    per = entries // len(origins)
+    contiguous = Progress({o: BitMap64(range(per)) for o in origins})
+    rng = random.Random(5)
+    # Every origin with 1% of its seqs missing at random: a bitmap beyond the prefix.
+    holes = Progress(
+        {o: BitMap64(s for s in range(per) if rng.random() >= 0.01 or s == 0) for o in origins}
+    )
+    # One origin, every other seq held: the worst case for run-length containers.
+    alternate = Progress({origins[0]: BitMap64(range(0, 2 * entries, 2))})
+    return {
+        "entries": entries,
+        "contiguous": _summary_case(contiguous),
+        "one_percent_holes": _summary_case(holes),
+        "alternate_seqs": _summary_case(alternate),
+    }
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    total = ctx.sizes.core_entries
+    t0 = time.perf_counter()
+    logs = make_logs(total, 4, seed=21)
+    sign_s = time.perf_counter() - t0
+    size = sum(len(entry.raw) for log in logs for entry, _ in log)
+    messages = _batches(logs, EngineConfig().batch_size)
+    workdir = Path(tempfile.mkdtemp(prefix="core-", dir=ctx.workdir))
+    try:
+        t0 = time.perf_counter()
+        result = _apply(messages, workdir)
+        elapsed = time.perf_counter() - t0
+        db_bytes = sum(p.stat().st_size for p in workdir.glob("p2psync.db*"))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if result["applied"] != total:
+        raise RuntimeError(f"applied {result['applied']} of {total} entries")
+    ctx.log(f"core: applied {total} entries in {elapsed:.2f} s")
+    summaries = _summaries(ctx.sizes.summary_entries)
+    return {
+        "entries": total,
+        "apply_per_s": round(total / elapsed),
+        "engine_per_s": round(total / result["engine_s"]),
+        "commit_per_s": round(total / result["commit_s"]),
+        "engine_share": round(result["engine_s"] / elapsed, 3),
+        "sign_per_s": round(total / sign_s),
+        "avg_entry_bytes": round(size / total, 1),
+        "batch_messages": len(messages),
+        "db_mb": round(db_bytes / (1 << 20), 2),
+        "summary": summaries,
+        "summary_encode_us": summaries["one_percent_holes"]["encode_us"],
+        "summary_decode_us": summaries["one_percent_holes"]["decode_us"],
+    }
