@@ -304,7 +304,10 @@ class NetworkTransport(Transport):
                         nursery.start_soon(self._health_check, session)
                         async for received in receive:
                             if received.sender != peer:
+                                # Signed by its sender: honest nodes never post
+                                # on another pair's topic, so this counts against it.
                                 self.metrics.dropped("wrong_sender")
+                                self.penalize(received.sender, "wrong_sender")
                                 continue
                             self.node.run_actions(
                                 self.node.engine.message_received(peer, received.data)
