@@ -98,6 +98,7 @@ import ipaddress
 import logging
 import math
 import secrets
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -382,6 +383,13 @@ class Libp2pHost:
             # when we publish smaller: an oversized frame resets the stream.
             max_inbound_rpc_size=DefaultMaxMessageSize,
         )
+        # py-libp2p starts message seqnos at int(time.time()) and counts up by
+        # one per message; message ids are (peer id, seqno) and peers remember
+        # them for 120 s. A node restarted within that time under the same
+        # peer id would reuse the ids of its last life's messages and have
+        # them silently dropped as duplicates. Nanoseconds leave room for a
+        # billion messages a second between lives.
+        self._pubsub.counter = time.time_ns()
         host.get_network().register_notifee(_PeerNotifee(self))
         self._guard_dials()
 

@@ -20,6 +20,7 @@ Usage::
         lab.ip(0)                        # "10.77.0.1"
         lab.partition(1); lab.heal(1)    # switch-side port down / up
         lab.loss(2, 0.2)                 # iptables statistic DROP, in and out
+        lab.dropped(2)                   # packets those rules dropped so far
     assert sniff.count in (0, None)      # no mDNS leaked into the root namespace
 """
 
@@ -83,7 +84,9 @@ class Lab:
         self.hosts = [f"{base}-h{i}" for i in range(n_hosts)]
         self.procs: list[subprocess.Popen[Any]] = []
         self._created: list[str] = []
-        self._iptables = shutil.which("iptables")
+        # Chosen on first use of loss(): the first iptables that works here.
+        self._iptables: str | None = None
+        self._iptables_probed = False
 
     # -- building -------------------------------------------------------------
     def _add_ns(self, name: str) -> None:
@@ -156,14 +159,58 @@ class Lab:
 
     @property
     def has_iptables(self) -> bool:
-        return self._iptables is not None
+        return self.iptables() is not None
+
+    def iptables(self) -> str | None:
+        """The first of iptables, iptables-nft, iptables-legacy that can add a
+        ``-m statistic`` DROP rule inside a host namespace, or None.
+
+        Both backends work on the verified machines (each namespace has its own
+        tables); the probe guards against a binary whose backend or match
+        module this kernel lacks. Use the same one for every rule of a lab.
+        """
+        if self._iptables_probed:
+            return self._iptables
+        self._iptables_probed = True
+        for name in ("iptables", "iptables-nft", "iptables-legacy"):
+            path = shutil.which(name)
+            if path is None:
+                continue
+            ns = ["ip", "netns", "exec", self.hosts[0], path, "-w", "5"]
+            rule = ["OUTPUT", "-o", "eth0", "-m", "statistic", "--mode", "random",
+                    "--probability", "0.0001", "-j", "DROP"]  # fmt: skip
+            try:
+                added = _run([*ns, "-A", *rule], check=False)
+            except (OSError, subprocess.SubprocessError):
+                continue
+            if added.returncode != 0:
+                continue
+            if _run([*ns, "-D", *rule], check=False).returncode != 0:
+                _run([*ns, "-F", "OUTPUT"], check=False)
+            self._iptables = path
+            break
+        return self._iptables
+
+    def dropped(self, i: int) -> int:
+        """Packets the loss() rules of host i have dropped so far (in + out)."""
+        ipt = self.iptables()
+        if ipt is None:
+            return 0
+        total = 0
+        for chain in ("INPUT", "OUTPUT"):
+            out = self.run(i, [ipt, "-w", "5", "-L", chain, "-v", "-x", "-n"]).stdout
+            for line in out.splitlines():
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == "DROP" and fields[0].isdigit():
+                    total += int(fields[0])
+        return total
 
     def loss(self, i: int, prob: float) -> None:
         """Drop each packet to and from host i with probability prob (0 clears)."""
-        if self._iptables is None:
-            pytest.skip("iptables not installed: no packet-loss helper")
-        ipt = self._iptables
-        ns = ["ip", "netns", "exec", self.hosts[i], ipt]
+        ipt = self.iptables()
+        if ipt is None:
+            pytest.skip("no working iptables: no packet-loss helper")
+        ns = ["ip", "netns", "exec", self.hosts[i], ipt, "-w", "5"]
         _run([*ns, "-F", "OUTPUT"])
         _run([*ns, "-F", "INPUT"])
         if prob <= 0:
