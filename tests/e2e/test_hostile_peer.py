@@ -19,11 +19,14 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 from pyroaring import BitMap64
 
 from p2psync.core import protocol
 from p2psync.core.entry import MAX_ENTRY_BYTES, MAX_SEQ, ZERO_HASH
+from p2psync.core.errors import RemoteError
 from p2psync.core.ids import make_recipe_id, peer_id_from_public_key, public_key_from_peer_id
 from p2psync.core.ops import Op, RecipeFields
 from p2psync.core.progress import MAX_BITMAP_BYTES
@@ -421,3 +424,89 @@ async def test_a_peer_flooding_another_pairs_topic_is_cut_off(
         f" (wrong_sender +{delta(outcome['metrics'], before, dropped('wrong_sender')):g},"
         f" peer_banned +{delta(outcome['metrics'], before, dropped('peer_banned')):g})"
     )
+
+
+_KINDS = st.integers(0, 255)
+_FUZZ_MESSAGE = st.one_of(
+    st.binary(max_size=2048),  # plain garbage
+    st.builds(  # a valid header of any version and kind, then anything
+        lambda version, kind, body: bytes([version, kind]) + body,
+        st.sampled_from([protocol.PROTOCOL_VERSION, 0, 2, 255]),
+        _KINDS,
+        st.binary(max_size=4096),
+    ),
+    st.builds(  # valid-shaped batches whose entries are random bytes
+        lambda entries: protocol.encode(protocol.Batch(1, 0, True, tuple(entries))),
+        st.lists(st.binary(min_size=0, max_size=400), max_size=8),
+    ),
+    st.builds(  # summaries with random origins, prefixes and trailing junk
+        lambda origins, junk: summary(origins) + junk,
+        st.lists(
+            st.tuples(st.binary(min_size=32, max_size=32), st.integers(0, 2**48), st.just(b"")),
+            max_size=4,
+        ),
+        st.binary(max_size=16),
+    ),
+)
+
+
+@settings(
+    max_examples=4,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    pair=st.lists(_FUZZ_MESSAGE, min_size=1, max_size=12), live=st.lists(_FUZZ_MESSAGE, max_size=6)
+)
+async def test_fuzzed_messages_never_hurt_the_node(
+    node: NodeProcess, pair: list[bytes], live: list[bytes]
+) -> None:
+    """Hypothesis-made messages of every kind, from a fresh raw peer each time."""
+    # Our own client: function-scoped fixtures outlive a single example.
+    async with httpx.AsyncClient() as client:
+        await _fuzz_once(node, NodeApi(client, node.api), pair, live)
+
+
+async def _fuzz_once(node: NodeProcess, api: NodeApi, pair: list[bytes], live: list[bytes]) -> None:
+    status = await api.status()
+    node_id, addr = status["peer_id"], loopback_addr(status)
+    before_recipes = {r["id"] for r in await api.recipes()}
+    before = await api.metrics()
+    watchdog = Watchdog(api, node.proc.pid)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watchdog.run)
+        with trio.fail_after(30):
+            async with raw_peer(node_id, addr) as raw:
+                for data in pair:
+                    if len(data) <= raw.host.max_payload_bytes:
+                        await raw.host.publish(raw.pair_topic, data, timeout=2)
+                for data in live:
+                    if len(data) <= raw.host.max_payload_bytes:
+                        await raw.host.publish(raw.live_topic, data, timeout=2)
+                await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    assert not watchdog.failures, watchdog.failures
+    assert node.proc.poll() is None, "the node died"
+    after = await api.metrics()
+    refused = sum(
+        after[k] - before.get(k, 0.0)
+        for k in after
+        if k.startswith(("p2psync_messages_dropped_total", "p2psync_entries_rejected_total"))
+    )
+    applied = after.get("p2psync_entries_applied_total", 0) - before.get(
+        "p2psync_entries_applied_total", 0
+    )
+    # Random bytes never make a validly signed entry: nothing new is applied,
+    # and whatever reached the node was counted somewhere.
+    assert applied == 0
+    assert {r["id"] for r in await api.recipes()} == before_recipes
+    undecodable = sum(1 for data in [*pair, *live] if _undecodable(data))
+    assert refused >= undecodable, f"{undecodable} bad messages sent, {refused} counted"
+
+
+def _undecodable(data: bytes) -> bool:
+    try:
+        protocol.decode(data)
+    except RemoteError:
+        return True
+    return False
