@@ -175,6 +175,7 @@ class _Incoming:
     received_batches: set[int] = field(default_factory=set)
     total_batches: int | None = None
     entries: int = 0
+    new_entries: int = 0
 
 
 @dataclass(slots=True)
@@ -274,17 +275,19 @@ class SyncEngine:
         """Sign several entries of our own log and persist them in one Persist."""
         accepted: list[Accepted] = []
         live: list[Action] = []
+        head = self._head_hash  # committed to self only once every op is signed
         for make_op in makers:
             seq = self.progress.next_seq(self.me) + len(accepted)
             op = make_op(seq)
             hlc = self.clock.tick(self._time.wall_ms())
-            entry = sign_entry(self._key, seq, self._head_hash, hlc, encode_op(op))
-            self._head_hash = entry.hash()
-            accepted.append(Accepted(entry, op, self._head_hash))
+            entry = sign_entry(self._key, seq, head, hlc, encode_op(op))
+            head = entry.hash()
+            accepted.append(Accepted(entry, op, head))
             if publish:
                 live.append(PublishLive(protocol.encode(protocol.Live(entry.raw))))
         if not accepted:
             return [], []
+        self._head_hash = head
         self.progress.add(self.me, [a.entry.seq for a in accepted])
         held = BitMap64(self.progress.held(self.me))
         persist = Persist(tuple(accepted), {self.me: held}, "local", None)
@@ -438,6 +441,7 @@ class SyncEngine:
             return actions
         incoming.received_batches.add(message.batch_no)
         incoming.entries += len(message.entries)
+        incoming.new_entries += sum(len(a.entries) for a in actions if isinstance(a, Persist))
         if message.last:
             incoming.total_batches = message.batch_no + 1
         if (
@@ -445,11 +449,12 @@ class SyncEngine:
             and len(incoming.received_batches) >= incoming.total_batches
             and all(n in incoming.received_batches for n in range(incoming.total_batches))
         ):
+            new_entries = incoming.new_entries
             finished = self._finish_incoming(peer, state, ok=True, detail="")
             actions.append(finished)
             if state.resync_wanted:
                 actions.extend(self._start_round(peer, state, reply_wanted=True))
-            if finished.entries_received:
+            if new_entries:
                 actions.extend(self._offer_to_others(peer))
         return actions
 
@@ -528,12 +533,13 @@ class SyncEngine:
             try:
                 found = self._reader.read_raw(origin, seqs)
             except KeyError:
-                # Held a moment ago but never stored (a failed commit being
-                # rolled back): skip them; the next round offers them again.
-                seqs_left.difference_update(BitMap64(seqs))
-                if not seqs_left:
-                    del lacking[origin]
-                continue
+                # Some are held in memory but not (yet) on disk: a local commit
+                # in flight, or one that failed. Send what is stored; skip the
+                # rest, which the next round offers again.
+                stored = set(self._reader.entry_links(origin, seqs))
+                seqs_left.difference_update(BitMap64([q for q in seqs if q not in stored]))
+                seqs = [q for q in seqs if q in stored]
+                found = self._reader.read_raw(origin, seqs)
             for raw in found:
                 if raws and size + len(raw) > self.config.max_batch_bytes:
                     break
@@ -616,15 +622,18 @@ class SyncEngine:
             if stored is not None and stored[0] != hashes[-1]:
                 return [], RemoteError("entry differs from the one held", reason="fork")
             return [], None
+        links = self._reader.entry_links(origin, neighbours + already)
+        # A held successor that links to this run authenticates it as well as
+        # a signature would: it was itself authenticated when we took it.
+        vouched = last + 1 in links and links[last + 1][1] == hashes[-1]
         try:
-            if verify_each:
+            if verify_each and not vouched:
                 for entry in run:
                     verify_signature(entry, self._verify_keys)
-            else:
+            elif not vouched:
                 verify_signature(run[-1], self._verify_keys)
         except RemoteError as exc:
             return [], exc
-        links = self._reader.entry_links(origin, neighbours + already)
         if first - 1 in links and links[first - 1][0] != run[0].prev:
             return [], RemoteError("entry does not link to the one held before it", reason="fork")
         if last + 1 in links and links[last + 1][1] != hashes[-1]:

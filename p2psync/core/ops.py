@@ -22,6 +22,7 @@ MAX_INGREDIENTS_CHARS = 4000
 MAX_INSTRUCTIONS_CHARS = 8000
 MAX_OP_BYTES = 16 * 1024
 RECIPE_ID_CHARS = 20
+MAX_CREATE_SEQ = (1 << 48) - 1  # = entry.MAX_SEQ; also keeps it inside SQLite's int64
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,11 @@ def decode_op(data: bytes) -> Op:
     if kind == "create":
         if create_seq is not None:
             raise RemoteError("create op must not carry a create seq", reason="malformed")
-    elif not isinstance(create_seq, int) or isinstance(create_seq, bool) or create_seq < 0:
+    elif (
+        not isinstance(create_seq, int)
+        or isinstance(create_seq, bool)
+        or not 0 <= create_seq <= MAX_CREATE_SEQ
+    ):
         raise RemoteError(f"{kind} op has no valid create seq", reason="malformed")
     fields = None
     if kind in ("create", "update"):

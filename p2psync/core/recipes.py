@@ -44,6 +44,8 @@ def is_by_author(entry: Entry, op: Op) -> bool:
     """True when the op's recipe id was made by this entry's origin."""
     create_seq = entry.seq if op.kind == "create" else op.create_seq
     assert create_seq is not None  # decode_op guarantees it for non-create ops
+    if create_seq > entry.seq:
+        return False  # an author's create always comes before its other ops
     return op.recipe_id == make_recipe_id(entry.origin, create_seq)
 
 

@@ -477,7 +477,14 @@ class Libp2pHost:
             raise ValueError(f"already subscribed to {topic}")
         send, receive = trio.open_memory_channel[Received](buffer)
         self._subs[topic] = send
-        await self._pubsub.subscribe(topic)
+        try:
+            await self._pubsub.subscribe(topic)
+        except BaseException:
+            # Cancelled (or failed) half way: leave no stale record behind, or
+            # the next subscribe to this topic would be refused.
+            self._subs.pop(topic, None)
+            send.close()
+            raise
         return receive
 
     async def unsubscribe(self, topic: str) -> None:

@@ -35,6 +35,8 @@ def loopback_addrs(listen_addrs: list[str]) -> list[str]:
 
 
 def _pid_alive(pid: int) -> bool:
+    if not 0 < pid < 2**31:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

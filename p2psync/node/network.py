@@ -275,11 +275,7 @@ class NetworkTransport(Transport):
             self.table.learn(peer, [event.addr] if event.addr else [], "inbound")
             self.table.set_state(peer, "connected")
             if peer not in self.sessions:
-                send, receive = trio.open_memory_channel[bytes](OUTBOX_SIZE)
-                topic = sync_topic(self.config.network, self.host.peer_id, peer)
-                session = _Session(peer, topic, send, receive)
-                self.sessions[peer] = session
-                nursery.start_soon(self._run_session, session)
+                self._start_session(peer, nursery)
         else:
             if peer in self.host.connected_peers():
                 return  # another connection to it is still up
@@ -289,12 +285,19 @@ class NetworkTransport(Transport):
                 existing.cancel.cancel()
         self.metrics.set_peers_connected(len(self.table.connected_ids()))
 
+    def _start_session(self, peer: str, nursery: trio.Nursery) -> None:
+        send, receive = trio.open_memory_channel[bytes](OUTBOX_SIZE)
+        topic = sync_topic(self.config.network, self.host.peer_id, peer)
+        session = _Session(peer, topic, send, receive)
+        self.sessions[peer] = session
+        nursery.start_soon(self._run_session, session)
+
     async def _run_session(self, session: _Session) -> None:
         peer = session.peer_id
         try:
             with session.cancel:
-                receive = await self.host.subscribe(session.topic)
                 try:
+                    receive = await self.host.subscribe(session.topic)
                     with trio.move_on_after(MESH_WAIT_SECONDS):
                         await self.host.wait_for_mesh_peer(session.topic, peer, MESH_WAIT_SECONDS)
                     session.ready = True
@@ -322,6 +325,19 @@ class NetworkTransport(Transport):
                 del self.sessions[peer]
             self.node.run_actions(self.node.engine.peer_disconnected(peer))
             self.metrics.set_peers_connected(len(self.table.connected_ids()))
+            # The peer may have reconnected while this session was winding
+            # down (its "connected" event found the old session and did
+            # nothing): give the new connection a session of its own.
+            shutting_down = trio.current_effective_deadline() == float("-inf")
+            if (
+                not shutting_down
+                and self.nursery is not None
+                and peer not in self.sessions
+                and peer in self.host.connected_peers()
+                and self._allowed(peer)
+                and not self.banned(peer)
+            ):
+                self._start_session(peer, self.nursery)
 
     async def _session_sender(self, session: _Session) -> None:
         async for data in session.outbox_receive:

@@ -42,6 +42,9 @@ from p2psync.store.sqlite import StoreError
 
 log = logging.getLogger(__name__)
 
+# Rejections that only a broken or hostile sender produces (see core.entry).
+MALFORMED_ENTRY_REASONS = frozenset({"malformed", "oversized", "version"})
+
 
 class SystemTime:
     def monotonic(self) -> float:
@@ -139,8 +142,11 @@ class Node:
                     "rejected %d entries from %s: %s", action.count, action.peer, action.detail
                 )
                 self.metrics.entries_rejected(action.reason, action.count)
-                if action.peer is not None and action.reason != "not_author":
-                    # Relaying a validly signed op that the CRDT ignores is no offence.
+                if action.peer is not None and action.reason in MALFORMED_ENTRY_REASONS:
+                    # Only broken structure is surely the sender's doing: an
+                    # honest relay may carry a third party's forks, ignored ops
+                    # or entries vouched for by a chain but not by their own
+                    # signature.
                     self.transport.penalize(action.peer, action.reason)
             elif isinstance(action, Dropped):
                 log.info("dropped a message from %s: %s", action.peer, action.detail)
@@ -165,6 +171,12 @@ class Node:
         except StoreError as exc:
             self._persist_failed(persist, exc)
             return
+        except Exception as exc:
+            # Whatever a peer's bytes provoked in the store must not take the
+            # daemon down; refuse the batch like any failed write.
+            log.exception("unexpected error storing %d entries", len(persist.entries))
+            self._persist_failed(persist, StoreError(f"unexpected store error: {exc!r}"))
+            return
         self._persisted(persist)
 
     async def run_local_actions(self, actions: list[Action]) -> None:
@@ -179,9 +191,16 @@ class Node:
                 self.run_actions([action])
                 continue
             try:
-                await trio.to_thread.run_sync(self.store.commit, action)
+                # Shielded: the engine already counts the entry as ours, so the
+                # commit must finish (or fail and roll back), never be skipped.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self.store.commit, action)
             except StoreError as exc:
                 self._persist_failed(action, exc)
+                continue
+            except Exception as exc:
+                log.exception("unexpected error storing our own entries")
+                self._persist_failed(action, StoreError(f"unexpected store error: {exc!r}"))
                 continue
             self._persisted(action)
 

@@ -238,9 +238,10 @@ class SqliteStore:
         for accepted in persist.entries:
             if accepted.op is not None:
                 ops.setdefault(accepted.op.recipe_id, []).append((accepted.entry, accepted.op))
-        last_hlc = max((a.entry.hlc for a in persist.entries), default=self._last_hlc)
-        last_hlc = max(last_hlc, self._last_hlc)
+        batch_hlc = max((a.entry.hlc for a in persist.entries), default=0)
         with self._lock:
+            # Inside the lock: a commit from another thread may have raised it.
+            last_hlc = max(batch_hlc, self._last_hlc)
             conn = self._conn
             try:
                 # Own ops are acknowledged to a user: fsync them (FULL). Entries

@@ -112,3 +112,35 @@ async def test_closed_network_rejects_entries_of_unlisted_authors() -> None:
     assert node.status().entries == 1
     rendered = node.metrics.render()[0].decode()
     assert 'p2psync_entries_rejected_total{reason="not_allowed"} 1.0' in rendered
+
+
+async def test_an_op_naming_a_huge_create_seq_harms_nothing(tmp_path: Path) -> None:
+    """Found in review: c = 2**63 passed validation and crashed SQLite's int64."""
+    import orjson
+
+    from p2psync.core import protocol
+    from p2psync.core.entry import ZERO_HASH, sign_entry
+    from p2psync.core.ids import make_recipe_id
+    from p2psync.store.sqlite import SqliteStore
+
+    store = SqliteStore.open(tmp_path / "db")
+    node = Node(
+        NodeConfig(data_dir=tmp_path, mdns=False), SigningKey(b"\x07" * 32), store, Metrics()
+    )
+    attacker = SigningKey(b"\x13" * 32)
+    origin = bytes(attacker.verify_key)
+    for create_seq in (2**63, 2**48, 5):
+        op = orjson.dumps(
+            {"k": "publish", "id": make_recipe_id(origin, create_seq), "c": create_seq}
+        )
+        entry = sign_entry(attacker, 0, ZERO_HASH, 1 << 40, op)
+        node.run_actions(
+            node.engine.live_received("attacker", protocol.encode(protocol.Live(entry.raw)))
+        )
+        # Each is refused as an op (bad, or naming a create after itself) but
+        # kept as a signed entry; the first one is the only new entry.
+    assert node.status().entries == 1
+    assert node.list_recipes() == []
+    rendered = node.metrics.render()[0].decode()
+    assert 'p2psync_entries_rejected_total{reason="bad_op"} 1.0' in rendered
+    store.close()
