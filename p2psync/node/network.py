@@ -57,6 +57,7 @@ STRIKE_WINDOW = 10.0  # seconds
 STRIKES_TO_BAN = 20  # offences within the window that get a peer cut off
 BAN_SECONDS = 120.0
 LOST_PEER_REDIALS = 12
+SESSION_RESUME_DELAY = 0.5
 
 
 def backoff_delay(failures: int, rng: random.Random) -> float:
@@ -329,15 +330,20 @@ class NetworkTransport(Transport):
             # down (its "connected" event found the old session and did
             # nothing): give the new connection a session of its own.
             shutting_down = trio.current_effective_deadline() == float("-inf")
-            if (
-                not shutting_down
-                and self.nursery is not None
-                and peer not in self.sessions
-                and peer in self.host.connected_peers()
-                and self._allowed(peer)
-                and not self.banned(peer)
-            ):
-                self._start_session(peer, self.nursery)
+            if not shutting_down and self.nursery is not None:
+                self.nursery.start_soon(self._resume_session, peer)
+
+    async def _resume_session(self, peer: str) -> None:
+        # A short pause bounds the rate should a session keep failing at once.
+        await trio.sleep(SESSION_RESUME_DELAY)
+        if (
+            self.nursery is not None
+            and peer not in self.sessions
+            and peer in self.host.connected_peers()
+            and self._allowed(peer)
+            and not self.banned(peer)
+        ):
+            self._start_session(peer, self.nursery)
 
     async def _session_sender(self, session: _Session) -> None:
         async for data in session.outbox_receive:
