@@ -105,20 +105,12 @@ class NetworkTransport(Transport):
         session = self.sessions.get(peer)
         if session is None or not session.ready:
             return False
-        try:
-            session.outbox_send.send_nowait(data)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        return True
+        return _offer(session.outbox_send, data)
 
     def publish_live(self, data: bytes) -> bool:
         if not self.table.connected_ids():
             return False
-        try:
-            self.live_send.send_nowait(data)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        return True
+        return _offer(self.live_send, data)
 
     def listen_addrs(self) -> list[str]:
         return self.host.listen_addrs()
@@ -459,6 +451,15 @@ class NetworkTransport(Transport):
                 continue
             answer[peer] = [view for r in recipes if (view := _recipe_from_json(r)) is not None]
         return answer
+
+
+def _offer(outbox: trio.MemorySendChannel[bytes], data: bytes) -> bool:
+    """Queue without waiting; False when the bounded outbox is full or closed."""
+    try:
+        outbox.send_nowait(data)
+    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        return False
+    return True
 
 
 def _is_ed25519(peer_id: str) -> bool:

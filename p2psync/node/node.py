@@ -166,18 +166,7 @@ class Node:
         self.transport = Transport()
 
     def _persist(self, persist: Persist) -> None:
-        try:
-            self.store.commit(persist)
-        except StoreError as exc:
-            self._persist_failed(persist, exc)
-            return
-        except Exception as exc:
-            # Whatever a peer's bytes provoked in the store must not take the
-            # daemon down; refuse the batch like any failed write.
-            log.exception("unexpected error storing %d entries", len(persist.entries))
-            self._persist_failed(persist, StoreError(f"unexpected store error: {exc!r}"))
-            return
-        self._persisted(persist)
+        self._settle(persist, self._commit(persist))
 
     async def run_local_actions(self, actions: list[Action]) -> None:
         """Like run_actions, but fsync our own ops off the event loop.
@@ -190,19 +179,32 @@ class Node:
             if not isinstance(action, Persist):
                 self.run_actions([action])
                 continue
-            try:
-                # Shielded: the engine already counts the entry as ours, so the
-                # commit must finish (or fail and roll back), never be skipped.
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(self.store.commit, action)
-            except StoreError as exc:
-                self._persist_failed(action, exc)
-                continue
-            except Exception as exc:
-                log.exception("unexpected error storing our own entries")
-                self._persist_failed(action, StoreError(f"unexpected store error: {exc!r}"))
-                continue
-            self._persisted(action)
+            # Shielded: the engine already counts the entry as ours, so the
+            # commit must finish (or fail and roll back), never be skipped.
+            with trio.CancelScope(shield=True):
+                error = await trio.to_thread.run_sync(self._commit, action)
+            self._settle(action, error)
+
+    def _commit(self, persist: Persist) -> StoreError | None:
+        """Write one Persist; any failure comes back as a StoreError, never raised.
+
+        Whatever a peer's bytes provoke in the store must not take the daemon
+        down: an unexpected error is refused like any failed write.
+        """
+        try:
+            self.store.commit(persist)
+        except StoreError as exc:
+            return exc
+        except Exception as exc:
+            log.exception("unexpected error storing %d entries", len(persist.entries))
+            return StoreError(f"unexpected store error: {exc!r}")
+        return None
+
+    def _settle(self, persist: Persist, error: StoreError | None) -> None:
+        if error is None:
+            self._persisted(persist)
+        else:
+            self._persist_failed(persist, error)
 
     def _persist_failed(self, persist: Persist, exc: StoreError) -> None:
         self.engine.persist_failed(persist)

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,29 @@ class NodeProcess:
 
     def stderr(self) -> str:
         return self.stderr_path.read_text()
+
+
+def start_node(started: list[NodeProcess], root: Path, *args: str) -> NodeProcess:
+    """A loopback node with a short sync interval, remembered for teardown."""
+    node = NodeProcess(root, ["--host", "127.0.0.1", "--sync-interval", "2", *args])
+    started.append(node)
+    return node
+
+
+def listen_addr(node: NodeProcess) -> str:
+    """The node's loopback multiaddr, /p2p/ id included."""
+    addrs = node.get("/api/v0/status")["listen_addrs"]
+    return str(next(a for a in addrs if a.startswith("/ip4/127.0.0.1/")))
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, *nodes: NodeProcess
+) -> None:
+    """Poll condition(); on timeout fail with the stderr tails of `nodes`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    tails = "".join(f"\n--- {n.stderr_path}\n{n.stderr()[-2000:]}" for n in nodes)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{tails}")

@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import NodeProcess
+from tests.e2e.helpers import NodeProcess, listen_addr, start_node, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def listen_addr(node: NodeProcess) -> str:
-    addrs = node.get("/api/v0/status")["listen_addrs"]
-    return next(a for a in addrs if a.startswith("/ip4/127.0.0.1/"))
 
 
 def same_book(nodes: list[NodeProcess], entries: int) -> Callable[[], bool]:
@@ -47,19 +32,13 @@ def nodes(tmp_path: Path) -> Iterator[list[NodeProcess]]:
         node.stop(signal.SIGTERM)
 
 
-def start(nodes: list[NodeProcess], root: Path, *args: str) -> NodeProcess:
-    node = NodeProcess(root, ["--host", "127.0.0.1", "--sync-interval", "2", *args])
-    nodes.append(node)
-    return node
-
-
 def test_three_nodes_on_one_host_find_each_other_and_converge(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
     # One data root, no flags but the API: same-host discovery must connect them.
-    a = start(nodes, tmp_path, "--initial-ops", "200", "--seed", "1")
-    b = start(nodes, tmp_path, "--initial-ops", "100", "--seed", "2")
-    c = start(nodes, tmp_path)
+    a = start_node(nodes, tmp_path, "--initial-ops", "200", "--seed", "1")
+    b = start_node(nodes, tmp_path, "--initial-ops", "100", "--seed", "2")
+    c = start_node(nodes, tmp_path)
     wait_until(same_book([a, b, c], 300), 60, "three nodes to converge")
     created = a.post(
         "/api/v0/recipes", {"name": "Live one", "ingredients": "i", "instructions": "s"}
@@ -88,9 +67,11 @@ def test_three_nodes_on_one_host_find_each_other_and_converge(
 
 def test_chain_relays_to_nodes_that_never_meet(tmp_path: Path, nodes: list[NodeProcess]) -> None:
     # Separate data roots: no same-host discovery, only the static chain A-B-C.
-    a = start(nodes, tmp_path / "a", "--initial-ops", "300", "--seed", "3")
-    b = start(nodes, tmp_path / "b", "--peer", listen_addr(a))
-    c = start(nodes, tmp_path / "c", "--peer", listen_addr(b), "--initial-ops", "50", "--seed", "4")
+    a = start_node(nodes, tmp_path / "a", "--initial-ops", "300", "--seed", "3")
+    b = start_node(nodes, tmp_path / "b", "--peer", listen_addr(a))
+    c = start_node(
+        nodes, tmp_path / "c", "--peer", listen_addr(b), "--initial-ops", "50", "--seed", "4"
+    )
     wait_until(same_book([a, b, c], 350), 60, "the chain to converge")
     a_id = a.get("/api/v0/status")["peer_id"]
     assert a_id not in {p["peer_id"] for p in c.get("/api/v0/peers") if p["connected"]}
@@ -100,9 +81,9 @@ def test_chain_relays_to_nodes_that_never_meet(tmp_path: Path, nodes: list[NodeP
 def test_killed_node_restarts_as_itself_and_backfills_what_it_missed(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
-    a = start(nodes, tmp_path / "a", "--initial-ops", "100", "--seed", "5")
+    a = start_node(nodes, tmp_path / "a", "--initial-ops", "100", "--seed", "5")
     b_dir = tmp_path / "b" / "data"
-    b = start(nodes, tmp_path / "b", "--data-dir", str(b_dir), "--peer", listen_addr(a))
+    b = start_node(nodes, tmp_path / "b", "--data-dir", str(b_dir), "--peer", listen_addr(a))
     wait_until(same_book([a, b], 100), 60, "first sync")
     b_id = b.get("/api/v0/status")["peer_id"]
     b.stop(signal.SIGKILL)
@@ -111,21 +92,25 @@ def test_killed_node_restarts_as_itself_and_backfills_what_it_missed(
     # 5 000 entries are written while b is down.
     a.stop(signal.SIGTERM)
     nodes.remove(a)
-    a = start(nodes, tmp_path / "a", "--profile", "node1", "--initial-ops", "5000", "--seed", "6")
+    a = start_node(
+        nodes, tmp_path / "a", "--profile", "node1", "--initial-ops", "5000", "--seed", "6"
+    )
     wait_until(lambda: a.get("/api/v0/status")["entries"] == 5100, 120, "a to write 5 000 more")
 
-    b = start(nodes, tmp_path / "b", "--data-dir", str(b_dir), "--peer", listen_addr(a))
+    b = start_node(nodes, tmp_path / "b", "--data-dir", str(b_dir), "--peer", listen_addr(a))
     assert b.get("/api/v0/status")["peer_id"] == b_id
     wait_until(same_book([a, b], 5100), 120, "b to backfill 5 000 entries")
 
 
 def test_closed_network_refuses_unlisted_peers(tmp_path: Path, nodes: list[NodeProcess]) -> None:
-    friend = start(nodes, tmp_path / "f", "--initial-ops", "10", "--seed", "8")
+    friend = start_node(nodes, tmp_path / "f", "--initial-ops", "10", "--seed", "8")
     friend_id = friend.get("/api/v0/status")["peer_id"]
-    closed = start(nodes, tmp_path / "c", "--allow-peer", friend_id, "--peer", listen_addr(friend))
+    closed = start_node(
+        nodes, tmp_path / "c", "--allow-peer", friend_id, "--peer", listen_addr(friend)
+    )
     wait_until(lambda: closed.get("/api/v0/status")["entries"] == 10, 30, "the friend's entries")
     # A stranger dials in; the closed node must refuse it and count the refusal.
-    stranger = start(
+    stranger = start_node(
         nodes, tmp_path / "s", "--initial-ops", "20", "--seed", "7", "--peer", listen_addr(closed)
     )
     import httpx

@@ -17,17 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.helpers import NodeProcess
+from tests.e2e.helpers import NodeProcess, listen_addr, start_node, wait_until
 
 pytestmark = pytest.mark.e2e
 
 TOTAL = 30_000
 BATCH = 200
-
-
-def listen_addr(node: NodeProcess) -> str:
-    addrs = node.get("/api/v0/status")["listen_addrs"]
-    return str(next(a for a in addrs if a.startswith("/ip4/127.0.0.1/")))
 
 
 def held_sum(sync: dict[str, Any]) -> int:
@@ -43,16 +38,6 @@ def metric(node: NodeProcess, series: str) -> float:
     raise AssertionError(f"no {series} in /metrics")
 
 
-def wait_until(check: Any, timeout: float, what: str, *nodes: NodeProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    tails = "\n".join(f"--- {n.stderr_path}\n{n.stderr()[-2000:]}" for n in nodes)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tails}")
-
-
 @pytest.fixture
 def nodes() -> Iterator[list[NodeProcess]]:
     started: list[NodeProcess] = []
@@ -61,16 +46,10 @@ def nodes() -> Iterator[list[NodeProcess]]:
         node.stop(signal.SIGKILL)
 
 
-def start(nodes: list[NodeProcess], root: Path, *args: str) -> NodeProcess:
-    node = NodeProcess(root, ["--host", "127.0.0.1", "--sync-interval", "2", *args])
-    nodes.append(node)
-    return node
-
-
 def test_joiner_killed_mid_backfill_resumes_without_losing_or_refetching(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
-    holder = start(
+    holder = start_node(
         nodes, tmp_path / "h", "--initial-ops", str(TOTAL), "--seed", "21",
         "--batch-size", str(BATCH),
     )  # fmt: skip
@@ -81,7 +60,7 @@ def test_joiner_killed_mid_backfill_resumes_without_losing_or_refetching(
     j_args = ["--data-dir", str(j_dir), "--batch-size", str(BATCH), "--peer", listen_addr(holder)]
 
     # 1. Join, and kill -9 somewhere between 20 % and 80 % of the backfill.
-    joiner = start(nodes, tmp_path / "j", *j_args)
+    joiner = start_node(nodes, tmp_path / "j", *j_args)
     j_id = joiner.get("/api/v0/status")["peer_id"]
     seen: list[int] = []
     deadline = time.monotonic() + 120
@@ -102,7 +81,7 @@ def test_joiner_killed_mid_backfill_resumes_without_losing_or_refetching(
 
     # 2. Restart on the same data dir with no peer: what it shows is exactly
     #    what survived the kill, a stable snapshot.
-    alone = start(nodes, tmp_path / "j", "--data-dir", str(j_dir))
+    alone = start_node(nodes, tmp_path / "j", "--data-dir", str(j_dir))
     status = alone.get("/api/v0/status")
     sync = alone.get("/api/v0/sync")
     assert status["peer_id"] == j_id, "the restarted joiner changed identity"
@@ -118,7 +97,7 @@ def test_joiner_killed_mid_backfill_resumes_without_losing_or_refetching(
     # 3. Restart with the holder again: first status at least the snapshot, then
     #    it finishes the backfill fetching only what it lacked.
     restarted = time.monotonic()
-    joiner = start(nodes, tmp_path / "j", *j_args)
+    joiner = start_node(nodes, tmp_path / "j", *j_args)
     first = joiner.get("/api/v0/status")
     assert first["peer_id"] == j_id
     assert first["entries"] >= persisted, (first["entries"], persisted)

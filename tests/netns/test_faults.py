@@ -11,7 +11,6 @@ addresses: the topology is exactly the one each test draws. Root only.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -23,15 +22,11 @@ from typing import Any
 import pytest
 
 from tests.netns.lab import Lab, netns_lab, require_netns
+from tests.netns.nodes import API_PORT, api, wait_until
 
 pytestmark = pytest.mark.netns
 
-API_PORT = 18180
 PROXY_SCRIPT = Path(__file__).with_name("delay_proxy.py")
-_QUERY = (
-    "import sys, urllib.request; "
-    "print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
-)
 # POST n recipes to the node's API, a short pause between them; prints how
 # many were acknowledged (201).
 _WRITE = """
@@ -47,11 +42,6 @@ for k in range(n):
     time.sleep(pause)
 print(ok)
 """
-
-
-def api(lab: Lab, host: int, path: str) -> Any:
-    result = lab.run(host, [sys.executable, "-c", _QUERY, f"http://127.0.0.1:{API_PORT}{path}"])
-    return json.loads(result.stdout)
 
 
 def start_node(lab: Lab, host: int, tmp: Path, *args: str) -> subprocess.Popen[Any]:
@@ -89,20 +79,6 @@ def finish(writers: list[subprocess.Popen[str]], counts: dict[int, int]) -> None
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, f"writer on host {host} failed: {err[-2000:]}"
         assert int(out.strip()) == n, f"host {host}: {out.strip()} of {n} acknowledged"
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, logs: Path) -> float:
-    """Poll until condition(); returns the seconds it took."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        try:
-            if condition():
-                return time.monotonic() - start
-        except (RuntimeError, subprocess.CalledProcessError, json.JSONDecodeError):
-            pass  # the API is not up yet, or answered slowly
-        time.sleep(0.5)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs.glob("*.log")))
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tails}")
 
 
 def statuses(lab: Lab, hosts: range | list[int]) -> list[dict[str, Any]]:

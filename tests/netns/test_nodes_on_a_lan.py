@@ -6,31 +6,19 @@ mDNS can bring these nodes together. Root only; skipped otherwise.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.netns.lab import Lab, RootMdnsSniffer, netns_lab, require_netns
+from tests.netns.nodes import API_PORT, api, wait_until
 
 pytestmark = pytest.mark.netns
-
-API_PORT = 18180
-_QUERY = (
-    "import sys, urllib.request; "
-    "print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
-)
-
-
-def api(lab: Lab, host: int, path: str) -> Any:
-    result = lab.run(host, [sys.executable, "-c", _QUERY, f"http://127.0.0.1:{API_PORT}{path}"])
-    return json.loads(result.stdout)
 
 
 def start_node(lab: Lab, host: int, tmp: Path, *args: str) -> subprocess.Popen[Any]:
@@ -44,19 +32,6 @@ def start_node(lab: Lab, host: int, tmp: Path, *args: str) -> subprocess.Popen[A
          "--data-dir", str(tmp / f"node{host}"), "--sync-interval", "3", *args],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, logs: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except (RuntimeError, subprocess.CalledProcessError, json.JSONDecodeError):
-            pass  # the API is not up yet
-        time.sleep(0.5)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(logs.glob("*.log")))
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tails}")
 
 
 def test_mdns_nodes_find_each_other_and_networks_stay_apart(tmp_path: Path) -> None:
