@@ -22,7 +22,9 @@ from pyroaring import BitMap64
 from benchmarks.common import Context
 from benchmarks.entries import make_logs
 from p2psync.core import protocol
-from p2psync.core.engine import EngineConfig, Persist, SyncEngine
+from p2psync.core.actions import Persist
+from p2psync.core.engine import EngineConfig, SyncEngine
+from p2psync.core.hlc import Now
 from p2psync.core.progress import Progress, decode_summary, encode_summary
 from p2psync.store.sqlite import SqliteStore
 
@@ -30,11 +32,8 @@ KEYS = ("apply_per_s",)
 
 
 class _Clock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def wall_ms(self) -> int:
-        return time.time_ns() // 1_000_000
+    def instant(self) -> Now:
+        return Now(time.monotonic(), time.time_ns() // 1_000_000)
 
 
 def _batches(logs: list[list[Any]], batch_size: int) -> list[bytes]:
@@ -51,18 +50,19 @@ def _batches(logs: list[list[Any]], batch_size: int) -> list[bytes]:
 def _apply(messages: list[bytes], workdir: Path) -> dict[str, float]:
     store = SqliteStore.open(workdir / "p2psync.db")
     try:
+        clock = _Clock()
         engine = SyncEngine(
             SigningKey(b"\x42" * 32),
             Progress(store.load_progress()),
             store,
-            _Clock(),
+            clock.instant(),
             EngineConfig(),
         )
         engine_s = commit_s = 0.0
         applied = 0
         for data in messages:
             t0 = time.perf_counter()
-            actions = engine.message_received("peer", data)
+            actions = engine.message_received("peer", data, clock.instant())
             t1 = time.perf_counter()
             for action in actions:
                 if isinstance(action, Persist):

@@ -8,11 +8,12 @@ from typing import cast
 from nacl.signing import SigningKey
 from pyroaring import BitMap64
 
-from p2psync.core.engine import Accepted, Persist
+from p2psync.core.actions import Accepted, Persist
 from p2psync.core.entry import ZERO_HASH, Entry, sign_entry
 from p2psync.core.hlc import pack
 from p2psync.core.ids import make_recipe_id
 from p2psync.core.ops import Op, OpKind, RecipeFields, encode_op
+from p2psync.core.reasons import Source
 from p2psync.node.generator import WorkloadGenerator
 
 
@@ -56,4 +57,4 @@ def persist_of(entries: list[tuple[Entry, Op]]) -> Persist:
     progress: dict[bytes, BitMap64] = {}
     for entry, _ in entries:
         progress.setdefault(entry.origin, BitMap64()).add(entry.seq)
-    return Persist(tuple(Accepted(e, op) for e, op in entries), progress, "backfill", None)
+    return Persist(tuple(Accepted(e, op) for e, op in entries), progress, Source.BACKFILL, None)

@@ -21,7 +21,9 @@ from nacl.signing import SigningKey
 from benchmarks.common import Context
 from benchmarks.entries import make_logs, persist_of
 from p2psync.core import protocol
-from p2psync.core.engine import Action, EngineConfig, Persist, RoundFinished, SendTo, SyncEngine
+from p2psync.core.actions import Action, Persist, RoundFinished, SendTo
+from p2psync.core.engine import EngineConfig, SyncEngine
+from p2psync.core.hlc import Now
 from p2psync.core.progress import Progress
 from p2psync.store.memory import MemoryStore
 
@@ -38,13 +40,17 @@ class _Clock:
     def wall_ms(self) -> int:
         return time.time_ns() // 1_000_000
 
+    def instant(self) -> Now:
+        return Now(self.now, self.wall_ms())
+
 
 class _Side:
     def __init__(self, name: str, key: SigningKey, store: MemoryStore, clock: _Clock) -> None:
         self.name = name
         self.store = store
+        self.clock = clock
         self.engine = SyncEngine(
-            key, Progress(store.load_progress()), store, clock, EngineConfig(), last_hlc=0
+            key, Progress(store.load_progress()), store, clock.instant(), EngineConfig()
         )
 
 
@@ -63,7 +69,7 @@ def _exchange(sides: dict[str, _Side], first: list[tuple[str, str, bytes]]) -> d
             kind = _kind(data)
             stats["by_kind"][kind] = stats["by_kind"].get(kind, 0) + len(data)
             side = sides[dst]
-            actions = side.engine.message_received(src, data)
+            actions = side.engine.message_received(src, data, side.clock.instant())
             in_flight.extend(_carry_out(side, actions, finished_at, stats["waves"], stats))
         if stats["waves"] > 1000:
             raise RuntimeError("anti-entropy exchange did not go quiet")
@@ -115,18 +121,30 @@ def _pair(logs: list[list[Any]], missing: tuple[int, int] | None) -> dict[str, _
     # Connect as the daemon does (both sides start a round), and let that settle.
     first: list[tuple[str, str, bytes]] = []
     first += _carry_out(
-        sides["A"], sides["A"].engine.peer_connected("B"), {}, 0, {"entries_moved": 0}
+        sides["A"],
+        sides["A"].engine.peer_connected("B", clock.instant()),
+        {},
+        0,
+        {"entries_moved": 0},
     )
     first += _carry_out(
-        sides["B"], sides["B"].engine.peer_connected("A"), {}, 0, {"entries_moved": 0}
+        sides["B"],
+        sides["B"].engine.peer_connected("A", clock.instant()),
+        {},
+        0,
+        {"entries_moved": 0},
     )
     _exchange(sides, first)
     if skip is not None:
         live = protocol.encode(protocol.Live(skip.raw))
         _carry_out(
-            sides["A"], sides["A"].engine.live_received("C", live), {}, 0, {"entries_moved": 0}
+            sides["A"],
+            sides["A"].engine.live_received("C", live, clock.instant()),
+            {},
+            0,
+            {"entries_moved": 0},
         )
-        if sides["A"].engine.progress.total() != len(everything):
+        if sides["A"].engine.entry_count() != len(everything):
             raise RuntimeError("A did not accept the extra entry")
     return sides
 
@@ -134,7 +152,11 @@ def _pair(logs: list[list[Any]], missing: tuple[int, int] | None) -> dict[str, _
 def _measure(sides: dict[str, _Side], initiator: str) -> dict[str, Any]:
     side = sides[initiator]
     first = _carry_out(
-        side, side.engine.request_sync(_other(initiator)), {}, 0, {"entries_moved": 0}
+        side,
+        side.engine.request_sync(_other(initiator), side.clock.instant()),
+        {},
+        0,
+        {"entries_moved": 0},
     )
     start = time.perf_counter()
     stats = _exchange(sides, first)
@@ -161,7 +183,7 @@ def run(ctx: Context) -> dict[str, Any]:
     mid = len(logs[1]) // 2
     sides = _pair(logs, (1, mid))
     one_missing = _measure(sides, "B")
-    b_held = sides["B"].engine.progress.total()
+    b_held = sides["B"].engine.entry_count()
     if b_held != total:
         raise RuntimeError(f"the round did not repair the hole: B holds {b_held} of {total}")
     return {

@@ -1,5 +1,8 @@
 """Raw py-libp2p baselines, through the same wrapper the daemon uses (p2psync.net.host).
 
+Stream mode uses the test-only stream helpers (tests/e2e/streams.py): the
+daemon speaks gossipsub alone, so the wrapper has no stream API of its own.
+
 Run as separate processes, one per role (the orchestrating functions at the
 bottom start them)::
 
@@ -58,6 +61,7 @@ def _loopback(addrs: list[str]) -> str:
 
 async def recv(args: argparse.Namespace) -> None:
     from p2psync.net.host import open_libp2p_host
+    from tests.e2e.streams import set_stream_handler
 
     total = args.count * args.size
     state: dict[str, Any] = {"bytes": 0, "messages": 0, "first": None, "last": None, "t0": None}
@@ -84,7 +88,7 @@ async def recv(args: argparse.Namespace) -> None:
                     state["messages"] += 1
                 done.set()
 
-            host.set_stream_handler(PROTOCOL, handler)
+            set_stream_handler(host, PROTOCOL, handler)
         _emit("ADDR", _loopback(host.listen_addrs()))
         with trio.move_on_after(args.timeout):
             if args.mode == "gossip":
@@ -114,6 +118,7 @@ async def recv(args: argparse.Namespace) -> None:
 
 async def send(args: argparse.Namespace) -> None:
     from p2psync.net.host import open_libp2p_host
+    from tests.e2e.streams import open_stream
 
     async with open_libp2p_host(os.urandom(32), "127.0.0.1", 0) as host:
         if args.mode == "gossip":
@@ -133,7 +138,7 @@ async def send(args: argparse.Namespace) -> None:
                     if not result:
                         refused[str(result.reason)] = refused.get(str(result.reason), 0) + 1
             else:
-                stream = await host.open_stream(peer, PROTOCOL)
+                stream = await open_stream(host, peer, PROTOCOL)
                 chunk = bytearray(args.size)
                 for seq in range(args.count):
                     chunk[: _HEAD.size] = _HEAD.pack(t0, seq, DATA)

@@ -8,7 +8,6 @@ reading instead of after buffering.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -335,24 +334,6 @@ def make_metrics_app(metrics: Metrics) -> RouterApp:
 
 
 # --- serving --------------------------------------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a hostname may resolve anywhere; assume the worst
-
-
-def require_token_for(host: str, token: str | None) -> None:
-    """Refuse to expose the API beyond this host without a token (SPEC: --api-token)."""
-    if not token and not is_loopback(host):
-        raise ValueError(
-            f"--api-token is required when the API listens on a non-loopback address ({host})"
-        )
 
 
 def bind_address(host: str, port: int) -> str:

@@ -16,39 +16,18 @@ from prometheus_client import (
     generate_latest,
 )
 
+from p2psync.core.reasons import Drop, Reason
+
 # `*_created` series double the exposition for no use on a dashboard.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Label values created up front so dashboards and tests see them at 0 before
 # the first event; other values are still accepted when they occur.
 ORIGIN_KINDS = ("own", "remote")
-REJECT_REASONS = (  # the RemoteError reasons of p2psync.core, one label each
-    "signature",
-    "chain",
-    "fork",
-    "not_author",
-    "bad_op",
-    "not_allowed",
-    "malformed",
-    "oversized",
-    "version",
-)
-DROP_REASONS = (
-    "send_failed",
-    "live_not_sent",
-    "publish_queue_full",
-    "publish_mesh_pending",
-    "publish_no_peers",
-    "publish_oversized",
-    "ack_timeout",
-    "malformed",
-    "oversized",
-    "version",
-    "unknown_kind",
-    "bitmap",
-    "wrong_sender",
-    "peer_refused",
-)
+# Every reason the core gives (a refused entry or message) and every drop the
+# node counts, each defined once in p2psync.core.reasons.
+REJECT_REASONS = tuple(Reason)
+DROP_REASONS = (*Reason, *Drop)
 SYNC_RESULTS = ("ok", "failed")
 
 # Apply latency spans a same-host hop (~1 ms) to a backlog after a partition.
@@ -71,7 +50,7 @@ SYNC_ROUND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 
 
 class Metrics:
-    """All metrics of one node; the node calls the typed methods, the API renders."""
+    """All metrics of one node: implements node.observer.Observer; the API renders them."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()

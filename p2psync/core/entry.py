@@ -27,6 +27,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from p2psync.core.errors import RemoteError
 from p2psync.core.ops import MAX_OP_BYTES
+from p2psync.core.reasons import Reason
 
 ENTRY_VERSION = 1
 HASH_BYTES = 32
@@ -75,18 +76,22 @@ def decode_entry(raw: bytes) -> Entry:
     """Parse the structure of one entry (no signature or link check)."""
     size = len(raw)
     if size < MIN_ENTRY_BYTES:
-        raise RemoteError(f"entry of {size} bytes is too short", reason="malformed")
+        raise RemoteError(f"entry of {size} bytes is too short", reason=Reason.MALFORMED)
     if size > MAX_ENTRY_BYTES:
-        raise RemoteError(f"entry of {size} bytes exceeds {MAX_ENTRY_BYTES}", reason="oversized")
+        raise RemoteError(
+            f"entry of {size} bytes exceeds {MAX_ENTRY_BYTES}", reason=Reason.OVERSIZED
+        )
     version, origin, seq, prev, hlc, op_len = _HEADER.unpack_from(raw)
     if version != ENTRY_VERSION:
-        raise RemoteError(f"unknown entry version {version}", reason="version")
+        raise RemoteError(f"unknown entry version {version}", reason=Reason.VERSION)
     if HEADER_BYTES + op_len + SIG_BYTES != size:
-        raise RemoteError("entry length does not match its op length", reason="malformed")
+        raise RemoteError("entry length does not match its op length", reason=Reason.MALFORMED)
     if seq > MAX_SEQ:
-        raise RemoteError(f"entry seq {seq} is out of range", reason="malformed")
+        raise RemoteError(f"entry seq {seq} is out of range", reason=Reason.MALFORMED)
     if seq == 0 and prev != ZERO_HASH:
-        raise RemoteError("first entry of an origin must have a zero prev hash", reason="chain")
+        raise RemoteError(
+            "first entry of an origin must have a zero prev hash", reason=Reason.CHAIN
+        )
     return Entry(origin, seq, prev, hlc, raw[HEADER_BYTES : HEADER_BYTES + op_len], raw)
 
 
@@ -96,7 +101,9 @@ def verify_signature(entry: Entry, key_cache: dict[bytes, VerifyKey] | None = No
         try:
             key = VerifyKey(entry.origin)
         except Exception as exc:  # nacl raises several types for a bad point
-            raise RemoteError("entry origin is not an Ed25519 key", reason="signature") from exc
+            raise RemoteError(
+                "entry origin is not an Ed25519 key", reason=Reason.SIGNATURE
+            ) from exc
         if key_cache is not None and len(key_cache) < 100_000:
             key_cache[entry.origin] = key
     try:
@@ -104,5 +111,5 @@ def verify_signature(entry: Entry, key_cache: dict[bytes, VerifyKey] | None = No
     except BadSignatureError as exc:
         raise RemoteError(
             f"bad signature on entry seq {entry.seq} of origin {entry.origin.hex()[:16]}",
-            reason="signature",
+            reason=Reason.SIGNATURE,
         ) from exc

@@ -8,24 +8,24 @@ impossible (tell the user).
 
 from __future__ import annotations
 
+from p2psync.core.reasons import BLAME_OF, Blame, Reason
+
 
 class CoreError(Exception):
     """Base of every error raised by p2psync.core."""
 
-    reason: str = "invalid"
-
 
 class RemoteError(CoreError):
-    """A peer sent something we must refuse. `reason` is a short metric label."""
+    """A peer sent something we must refuse; `reason` is its metric label."""
 
-    def __init__(self, message: str, *, reason: str = "malformed") -> None:
+    def __init__(self, message: str, *, reason: Reason = Reason.MALFORMED) -> None:
         super().__init__(message)
         self.reason = reason
+
+    @property
+    def blame(self) -> Blame:
+        return BLAME_OF[self.reason]
 
 
 class LocalError(CoreError):
     """This node's own caller asked for something invalid."""
-
-    def __init__(self, message: str, *, reason: str = "invalid") -> None:
-        super().__init__(message)
-        self.reason = reason

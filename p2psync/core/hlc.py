@@ -8,6 +8,8 @@ ahead of our wall time so that one peer with a wild clock cannot drag ours.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 LOGICAL_BITS = 16
 LOGICAL_MASK = (1 << LOGICAL_BITS) - 1
 MAX_HLC = (1 << 64) - 1
@@ -49,3 +51,15 @@ class HybridClock:
         if (remote >> LOGICAL_BITS) > wall_ms + MAX_FORWARD_MS:
             return
         self._last = remote
+
+
+@dataclass(frozen=True, slots=True)
+class Now:
+    """The time an event happened, handed to the engine by its driver.
+
+    `monotonic` (seconds) times rounds and timeouts; `wall_ms` (Unix
+    milliseconds) feeds the hybrid clock. The core never reads a clock.
+    """
+
+    monotonic: float
+    wall_ms: int

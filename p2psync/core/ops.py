@@ -13,6 +13,7 @@ from typing import Any, Literal
 import orjson
 
 from p2psync.core.errors import LocalError, RemoteError
+from p2psync.core.reasons import Reason
 
 OpKind = Literal["create", "update", "publish", "delete"]
 OP_KINDS: frozenset[str] = frozenset({"create", "update", "publish", "delete"})
@@ -74,44 +75,46 @@ def encode_op(op: Op) -> bytes:
 def decode_op(data: bytes) -> Op:
     """Parse an op from a peer's entry. RemoteError on anything unexpected."""
     if len(data) > MAX_OP_BYTES:
-        raise RemoteError(f"op of {len(data)} bytes exceeds {MAX_OP_BYTES}", reason="oversized")
+        raise RemoteError(
+            f"op of {len(data)} bytes exceeds {MAX_OP_BYTES}", reason=Reason.OVERSIZED
+        )
     try:
         body = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise RemoteError(f"op is not JSON: {exc}", reason="malformed") from exc
+        raise RemoteError(f"op is not JSON: {exc}", reason=Reason.MALFORMED) from exc
     if not isinstance(body, dict):
-        raise RemoteError("op is not a JSON object", reason="malformed")
+        raise RemoteError("op is not a JSON object", reason=Reason.MALFORMED)
     kind = body.get("k")
     recipe_id = body.get("id")
     if kind not in OP_KINDS:
-        raise RemoteError(f"unknown op kind {kind!r}", reason="malformed")
+        raise RemoteError(f"unknown op kind {kind!r}", reason=Reason.MALFORMED)
     if not isinstance(recipe_id, str) or len(recipe_id) != RECIPE_ID_CHARS:
-        raise RemoteError("op has no valid recipe id", reason="malformed")
+        raise RemoteError("op has no valid recipe id", reason=Reason.MALFORMED)
     create_seq = body.get("c")
     if kind == "create":
         if create_seq is not None:
-            raise RemoteError("create op must not carry a create seq", reason="malformed")
+            raise RemoteError("create op must not carry a create seq", reason=Reason.MALFORMED)
     elif (
         not isinstance(create_seq, int)
         or isinstance(create_seq, bool)
         or not 0 <= create_seq <= MAX_CREATE_SEQ
     ):
-        raise RemoteError(f"{kind} op has no valid create seq", reason="malformed")
+        raise RemoteError(f"{kind} op has no valid create seq", reason=Reason.MALFORMED)
     fields = None
     if kind in ("create", "update"):
         name, ingredients, instructions = body.get("n"), body.get("g"), body.get("i")
         if not (
             isinstance(name, str) and isinstance(ingredients, str) and isinstance(instructions, str)
         ):
-            raise RemoteError(f"{kind} op lacks string fields", reason="malformed")
+            raise RemoteError(f"{kind} op lacks string fields", reason=Reason.MALFORMED)
         if (
             len(name) > MAX_NAME_CHARS
             or len(ingredients) > MAX_INGREDIENTS_CHARS
             or len(instructions) > MAX_INSTRUCTIONS_CHARS
         ):
-            raise RemoteError(f"{kind} op field too long", reason="oversized")
+            raise RemoteError(f"{kind} op field too long", reason=Reason.OVERSIZED)
         fields = RecipeFields(name, ingredients, instructions)
     extra = set(body) - {"k", "id", "c", "n", "g", "i"}
     if extra:
-        raise RemoteError(f"op has unknown keys {sorted(extra)}", reason="malformed")
+        raise RemoteError(f"op has unknown keys {sorted(extra)}", reason=Reason.MALFORMED)
     return Op(kind, recipe_id, create_seq, fields)

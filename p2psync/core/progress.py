@@ -21,6 +21,7 @@ from pyroaring import BitMap64
 
 from p2psync.core.entry import MAX_SEQ
 from p2psync.core.errors import RemoteError
+from p2psync.core.reasons import Reason
 
 MAX_BITMAP_BYTES = 256 * 1024
 MAX_SUMMARY_ORIGINS = 10_000
@@ -47,14 +48,16 @@ def contiguous_prefix(held: BitMap64) -> int:
 def decode_bitmap(data: bytes) -> BitMap64:
     if len(data) > MAX_BITMAP_BYTES:
         raise RemoteError(
-            f"bitmap of {len(data)} bytes exceeds {MAX_BITMAP_BYTES}", reason="bitmap"
+            f"bitmap of {len(data)} bytes exceeds {MAX_BITMAP_BYTES}", reason=Reason.BITMAP
         )
     try:
         bitmap = BitMap64.deserialize(data)
     except (ValueError, IndexError, OverflowError) as exc:
-        raise RemoteError("bitmap does not deserialize", reason="bitmap") from exc
+        raise RemoteError("bitmap does not deserialize", reason=Reason.BITMAP) from exc
     if bitmap and bitmap.max() > MAX_SEQ:
-        raise RemoteError(f"bitmap claims seq {bitmap.max()} beyond {MAX_SEQ}", reason="bitmap")
+        raise RemoteError(
+            f"bitmap claims seq {bitmap.max()} beyond {MAX_SEQ}", reason=Reason.BITMAP
+        )
     return bitmap
 
 
@@ -80,6 +83,10 @@ class Progress:
         if bitmap is None:
             bitmap = self._held[origin] = BitMap64()
         return bitmap
+
+    def get(self, origin: bytes) -> BitMap64 | None:
+        """The held seqs of `origin`, or None; unlike held() it creates nothing."""
+        return self._held.get(origin)
 
     def has(self, origin: bytes, seq: int) -> bool:
         bitmap = self._held.get(origin)
@@ -156,30 +163,32 @@ def encode_summary(progress: Progress) -> bytes:
 
 def decode_summary(data: bytes) -> Summary:
     if len(data) < 4:
-        raise RemoteError("summary is truncated", reason="malformed")
+        raise RemoteError("summary is truncated", reason=Reason.MALFORMED)
     (count,) = struct.unpack_from(">I", data)
     if count > MAX_SUMMARY_ORIGINS:
         raise RemoteError(
-            f"summary lists {count} origins (max {MAX_SUMMARY_ORIGINS})", reason="oversized"
+            f"summary lists {count} origins (max {MAX_SUMMARY_ORIGINS})", reason=Reason.OVERSIZED
         )
     offset = 4
     summary: Summary = {}
     for _ in range(count):
         if offset + _ORIGIN.size > len(data):
-            raise RemoteError("summary is truncated", reason="malformed")
+            raise RemoteError("summary is truncated", reason=Reason.MALFORMED)
         origin, prefix, beyond_len = _ORIGIN.unpack_from(data, offset)
         offset += _ORIGIN.size
         if prefix > MAX_SEQ + 1:
-            raise RemoteError(f"summary claims {prefix} entries for one origin", reason="bitmap")
+            raise RemoteError(
+                f"summary claims {prefix} entries for one origin", reason=Reason.BITMAP
+            )
         if offset + beyond_len > len(data):
-            raise RemoteError("summary is truncated", reason="malformed")
+            raise RemoteError("summary is truncated", reason=Reason.MALFORMED)
         beyond = decode_bitmap(data[offset : offset + beyond_len]) if beyond_len else BitMap64()
         offset += beyond_len
         if beyond and beyond.min() < prefix:
-            raise RemoteError("summary bitmap overlaps its prefix", reason="bitmap")
+            raise RemoteError("summary bitmap overlaps its prefix", reason=Reason.BITMAP)
         if origin in summary:
-            raise RemoteError("summary lists an origin twice", reason="malformed")
+            raise RemoteError("summary lists an origin twice", reason=Reason.MALFORMED)
         summary[origin] = Claim(prefix, beyond)
     if offset != len(data):
-        raise RemoteError("summary has trailing bytes", reason="malformed")
+        raise RemoteError("summary has trailing bytes", reason=Reason.MALFORMED)
     return summary

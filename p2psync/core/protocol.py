@@ -11,15 +11,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-import orjson
-
 from p2psync.core.entry import MAX_ENTRY_BYTES
 from p2psync.core.errors import RemoteError
+from p2psync.core.query import Query, QueryReply, decode_recipes, encode_recipes
+from p2psync.core.reasons import Reason
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 1024 * 1024 - 1024  # gossipsub drops > 1 MiB at the sender
 MAX_BATCH_ENTRIES = 10_000
-MAX_QUERY_REPLY_RECIPES = 2_000
 
 LIVE, SUMMARY, BATCH, ACK, QUERY, QUERY_REPLY = 1, 2, 3, 4, 5, 6
 
@@ -57,19 +56,6 @@ class Ack:
     batch_no: int
 
 
-@dataclass(frozen=True, slots=True)
-class Query:
-    """Ask a peer for its published recipes (`ls r all`)."""
-
-    query_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class QueryReply:
-    query_id: int
-    recipes: list[dict[str, object]]
-
-
 Message = Live | SummaryMsg | Batch | Ack | Query | QueryReply
 
 
@@ -92,7 +78,7 @@ def encode(message: Message) -> bytes:
         return _HEAD.pack(PROTOCOL_VERSION, ACK) + _ACK.pack(message.round, message.batch_no)
     if isinstance(message, Query):
         return _HEAD.pack(PROTOCOL_VERSION, QUERY) + _QUERY.pack(message.query_id)
-    body = orjson.dumps(message.recipes)
+    body = encode_recipes(message.recipes)
     return _HEAD.pack(PROTOCOL_VERSION, QUERY_REPLY) + _QUERY.pack(message.query_id) + body
 
 
@@ -100,16 +86,16 @@ def decode(data: bytes) -> Message:
     size = len(data)
     if size > MAX_MESSAGE_BYTES:
         raise RemoteError(
-            f"message of {size} bytes exceeds {MAX_MESSAGE_BYTES}", reason="oversized"
+            f"message of {size} bytes exceeds {MAX_MESSAGE_BYTES}", reason=Reason.OVERSIZED
         )
     if size < _HEAD.size:
-        raise RemoteError("message is shorter than its header", reason="malformed")
+        raise RemoteError("message is shorter than its header", reason=Reason.MALFORMED)
     version, kind = _HEAD.unpack_from(data)
     if version != PROTOCOL_VERSION:
         raise RemoteError(
             f"protocol version {version} is not supported (this node speaks {PROTOCOL_VERSION}); "
             "upgrade the older node",
-            reason="version",
+            reason=Reason.VERSION,
         )
     body = memoryview(data)[_HEAD.size :]
     if kind == LIVE:
@@ -123,30 +109,22 @@ def decode(data: bytes) -> Message:
     if kind == ACK:
         _need(body, _ACK.size)
         if len(body) != _ACK.size:
-            raise RemoteError("ack has trailing bytes", reason="malformed")
+            raise RemoteError("ack has trailing bytes", reason=Reason.MALFORMED)
         return Ack(*_ACK.unpack_from(body))
     if kind == QUERY:
         if len(body) != _QUERY.size:
-            raise RemoteError("query has the wrong size", reason="malformed")
+            raise RemoteError("query has the wrong size", reason=Reason.MALFORMED)
         return Query(_QUERY.unpack_from(body)[0])
     if kind == QUERY_REPLY:
         _need(body, _QUERY.size)
         (query_id,) = _QUERY.unpack_from(body)
-        try:
-            recipes = orjson.loads(bytes(body[_QUERY.size :]))
-        except orjson.JSONDecodeError as exc:
-            raise RemoteError("query reply is not JSON", reason="malformed") from exc
-        if not isinstance(recipes, list) or len(recipes) > MAX_QUERY_REPLY_RECIPES:
-            raise RemoteError("query reply is not a bounded list", reason="malformed")
-        if not all(isinstance(r, dict) for r in recipes):
-            raise RemoteError("query reply holds non-objects", reason="malformed")
-        return QueryReply(query_id, recipes)
-    raise RemoteError(f"unknown message kind {kind}", reason="unknown_kind")
+        return QueryReply(query_id, decode_recipes(bytes(body[_QUERY.size :])))
+    raise RemoteError(f"unknown message kind {kind}", reason=Reason.UNKNOWN_KIND)
 
 
 def _need(body: memoryview, size: int) -> None:
     if len(body) < size:
-        raise RemoteError("message is truncated", reason="malformed")
+        raise RemoteError("message is truncated", reason=Reason.MALFORMED)
 
 
 def _decode_batch(body: memoryview) -> Batch:
@@ -154,7 +132,7 @@ def _decode_batch(body: memoryview) -> Batch:
     round_no, batch_no, flags, count = _BATCH.unpack_from(body)
     if count > MAX_BATCH_ENTRIES:
         raise RemoteError(
-            f"batch of {count} entries exceeds {MAX_BATCH_ENTRIES}", reason="oversized"
+            f"batch of {count} entries exceeds {MAX_BATCH_ENTRIES}", reason=Reason.OVERSIZED
         )
     offset = _BATCH.size
     entries: list[bytes] = []
@@ -163,10 +141,12 @@ def _decode_batch(body: memoryview) -> Batch:
         (length,) = _LEN.unpack_from(body, offset)
         offset += _LEN.size
         if length > MAX_ENTRY_BYTES:
-            raise RemoteError(f"batched entry of {length} bytes is too large", reason="oversized")
+            raise RemoteError(
+                f"batched entry of {length} bytes is too large", reason=Reason.OVERSIZED
+            )
         _need(body, offset + length)
         entries.append(bytes(body[offset : offset + length]))
         offset += length
     if offset != len(body):
-        raise RemoteError("batch has trailing bytes", reason="malformed")
+        raise RemoteError("batch has trailing bytes", reason=Reason.MALFORMED)
     return Batch(round_no, batch_no, bool(flags & 1), tuple(entries))

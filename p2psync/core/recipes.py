@@ -108,7 +108,7 @@ def digest(visible: Iterable[RecipeState]) -> str:
     """Hash of what a user sees: equal digests mean identical recipe books.
 
     The sum (mod 2**128) of per-recipe hashes: independent of order, so the
-    stores keep it up to date per change instead of rehashing a million
-    recipes for every status request.
+    stores keep it up to date per change (see `recipe_book.merge_entries`)
+    instead of rehashing a million recipes for every status request.
     """
     return digest_hex(sum(recipe_hash(r) for r in visible if r.visible))

@@ -13,10 +13,16 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import orjson
 import trio
+
+from p2psync.net.addresses import is_loopback_multiaddr
+
+if TYPE_CHECKING:
+    # trio.TaskStatus, as trio-typing's stubs (which mypy reads for trio) name it.
+    from trio_typing import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +36,7 @@ def announce_dir(data_root: Path, network: str) -> Path:
 
 def loopback_addrs(listen_addrs: list[str]) -> list[str]:
     """Prefer loopback addresses for same-host peers; fall back to all."""
-    loopback = [a for a in listen_addrs if a.startswith("/ip4/127.")]
+    loopback = [a for a in listen_addrs if is_loopback_multiaddr(a)]
     return loopback or listen_addrs
 
 
@@ -88,7 +94,7 @@ async def serve_local_discovery(
     listen_addrs: list[str],
     on_found: Callable[[str, list[str]], None],
     *,
-    task_status: Any = trio.TASK_STATUS_IGNORED,
+    task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     folder = announce_dir(data_root, network)
     path = write_announcement(folder, peer_id, loopback_addrs(listen_addrs))

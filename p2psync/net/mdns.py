@@ -7,7 +7,7 @@ API::
         on_found: Callable[[str, list[str]], None], *,
         interface_ip: str | None = None,
         refresh_interval: float = 30.0,
-        task_status=trio.TASK_STATUS_IGNORED,
+        task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None
 
     def service_type(network: str) -> str    # "_p2ps-<8 hex>._udp.local."
@@ -29,9 +29,9 @@ its TXT says ``network=<our network>`` (the type is already per network; the
 TXT check keeps two networks apart even on a hash collision). Our own peer id
 is ignored. Peers that answer with PTR + TXT only (no SRV / A, as js-libp2p
 does) are accepted: their ``dnsaddr=`` values are used directly, and the peer
-id comes from ``id=`` or else the ``/p2p/`` part of the first dnsaddr that has
-one; dnsaddrs naming another peer, and loopback / unspecified ones, are
-dropped.
+id comes from ``id=`` or else the trailing ``/p2p/`` part of the first dnsaddr
+that has one; dnsaddrs naming another peer, and loopback / unspecified ones,
+are dropped.
 
 ``on_found`` is called again for the same peer when its address set changes
 and every ``refresh_interval`` seconds for every peer still in the mDNS cache,
@@ -53,15 +53,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import ipaddress
 import logging
 import math
 import socket
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING
 
-import ifaddr
 import trio
 from zeroconf import (
     InterfaceChoice,
@@ -71,6 +69,20 @@ from zeroconf import (
     ServiceStateChange,
     Zeroconf,
 )
+
+from p2psync.net.addresses import (
+    has_peer_id,
+    interface_ipv4_addrs,
+    is_reachable_ip,
+    multiaddr_parts,
+    peer_id_of,
+    with_peer_id,
+)
+
+if TYPE_CHECKING:
+    # trio.TaskStatus: under mypy, trio's types come from trio-typing's stubs
+    # (a dependency of py-libp2p), which spell it trio_typing.TaskStatus.
+    from trio_typing import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -131,48 +143,27 @@ def _decode_txt(text: bytes | None) -> list[tuple[str, str]]:
     return pairs
 
 
-def _ip_usable(host: str) -> bool:
-    """False for unspecified, loopback, multicast and unparsable addresses."""
+def _usable_addr(maddr: str, peer_id: str) -> str | None:
+    """``maddr`` ending in /p2p/<peer_id>, or None if it names another peer,
+    is not multiaddr text, or its host cannot be reached from another machine."""
     try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
+        parts = multiaddr_parts(maddr)
+        full = with_peer_id(maddr, peer_id)
     except ValueError:
-        return False
-    return not (ip.is_unspecified or ip.is_loopback or ip.is_multicast)
-
-
-def _split(maddr: str) -> list[str] | None:
-    if not maddr.startswith("/"):
         return None
-    parts = maddr.strip("/").split("/")
-    return parts if len(parts) >= 2 else None
+    return full if _host_usable(parts) else None
 
 
-def _p2p_id(parts: list[str]) -> str | None:
-    for i in range(len(parts) - 1):
-        if parts[i] in ("p2p", "ipfs"):
-            return parts[i + 1]
-    return None
-
-
-def _with_peer(parts: list[str], peer_id: str) -> str | None:
-    """Multiaddr text ending in /p2p/<peer_id>; None if it names another peer."""
-    pid = _p2p_id(parts)
-    if pid is None:
-        return "/" + "/".join([*parts, "p2p", peer_id])
-    if pid != peer_id:
-        return None
-    return "/" + "/".join(parts)
+def _host_usable(parts: list[str]) -> bool:
+    if parts[0] in ("ip4", "ip6"):
+        return is_reachable_ip(parts[1])
+    return parts[1] not in ("localhost",)
 
 
 def _local_ipv4(interface_ip: str | None) -> list[str]:
     if interface_ip is not None:
         return [interface_ip]
-    found: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if isinstance(ip.ip, str) and _ip_usable(ip.ip) and ip.ip not in found:
-                found.append(ip.ip)
-    return found
+    return [ip for ip in interface_ipv4_addrs() if is_reachable_ip(ip)]
 
 
 def _advertisement(
@@ -183,34 +174,29 @@ def _advertisement(
     maddrs: list[str] = []
     port: int | None = None
     for addr in listen_addrs:
-        parts = _split(addr)
-        if parts is None:
+        try:
+            parts = multiaddr_parts(addr)
+        except ValueError:
             continue
         if parts[0] == "ip4" and len(parts) >= 4 and parts[2] == "tcp":
             if port is None:
                 port = int(parts[3])
             hosts = _local_ipv4(interface_ip) if parts[1] == "0.0.0.0" else [parts[1]]
             for host in hosts:
-                if not _ip_usable(host):
+                if not is_reachable_ip(host):
                     continue
                 if host not in ips:
                     ips.append(host)
-                full = _with_peer(["ip4", host, *parts[2:]], peer_id)
+                full = _usable_addr("/" + "/".join(["ip4", host, *parts[2:]]), peer_id)
                 if full is not None and full not in maddrs:
                     maddrs.append(full)
-        elif parts[0] in ("ip6", "dns", "dns4", "dns6") and _ip_usable_or_name(parts):
-            full = _with_peer(parts, peer_id)
+        elif parts[0] in ("ip6", "dns", "dns4", "dns6"):
+            full = _usable_addr(addr, peer_id)
             if full is not None and full not in maddrs:
                 maddrs.append(full)
     if port is None:
         raise ValueError(f"mdns: no /ip4/.../tcp/... listen address in {listen_addrs!r}")
     return ips, port, maddrs
-
-
-def _ip_usable_or_name(parts: list[str]) -> bool:
-    if parts[0] in ("ip4", "ip6"):
-        return _ip_usable(parts[1])
-    return parts[1] not in ("localhost",)
 
 
 class _Discovery:
@@ -265,21 +251,17 @@ class _Discovery:
         ids = [v for k, v in pairs if k == "id"]
         peer: str | None = ids[0] if ids else None
         if peer is None:  # js-libp2p style: the first dnsaddr naming a peer decides
-            named = (_p2p_id(p) for p in map(_split, dnsaddrs) if p is not None)
-            peer = next((pid for pid in named if pid), None)
+            peer = next((peer_id_of(a) for a in dnsaddrs if has_peer_id(a)), None)
         if not peer or peer == self.peer_id:
             return None
         addrs: list[str] = []
         port = info.port
         if port:
             for host in info.parsed_addresses(IPVersion.V4Only)[:MAX_ADDRS]:
-                if _ip_usable(host):
-                    addrs.append(f"/ip4/{host}/tcp/{port}/p2p/{peer}")
+                if is_reachable_ip(host):
+                    addrs.append(with_peer_id(f"/ip4/{host}/tcp/{port}", peer))
         for text in dnsaddrs:
-            parts = _split(text)
-            if parts is None or not _ip_usable_or_name(parts):
-                continue
-            full = _with_peer(parts, peer)
+            full = _usable_addr(text, peer)
             if full is not None and full not in addrs:
                 addrs.append(full)
         if not addrs:
@@ -306,7 +288,7 @@ async def serve_mdns(
     *,
     interface_ip: str | None = None,
     refresh_interval: float = 30.0,
-    task_status: Any = trio.TASK_STATUS_IGNORED,
+    task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Announce this node and report peers of the same network until cancelled."""
     stype = service_type(network)

@@ -13,19 +13,35 @@ traffic, and a future wire format can move to ``v2`` side by side.
 
 from __future__ import annotations
 
+import re
+
 VERSION = "v1"
+_NETWORK_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def check_network_name(name: str) -> str:
+    """``name`` if it is a valid network name (``--network``), else ValueError.
+
+    1-64 of ``A-Z a-z 0-9 . _ -``: the name goes into topic names, the mDNS
+    TXT record and a folder name, and no "/" may let two networks share a
+    topic (network "a/b" vs. network "a" + suffix "b"); "." and ".." would
+    name the discovery folder's own or parent directory.
+    """
+    if not _NETWORK_NAME.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"invalid network name {name!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    return name
 
 
 def _check_part(kind: str, value: str) -> str:
     # A "/" inside a component would let two different inputs map to one
-    # topic name (network "a/b" vs. network "a" + suffix "b").
+    # topic name (peer "a/b" vs. peer "a" + suffix "b").
     if not value or "/" in value or any(ch.isspace() for ch in value):
         raise ValueError(f"invalid {kind} {value!r}: must be non-empty, no '/' or spaces")
     return value
 
 
 def topic_prefix(network: str) -> str:
-    return f"/p2psync/{_check_part('network', network)}/{VERSION}"
+    return f"/p2psync/{check_network_name(network)}/{VERSION}"
 
 
 def live_topic(network: str) -> str:

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from p2psync.node.service import PeerView
 
 SOURCE_PRIORITY = {"static": 0, "local": 1, "mdns": 2, "inbound": 3}
+STRIKE_WINDOW = 10.0  # seconds
+STRIKES_TO_BAN = 20  # offences within the window that get a peer cut off
+BAN_SECONDS = 120.0
 
 
 @dataclass
@@ -83,6 +86,23 @@ class PeerTable:
             )
         else:
             record.syncs_failed += 1
+
+    def offence(self, peer_id: str, now: float) -> bool:
+        """Score a known peer down; True when this offence gets it banned (from now on)."""
+        record = self._peers.get(peer_id)
+        if record is None:
+            return False
+        record.strikes = [t for t in record.strikes if now - t < STRIKE_WINDOW]
+        record.strikes.append(now)
+        if len(record.strikes) < STRIKES_TO_BAN or record.banned_until > now:
+            return False
+        record.banned_until = now + BAN_SECONDS
+        record.strikes.clear()
+        return True
+
+    def banned(self, peer_id: str, now: float) -> bool:
+        record = self._peers.get(peer_id)
+        return record is not None and record.banned_until > now
 
     def connected_ids(self) -> list[str]:
         return [p.peer_id for p in self._peers.values() if p.connected]

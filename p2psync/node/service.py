@@ -95,7 +95,7 @@ class StatusView:
 
 
 class NodeService(Protocol):
-    """Implemented by p2psync.node.daemon.Node; faked in front-end tests."""
+    """Implemented by p2psync.node.node.Node; faked in front-end tests."""
 
     def status(self) -> StatusView: ...
 

@@ -6,9 +6,9 @@ from collections.abc import Iterable
 
 from pyroaring import BitMap64
 
-from p2psync.core.engine import Persist
-from p2psync.core.entry import entry_hash
-from p2psync.core.recipes import RecipeState, digest_hex, merge, recipe_hash
+from p2psync.core.actions import Persist
+from p2psync.core.recipe_book import BookTotals, merge_entries
+from p2psync.core.recipes import RecipeState
 
 
 class MemoryStore:
@@ -17,8 +17,7 @@ class MemoryStore:
         self.recipes: dict[str, RecipeState] = {}
         self.bitmaps: dict[bytes, BitMap64] = {}
         self._last_hlc = 0
-        self._digest_sum = 0
-        self._visible = 0
+        self._totals = BookTotals()
 
     def entry_links(self, origin: bytes, seqs: Iterable[int]) -> dict[int, tuple[bytes, bytes]]:
         found = {}
@@ -28,28 +27,26 @@ class MemoryStore:
                 found[seq] = (row[1], row[2])
         return found
 
-    def read_raw(self, origin: bytes, seqs: Iterable[int]) -> list[bytes]:
-        return [self.log[(origin, seq)][0] for seq in seqs]
+    def read_raw(self, origin: bytes, seqs: Iterable[int]) -> dict[int, bytes]:
+        found = {}
+        for seq in seqs:
+            row = self.log.get((origin, seq))
+            if row is not None:
+                found[seq] = row[0]
+        return found
 
     def load_progress(self) -> dict[bytes, BitMap64]:
         return {origin: BitMap64(bitmap) for origin, bitmap in self.bitmaps.items()}
 
     def commit(self, persist: Persist) -> None:
+        # Merged first: should it raise, nothing has changed yet.
+        change = merge_entries(persist.entries, self.recipes, self._totals)
         for accepted in persist.entries:
             entry = accepted.entry
-            self.log[(entry.origin, entry.seq)] = (entry.raw, entry_hash(entry.raw), entry.prev)
+            self.log[(entry.origin, entry.seq)] = (entry.raw, accepted.entry_hash(), entry.prev)
             self._last_hlc = max(self._last_hlc, entry.hlc)
-            if accepted.op is not None:
-                recipe_id = accepted.op.recipe_id
-                old = self.recipes.get(recipe_id)
-                new = merge(old, entry, accepted.op)
-                self.recipes[recipe_id] = new
-                if old is not None and old.visible:
-                    self._digest_sum -= recipe_hash(old)
-                    self._visible -= 1
-                if new.visible:
-                    self._digest_sum += recipe_hash(new)
-                    self._visible += 1
+        self.recipes.update(change.recipes)
+        self._totals = change.totals
         for origin, bitmap in persist.progress.items():
             self.bitmaps[origin] = BitMap64(bitmap)
 
@@ -60,10 +57,10 @@ class MemoryStore:
         return [self.recipes[k] for k in sorted(self.recipes) if self.recipes[k].visible]
 
     def digest(self) -> str:
-        return digest_hex(self._digest_sum)
+        return self._totals.digest()
 
     def recipe_count(self) -> int:
-        return self._visible
+        return self._totals.visible
 
     def entry_count(self) -> int:
         return len(self.log)

@@ -5,9 +5,12 @@ Log rows, recipe states and progress bitmaps change in one transaction per
 kill -9 (and power loss, as far as the disk honours fsync), and after a crash
 at any point the three agree: they are either all before or all after a batch.
 
-Counters that would otherwise cost a scan (entry count, greatest hlc) live in
-`meta`, updated in the same transaction, and are cached in memory. The digest
-is cached until a commit changes a recipe.
+Counters that would otherwise cost a scan (entry count, greatest hlc, and the
+recipe book's totals: visible recipes and the digest accumulator) live in
+`meta`, updated in the same transaction, and are cached in memory. What a
+batch does to recipes and totals is decided in core (`merge_entries`); this
+module only loads the touched rows and writes the result. The schema and its
+migrations are in schema.py.
 
 HLCs are unsigned 64-bit but SQLite integers are signed, and a peer can sign
 any hlc it likes, so hlc columns hold the two's complement of values >= 2**63
@@ -28,62 +31,14 @@ from typing import Any
 import orjson
 from pyroaring import BitMap64
 
-from p2psync.core.engine import Persist
-from p2psync.core.entry import Entry
-from p2psync.core.ops import Op, RecipeFields
+from p2psync.core.actions import Persist
+from p2psync.core.ops import RecipeFields
 from p2psync.core.progress import encode_bitmap
-from p2psync.core.recipes import DIGEST_MODULUS, RecipeState, digest_hex, merge, recipe_hash
-
-
-class StoreError(Exception):
-    """The database could not do what was asked (read-only, disk full, ...)."""
-
-
-# 'p2ps': marks the file as ours, so we never migrate someone else's database.
-APPLICATION_ID = 0x70327073
-
-# MIGRATIONS[i] takes a database from schema version i to i + 1. Append new
-# steps; never edit a released one.
-MIGRATIONS: list[tuple[str, ...]] = [
-    (
-        """CREATE TABLE log (
-            origin BLOB NOT NULL,
-            seq INTEGER NOT NULL,
-            hash BLOB NOT NULL,
-            prev BLOB NOT NULL,
-            hlc INTEGER NOT NULL,
-            raw BLOB NOT NULL,
-            PRIMARY KEY (origin, seq)
-        ) WITHOUT ROWID""",
-        # A rowid table: rows can carry kilobytes of instructions, which
-        # WITHOUT ROWID b-trees store poorly.
-        """CREATE TABLE recipes (
-            id TEXT PRIMARY KEY,
-            author BLOB NOT NULL,
-            create_seq INTEGER NOT NULL,
-            name TEXT,
-            ingredients TEXT,
-            instructions TEXT,
-            fields_hlc INTEGER,
-            fields_seq INTEGER,
-            published INTEGER NOT NULL,
-            deleted INTEGER NOT NULL,
-            updated INTEGER NOT NULL
-        )""",
-        """CREATE TABLE progress (
-            origin BLOB PRIMARY KEY,
-            bitmap BLOB NOT NULL
-        ) WITHOUT ROWID""",
-        """CREATE TABLE meta (
-            key TEXT PRIMARY KEY,
-            value INTEGER NOT NULL
-        ) WITHOUT ROWID""",
-        "INSERT INTO meta (key, value) VALUES ('entry_count', 0), ('last_hlc', 0),"
-        " ('recipe_count', 0), ('digest_hi', 0), ('digest_lo', 0)",
-        f"PRAGMA application_id = {APPLICATION_ID}",
-    ),
-]
-SCHEMA_VERSION = len(MIGRATIONS)
+from p2psync.core.reasons import Source
+from p2psync.core.recipe_book import BookTotals, merge_entries, touched_recipe_ids
+from p2psync.core.recipes import RecipeState
+from p2psync.core.store import StoreError
+from p2psync.store.schema import migrate
 
 _BUSY_TIMEOUT_MS = 5000
 _CACHE_KIB = 32 * 1024
@@ -141,9 +96,8 @@ class SqliteStore:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self._count: int = meta["entry_count"]
         self._last_hlc: int = _from_sql(meta["last_hlc"])
-        self._recipes: int = meta["recipe_count"]
-        # Sum (mod 2**128) of the hashes of visible recipes: the state digest.
-        self._digest_sum: int = (_from_sql(meta["digest_hi"]) << 64) | _from_sql(meta["digest_lo"])
+        digest_sum = (_from_sql(meta["digest_hi"]) << 64) | _from_sql(meta["digest_lo"])
+        self._totals = BookTotals(digest_sum, meta["recipe_count"])
         self._durable = True  # PRAGMA synchronous = FULL, as open() sets it
 
     # ------------------------------------------------------------ lifecycle
@@ -167,7 +121,7 @@ class SqliteStore:
             # power loss, and we acknowledge ops once commit returns.
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
-            _migrate(conn, path)
+            migrate(conn, path)
             return cls(conn, path)
         except sqlite3.Error as exc:
             conn.close()
@@ -206,9 +160,8 @@ class SqliteStore:
                         found[seq] = (hash_, prev)
         return found
 
-    def read_raw(self, origin: bytes, seqs: Iterable[int]) -> list[bytes]:
-        order = list(seqs)
-        wanted = set(order)
+    def read_raw(self, origin: bytes, seqs: Iterable[int]) -> dict[int, bytes]:
+        wanted = set(seqs)
         found: dict[int, bytes] = {}
         with self._lock:
             for lo, hi in _ranges(wanted):
@@ -218,10 +171,7 @@ class SqliteStore:
                 ):
                     if seq in wanted:
                         found[seq] = raw
-        if len(found) != len(wanted):
-            missing = min(wanted - found.keys())
-            raise KeyError(f"entry {missing} of origin {origin.hex()[:16]} is not held")
-        return [found[seq] for seq in order]
+        return found
 
     # ------------------------------------------------------------ writes
 
@@ -234,10 +184,7 @@ class SqliteStore:
             for accepted in persist.entries
             for e in (accepted.entry,)
         ]
-        ops: dict[str, list[tuple[Entry, Op]]] = {}
-        for accepted in persist.entries:
-            if accepted.op is not None:
-                ops.setdefault(accepted.op.recipe_id, []).append((accepted.entry, accepted.op))
+        progress_rows = [(origin, encode_bitmap(b)) for origin, b in persist.progress.items()]
         batch_hlc = max((a.entry.hlc for a in persist.entries), default=0)
         with self._lock:
             # Inside the lock: a commit from another thread may have raised it.
@@ -247,46 +194,18 @@ class SqliteStore:
                 # Own ops are acknowledged to a user: fsync them (FULL). Entries
                 # from peers have other copies; WAL with NORMAL still commits
                 # them atomically and survives kill -9, and skips the fsync.
-                durable = persist.source == "local"
+                durable = persist.source == Source.LOCAL
                 if durable != self._durable:
                     conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
                     self._durable = durable
                 conn.execute("BEGIN IMMEDIATE")
-                digest_sum, recipes = self._digest_sum, self._recipes
                 inserted = conn.executemany(_INSERT_LOG, log_rows).rowcount if log_rows else 0
-                if ops:
-                    states = self._load_recipes(list(ops))
-                    merged: list[_RecipeRow] = []
-                    for recipe_id, recipe_ops in ops.items():
-                        old = state = states.get(recipe_id)
-                        for entry, op in recipe_ops:
-                            state = merge(state, entry, op)
-                        assert state is not None
-                        merged.append(_recipe_row(state))
-                        if old is not None and old.visible:
-                            digest_sum -= recipe_hash(old)
-                            recipes -= 1
-                        if state.visible:
-                            digest_sum += recipe_hash(state)
-                            recipes += 1
-                    conn.executemany(_UPSERT_RECIPE, merged)
-                if persist.progress:
-                    conn.executemany(
-                        _UPSERT_PROGRESS,
-                        [(origin, encode_bitmap(b)) for origin, b in persist.progress.items()],
-                    )
-                meta: list[tuple[int, str]] = []
-                if inserted:
-                    meta.append((self._count + inserted, "entry_count"))
-                if last_hlc != self._last_hlc:
-                    meta.append((_to_sql(last_hlc), "last_hlc"))
-                digest_sum %= DIGEST_MODULUS
-                if digest_sum != self._digest_sum or recipes != self._recipes:
-                    meta.append((_to_sql(digest_sum >> 64), "digest_hi"))
-                    meta.append((_to_sql(digest_sum & (_U64 - 1)), "digest_lo"))
-                    meta.append((recipes, "recipe_count"))
-                if meta:
-                    conn.executemany(_SET_META, meta)
+                stored = self._load_recipes(touched_recipe_ids(persist.entries))
+                change = merge_entries(persist.entries, stored, self._totals)
+                recipe_rows = [_recipe_row(state) for state in change.recipes.values()]
+                conn.executemany(_UPSERT_RECIPE, recipe_rows)
+                conn.executemany(_UPSERT_PROGRESS, progress_rows)
+                conn.executemany(_SET_META, self._meta_changes(inserted, last_hlc, change.totals))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
@@ -299,8 +218,22 @@ class SqliteStore:
                 raise
             self._count += inserted
             self._last_hlc = last_hlc
-            if ops:
-                self._digest_sum, self._recipes = digest_sum, recipes
+            self._totals = change.totals
+
+    def _meta_changes(
+        self, inserted: int, last_hlc: int, totals: BookTotals
+    ) -> list[tuple[int, str]]:
+        """(value, key) rows for the counters a commit changes."""
+        meta: list[tuple[int, str]] = []
+        if inserted:
+            meta.append((self._count + inserted, "entry_count"))
+        if last_hlc != self._last_hlc:
+            meta.append((_to_sql(last_hlc), "last_hlc"))
+        if totals != self._totals:
+            meta.append((_to_sql(totals.digest_sum >> 64), "digest_hi"))
+            meta.append((_to_sql(totals.digest_sum & (_U64 - 1)), "digest_lo"))
+            meta.append((totals.visible, "recipe_count"))
+        return meta
 
     def _rollback(self) -> None:
         # SQLite already rolls back by itself after some errors (SQLITE_FULL,
@@ -310,6 +243,8 @@ class SqliteStore:
                 self._conn.execute("ROLLBACK")
 
     def _load_recipes(self, ids: list[str]) -> dict[str, RecipeState]:
+        if not ids:
+            return {}
         # One JSON parameter instead of a list of ?s keeps the statement text
         # fixed, so SQLite's statement cache serves every batch.
         rows = self._conn.execute(_SELECT_RECIPES_IN, (orjson.dumps(ids),))
@@ -339,10 +274,10 @@ class SqliteStore:
         return [_recipe_state(row) for row in rows]
 
     def digest(self) -> str:
-        return digest_hex(self._digest_sum)
+        return self._totals.digest()
 
     def recipe_count(self) -> int:
-        return self._recipes
+        return self._totals.visible
 
     def entry_count(self) -> int:
         return self._count
@@ -352,45 +287,6 @@ class SqliteStore:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    version = _user_version(conn)
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"database {path} has schema version {version}, newer than the {SCHEMA_VERSION} "
-            "this p2psync knows: upgrade p2psync (or use another data directory)"
-        )
-    if version == SCHEMA_VERSION:
-        _check_ours(conn, path)
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        # Another process may have migrated while we waited for the lock.
-        version = _user_version(conn)
-        if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-            raise StoreError(f"{path} is an SQLite database of another program, not p2psync's")
-        if version:
-            _check_ours(conn, path)
-        for step in range(version, SCHEMA_VERSION):
-            for statement in MIGRATIONS[step]:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {step + 1}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _user_version(conn: sqlite3.Connection) -> int:
-    value: int = conn.execute("PRAGMA user_version").fetchone()[0]
-    return value
-
-
-def _check_ours(conn: sqlite3.Connection, path: Path) -> None:
-    if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-        raise StoreError(f"{path} is an SQLite database of another program, not p2psync's")
 
 
 def _ranges(seqs: set[int]) -> list[tuple[int, int]]:

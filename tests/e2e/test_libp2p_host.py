@@ -14,6 +14,7 @@ from p2psync.net.host import (
     open_libp2p_host,
 )
 from p2psync.net.topics import live_topic, query_topic, sync_topic
+from tests.e2e.streams import open_stream, set_stream_handler
 
 pytestmark = pytest.mark.e2e
 
@@ -208,11 +209,11 @@ async def test_stream_protocol_roundtrip() -> None:
             open_libp2p_host(seed("s1"), LOOPBACK, 0) as s1,
             open_libp2p_host(seed("s2"), LOOPBACK, 0) as s2,
         ):
-            s2.set_stream_handler(protocol, echo)
+            set_stream_handler(s2, protocol, echo)
             with pytest.raises(ConnectError):
-                await s1.open_stream(s2.peer_id, protocol)  # never dials
+                await open_stream(s1, s2.peer_id, protocol)  # never dials
             await s1.connect(loopback_addr(s2))
-            stream = await s1.open_stream(s2.peer_id, protocol)
+            stream = await open_stream(s1, s2.peer_id, protocol)
             await stream.write(b"hello")
             assert await stream.read(1024) == b"olleh"
             await stream.close()

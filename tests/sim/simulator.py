@@ -9,36 +9,78 @@ the simulator advances. Everything is reproducible from the seed.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nacl.signing import SigningKey
 
-from p2psync.core.engine import (
-    Action,
-    EngineConfig,
-    Persist,
-    PublishLive,
-    Rejected,
-    RoundFinished,
-    SendTo,
-    SyncEngine,
-)
+from p2psync.core.actions import Action
+from p2psync.core.engine import EngineConfig, SyncEngine
 from p2psync.core.ids import make_recipe_id, peer_id_from_public_key
 from p2psync.core.ops import Op, RecipeFields
 from p2psync.core.progress import Progress
+from p2psync.core.query import QueryReply
+from p2psync.node.executor import Executor
+from p2psync.node.observer import NullObserver
 from p2psync.store.memory import MemoryStore
+from tests.sim.driver import FakeTime, TimedEngine
+
+__all__ = ["FakeTime", "SimNode", "Simulator"]
 
 
-class FakeTime:
+class SimObserver(NullObserver):
+    """Counts what the executor reports about one simulated node."""
+
     def __init__(self) -> None:
-        self.now = 0.0
-        self.wall_offset_ms = 1_800_000_000_000
+        self.rejected: dict[str, int] = {}
+        self.dropped_reasons: dict[str, int] = {}
+        self.rounds_ok = 0
+        self.rounds_failed = 0
 
-    def monotonic(self) -> float:
-        return self.now
+    def entries_rejected(self, reason: str, n: int = 1) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + n
 
-    def wall_ms(self) -> int:
-        return self.wall_offset_ms + int(self.now * 1000)
+    def dropped(self, reason: str, n: int = 1) -> None:
+        self.dropped_reasons[reason] = self.dropped_reasons.get(reason, 0) + n
+
+    def sync_round(self, ok: bool, seconds: float) -> None:
+        if ok:
+            self.rounds_ok += 1
+        else:
+            self.rounds_failed += 1
+
+
+class SimEffects:
+    """The executor's view of the simulated network, for one node."""
+
+    def __init__(self, sim: Simulator, at: str) -> None:
+        self.sim = sim
+        self.at = at
+        self.penalties: list[tuple[str, str]] = []
+
+    def send(self, peer: str, data: bytes) -> bool:
+        if frozenset((self.at, peer)) not in self.sim.links:
+            return False
+        self.sim._send(self.at, peer, data, live=False)
+        return True
+
+    def publish_live(self, data: bytes) -> bool:
+        neighbours = self.sim.neighbours(self.at)
+        for b in neighbours:
+            self.sim._send(self.at, b, data, live=True)
+        return bool(neighbours)
+
+    def penalize(self, peer: str, reason: str) -> None:
+        self.penalties.append((peer, reason))
+
+    def round_finished(self, peer: str, ok: bool, seconds: float) -> None:
+        pass
+
+    def query_received(self, peer: str, query_id: int) -> None:
+        pass
+
+    def query_answered(self, peer: str, reply: QueryReply) -> None:
+        pass
 
 
 @dataclass
@@ -46,12 +88,24 @@ class SimNode:
     name: str
     key: SigningKey
     store: MemoryStore
-    engine: SyncEngine
+    engine: TimedEngine
     peer_id: str
-    rejected: dict[str, int] = field(default_factory=dict)
-    rounds_ok: int = 0
-    rounds_failed: int = 0
+    observer: SimObserver
+    effects: SimEffects
+    executor: Executor
     own_recipes: list[str] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        return self.observer.rejected
+
+    @property
+    def rounds_ok(self) -> int:
+        return self.observer.rounds_ok
+
+    @property
+    def rounds_failed(self) -> int:
+        return self.observer.rounds_failed
 
 
 @dataclass
@@ -71,6 +125,7 @@ class Simulator:
         loss: float = 0.0,
         duplicate: float = 0.0,
         config: EngineConfig | None = None,
+        store_factory: Callable[[], MemoryStore] = MemoryStore,
     ) -> None:
         self.rng = random.Random(seed)
         self.time = FakeTime()
@@ -85,20 +140,34 @@ class Simulator:
         self.delivered = 0
         for i in range(n_nodes):
             key = SigningKey(bytes([i + 1]) * 32)
-            store = MemoryStore()
+            store = store_factory()
             peer_id = peer_id_from_public_key(bytes(key.verify_key))
-            engine = self._make_engine(key, store)
-            self.nodes[peer_id] = SimNode(f"n{i}", key, store, engine, peer_id)
+            engine = self.make_engine(key, store)
+            observer = SimObserver()
+            effects = SimEffects(self, peer_id)
+            executor = Executor(engine.inner, store, observer, effects)
+            self.nodes[peer_id] = SimNode(
+                f"n{i}", key, store, engine, peer_id, observer, effects, executor
+            )
 
-    def _make_engine(self, key: SigningKey, store: MemoryStore) -> SyncEngine:
-        return SyncEngine(
+    def make_engine(
+        self, key: SigningKey, store: MemoryStore, time: FakeTime | None = None
+    ) -> TimedEngine:
+        time = time or self.time
+        engine = SyncEngine(
             key,
             Progress(store.load_progress()),
             store,
-            self.time,
+            time.instant(),
             self.config,
             last_hlc=store.last_hlc(),
         )
+        return TimedEngine(engine, time)
+
+    def replace_engine(self, at: str, engine: TimedEngine) -> None:
+        node = self.nodes[at]
+        node.engine = engine
+        node.executor.engine = engine.inner
 
     @property
     def ids(self) -> list[str]:
@@ -131,7 +200,7 @@ class Simulator:
         for b in self.neighbours(a):
             self.disconnect(a, b)
         node = self.nodes[a]
-        node.engine = self._make_engine(node.key, node.store)
+        self.replace_engine(a, self.make_engine(node.key, node.store))
 
     # ---------------------------------------------------------------- workload
 
@@ -142,7 +211,7 @@ class Simulator:
             rid = make_recipe_id(node.engine.me, seq)
             return Op("create", rid, None, RecipeFields(name, "flour", "bake"))
 
-        _, op, actions = node.engine.append_local(make)
+        _, op, actions = node.engine.append_one(make)
         node.own_recipes.append(op.recipe_id)
         self._run(a, actions)
         return op.recipe_id
@@ -151,29 +220,13 @@ class Simulator:
         node = self.nodes[a]
         fields = RecipeFields("renamed", "x", "y") if kind == "update" else None
         op = Op(kind, recipe_id, create_seq, fields)  # type: ignore[arg-type]
-        _, _, actions = node.engine.append_local(lambda seq: op)
+        _, _, actions = node.engine.append_one(lambda seq: op)
         self._run(a, actions)
 
     # ---------------------------------------------------------------- running
 
     def _run(self, at: str, actions: list[Action]) -> None:
-        node = self.nodes[at]
-        for action in actions:
-            if isinstance(action, Persist):
-                node.store.commit(action)
-            elif isinstance(action, SendTo):
-                if frozenset((at, action.peer)) in self.links:
-                    self._send(at, action.peer, action.data, live=False)
-            elif isinstance(action, PublishLive):
-                for b in self.neighbours(at):
-                    self._send(at, b, action.data, live=True)
-            elif isinstance(action, Rejected):
-                node.rejected[action.reason] = node.rejected.get(action.reason, 0) + action.count
-            elif isinstance(action, RoundFinished):
-                if action.ok:
-                    node.rounds_ok += 1
-                else:
-                    node.rounds_failed += 1
+        self.nodes[at].executor.run(actions, self.time.instant())
 
     def _send(self, src: str, dst: str, data: bytes, *, live: bool) -> None:
         if self.rng.random() < self.loss:
@@ -230,4 +283,4 @@ class Simulator:
         return len(digests) == 1 and len(counts) == 1 and not self.in_flight
 
     def total_created(self) -> int:
-        return sum(node.engine.progress.count(node.engine.me) for node in self.nodes.values())
+        return sum(node.engine.own_entry_count() for node in self.nodes.values())

@@ -16,10 +16,11 @@ from pathlib import Path
 from nacl.signing import SigningKey
 from pyroaring import BitMap64
 
-from p2psync.core.engine import Accepted, Persist
+from p2psync.core.actions import Accepted, Persist
 from p2psync.core.entry import ZERO_HASH, sign_entry
 from p2psync.core.ids import make_recipe_id
 from p2psync.core.ops import Op, RecipeFields, encode_op
+from p2psync.core.reasons import Source
 
 BATCH = 250
 _HLC_BASE = 1_760_000_000_000 << 16
@@ -71,7 +72,7 @@ def entry_stream(seed: int, authors: int = 3) -> Iterator[Accepted]:
 
 
 def persists(
-    accepted: Iterable[Accepted], batch: int = BATCH, source: str = "backfill"
+    accepted: Iterable[Accepted], batch: int = BATCH, source: Source = Source.BACKFILL
 ) -> Iterator[Persist]:
     """Cut `accepted` into Persists carrying cumulative held bitmaps, as the engine does."""
     held: dict[bytes, BitMap64] = {}

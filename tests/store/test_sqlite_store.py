@@ -15,12 +15,16 @@ from pathlib import Path
 import pytest
 from pyroaring import BitMap64
 
-import p2psync.store.sqlite as sqlite_module
-from p2psync.core.engine import Accepted, Persist
+import p2psync.core.recipe_book as recipe_book
+from p2psync.core.actions import Accepted, Persist
 from p2psync.core.entry import decode_entry, entry_hash
 from p2psync.core.ops import decode_op
+from p2psync.core.reasons import Source
+from p2psync.core.recipes import merge
+from p2psync.core.store import StoreError
 from p2psync.store.memory import MemoryStore
-from p2psync.store.sqlite import SCHEMA_VERSION, SqliteStore, StoreError
+from p2psync.store.schema import SCHEMA_VERSION
+from p2psync.store.sqlite import SqliteStore
 from tests.store.store_helper import BATCH, entry_stream, persists
 
 HELPER = Path(__file__).with_name("store_helper.py")
@@ -45,10 +49,11 @@ def _same_as_memory(store: SqliteStore, memory: MemoryStore) -> None:
     assert store.load_progress() == memory.load_progress()
     assert store.visible_recipes() == memory.visible_recipes()
     assert store.digest() == memory.digest()
+    assert store.recipe_count() == memory.recipe_count() == len(memory.visible_recipes())
     for recipe_id in memory.recipes:
         assert store.recipe(recipe_id) == memory.recipe(recipe_id)
     for (origin, seq), (raw, hash_, prev) in memory.log.items():
-        assert store.read_raw(origin, [seq]) == [raw]
+        assert store.read_raw(origin, [seq]) == {seq: raw}
         assert store.entry_links(origin, [seq]) == {seq: (hash_, prev)}
 
 
@@ -83,29 +88,31 @@ def test_commits_read_back_like_memory_store_in_any_order(
             assert unknown_fields == (name == "shuffled")
 
 
-def test_reads_in_batches_keep_order_and_refuse_missing(
+def test_reads_in_batches_report_only_what_is_held(
     store: SqliteStore, accepted: list[Accepted]
 ) -> None:
+    memory = MemoryStore()
     for persist in persists(accepted):
         store.commit(persist)
+        memory.commit(persist)
     origin, items = next(iter(_by_origin(accepted).items()))
     raws = {a.entry.seq: a.entry.raw for a in items}
     top = max(raws)
-    for seqs in (
-        list(range(top + 1)),
-        list(range(top, -1, -1)),
-        [top, 0, 5, 4, 3, top - 1],  # far apart: several ranges
-        [0],
-        [],
-    ):
-        assert store.read_raw(origin, seqs) == [raws[s] for s in seqs]
-        links = store.entry_links(origin, [*seqs, top + 1, top + 500])
-        assert links == {s: (entry_hash(raws[s]), decode_entry(raws[s]).prev) for s in seqs}
-    with pytest.raises(KeyError, match="not held"):
-        store.read_raw(origin, [0, top + 1])
-    with pytest.raises(KeyError):
-        store.read_raw(b"\x01" * 32, [0])
-    assert store.entry_links(b"\x01" * 32, range(10)) == {}
+    for reader in (store, memory):
+        for seqs in (
+            list(range(top + 1)),
+            list(range(top, -1, -1)),
+            [top, 0, 5, 4, 3, top - 1],  # far apart: several ranges
+            [0],
+            [],
+        ):
+            absent = [top + 1, top + 500]
+            assert reader.read_raw(origin, [*seqs, *absent]) == {s: raws[s] for s in seqs}
+            links = reader.entry_links(origin, [*seqs, *absent])
+            assert links == {s: (entry_hash(raws[s]), decode_entry(raws[s]).prev) for s in seqs}
+        assert reader.read_raw(origin, [0, top + 1]) == {0: raws[0]}
+        assert reader.read_raw(b"\x01" * 32, [0]) == {}
+        assert reader.entry_links(b"\x01" * 32, range(10)) == {}
 
 
 def test_reopen_keeps_everything(tmp_path: Path, accepted: list[Accepted]) -> None:
@@ -145,23 +152,21 @@ def test_failing_commit_writes_nothing(
     before = (store.entry_count(), store.last_hlc(), store.digest(), store.load_progress())
     recipes = store.visible_recipes()
     calls = 0
-    real_merge = sqlite_module.merge
 
     def failing_merge(*args: object) -> object:
         nonlocal calls
         calls += 1
         if calls > 20:  # after the log rows went in, halfway through the recipes
             raise RuntimeError("boom")
-        return real_merge(*args)  # type: ignore[arg-type]
+        return merge(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(sqlite_module, "merge", failing_merge)
+    monkeypatch.setattr(recipe_book, "merge", failing_merge)
     with pytest.raises(RuntimeError, match="boom"):
         store.commit(second)
     assert (store.entry_count(), store.last_hlc(), store.digest(), store.load_progress()) == before
     assert store.visible_recipes() == recipes
     entry = second.entries[0].entry
-    with pytest.raises(KeyError):
-        store.read_raw(entry.origin, [entry.seq])
+    assert store.read_raw(entry.origin, [entry.seq]) == {}
     with sqlite3.connect(store.path) as other:
         assert other.execute("SELECT count(*) FROM log").fetchone()[0] == 250
     other.close()
@@ -233,7 +238,7 @@ def _check_crash_survivor(path: Path, acknowledged: int, seed: int) -> None:
         for persist in durable:
             for origin, items in _by_origin(list(persist.entries)).items():
                 seqs = [a.entry.seq for a in items]
-                assert store.read_raw(origin, seqs) == [a.entry.raw for a in items]
+                assert store.read_raw(origin, seqs) == {a.entry.seq: a.entry.raw for a in items}
         assert sum(len(b) for b in progress.values()) == count
         expected: dict[bytes, BitMap64] = {}
         for persist in durable:
@@ -252,7 +257,7 @@ def _check_crash_survivor(path: Path, acknowledged: int, seed: int) -> None:
             replayed.append(Accepted(entry, op))
         assert held == progress
         memory = MemoryStore()
-        memory.commit(Persist(tuple(replayed), {}, "backfill", None))
+        memory.commit(Persist(tuple(replayed), {}, Source.BACKFILL, None))
         assert store.visible_recipes() == memory.visible_recipes()
         assert store.digest() == memory.digest()
         for recipe_id, state in memory.recipes.items():

@@ -43,9 +43,9 @@ class FakeDaemon:
 @pytest.fixture
 def daemon(monkeypatch: pytest.MonkeyPatch) -> FakeDaemon:
     fake = FakeDaemon()
-    module: Any = types.ModuleType("p2psync.node.daemon")
+    module: Any = types.ModuleType("p2psync.app")
     module.run_node = fake.run_node
-    monkeypatch.setitem(sys.modules, "p2psync.node.daemon", module)
+    monkeypatch.setitem(sys.modules, "p2psync.app", module)
     return fake
 
 

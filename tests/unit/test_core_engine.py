@@ -11,23 +11,17 @@ from nacl.signing import SigningKey
 from pyroaring import BitMap64
 
 from p2psync.core import protocol
-from p2psync.core.engine import (
-    Action,
-    Dropped,
-    EngineConfig,
-    Persist,
-    Rejected,
-    RoundFinished,
-    SendTo,
-    SyncEngine,
-)
+from p2psync.core.actions import Action, Dropped, Persist, Rejected, RoundFinished, SendTo
+from p2psync.core.engine import EngineConfig, SyncEngine
 from p2psync.core.entry import ZERO_HASH, Entry, sign_entry
 from p2psync.core.hlc import MAX_FORWARD_MS, wall_ms_of
 from p2psync.core.ids import make_recipe_id
 from p2psync.core.ops import Op, RecipeFields, encode_op
-from p2psync.core.progress import Progress, encode_bitmap, encode_summary
+from p2psync.core.progress import Progress, decode_summary, encode_bitmap, encode_summary
+from p2psync.node.executor import Executor
 from p2psync.store.memory import MemoryStore
-from tests.sim.simulator import FakeTime
+from tests.sim.driver import FakeTime, TimedEngine
+from tests.sim.simulator import SimObserver
 
 X = SigningKey(b"\x41" * 32)  # an author whose entries travel
 ATTACKER = SigningKey(b"\x42" * 32)
@@ -38,22 +32,27 @@ _HEADER = struct.Struct(">B32sQ32sQH")
 
 
 class Node:
+    """One engine over a memory store; actions run through the node's Executor."""
+
     def __init__(self, seed: int, config: EngineConfig | None = None) -> None:
         self.key = SigningKey(bytes([seed]) * 32)
         self.store = MemoryStore()
         self.time = FakeTime()
-        self.engine = SyncEngine(
-            self.key,
-            Progress(),
-            self.store,
+        self.engine = TimedEngine(
+            SyncEngine(
+                self.key,
+                Progress(),
+                self.store,
+                self.time.instant(),
+                config or EngineConfig(batch_size=3, window=2, sync_interval=60, round_timeout=5),
+            ),
             self.time,
-            config or EngineConfig(batch_size=3, window=2, sync_interval=60, round_timeout=5),
         )
+        self.observer = SimObserver()
+        self.executor = Executor(self.engine.inner, self.store, self.observer)
 
     def run(self, actions: list[Action]) -> list[Action]:
-        for action in actions:
-            if isinstance(action, Persist):
-                self.store.commit(action)
+        self.executor.run(actions, self.time.instant())
         return actions
 
     def live(self, entry: Entry | bytes, peer: str = PEER) -> list[Action]:
@@ -102,7 +101,7 @@ def test_valid_live_entry_is_persisted() -> None:
     (persist,) = kinds(actions, Persist)
     assert persist.source == "live" and persist.peer == PEER
     assert [a.entry.raw for a in persist.entries] == [entry.raw]
-    assert node.store.entry_count() == 1 and node.engine.progress.has(X_ORIGIN, 0)
+    assert node.store.entry_count() == 1 and node.engine.holds(X_ORIGIN, 0)
     assert not rejected(actions)
 
 
@@ -115,7 +114,7 @@ def test_forged_signature_in_live_is_rejected_and_not_persisted() -> None:
     assert rejected(actions) == {"signature"}
     assert not kinds(actions, Persist)
     assert node.store.entry_count() == 0
-    assert not node.engine.progress.has(X_ORIGIN, 0)
+    assert not node.engine.holds(X_ORIGIN, 0)
 
 
 def _signed_as(origin: bytes, signer: SigningKey, seq: int, prev: bytes, op: bytes) -> bytes:
@@ -130,7 +129,7 @@ def test_entry_claiming_another_origin_is_rejected() -> None:
         assert rejected(actions) == {"signature"}
         assert not kinds(actions, Persist)
     assert node.store.entry_count() == 0
-    assert node.engine.progress.count(X_ORIGIN) == 0
+    assert node.engine.held_count(X_ORIGIN) == 0
 
 
 def test_replay_with_changed_field_is_rejected() -> None:
@@ -213,7 +212,7 @@ def test_op_on_another_authors_recipe_is_logged_but_not_applied() -> None:
     assert before is not None and before.fields is not None
     for kind, fields in (("update", RecipeFields("hijacked", "", "")), ("delete", None)):
         attacker_origin = bytes(ATTACKER.verify_key)
-        seq = node.engine.progress.next_seq(attacker_origin)
+        seq = node.engine.held_count(attacker_origin)
         prev = ZERO_HASH if seq == 0 else node.store.log[(attacker_origin, seq - 1)][1]
         op = encode_op(Op(kind, rid, 0, fields))  # type: ignore[arg-type]
         entry = sign_entry(ATTACKER, seq, prev, HLC0 + 100 + seq, op)
@@ -221,7 +220,7 @@ def test_op_on_another_authors_recipe_is_logged_but_not_applied() -> None:
         assert rejected(actions) == {"not_author"}
         (persist,) = kinds(actions, Persist)
         assert [(a.entry.raw, a.op) for a in persist.entries] == [(entry.raw, None)]
-        assert node.engine.progress.has(attacker_origin, seq)  # the log keeps it
+        assert node.engine.holds(attacker_origin, seq)  # the log keeps it
         assert node.store.recipe(rid) == before  # the recipe does not change
     assert node.store.entry_count() == 3
     assert len(node.store.visible_recipes()) == 1
@@ -260,7 +259,7 @@ def test_batch_with_tampered_earlier_entry_is_rejected_as_chain() -> None:
         assert sum(a.count for a in kinds(actions, Rejected)) == 4
         assert not kinds(actions, Persist)
     assert node.store.entry_count() == 0
-    assert node.engine.progress.count(X_ORIGIN) == 0
+    assert node.engine.held_count(X_ORIGIN) == 0
 
 
 # ------------------------------------------------------------------ rounds
@@ -289,7 +288,8 @@ def test_gap_in_live_entries_triggers_summary_to_sender() -> None:
     assert summary.peer == PEER
     message = protocol.decode(summary.data)
     assert isinstance(message, protocol.SummaryMsg)
-    assert message.summary == encode_summary(node.engine.progress)
+    claims = {origin: claim.count() for origin, claim in decode_summary(message.summary).items()}
+    assert claims == node.engine.held_counts()
     # The sender answers with what we lack: seqs 3 and 4, and the round ends well.
     reply = node.batch([entries[3].raw, entries[4].raw], round_no=message.round)
     assert [r.ok for r in kinds(reply, RoundFinished)] == [True]
@@ -462,7 +462,7 @@ def test_far_future_entry_does_not_drag_our_clock() -> None:
     entry = sign_entry(X, 0, ZERO_HASH, future, op)
     node.live(entry)
     assert node.store.entry_count() == 1  # the entry itself is valid and kept
-    mine, _, _ = node.engine.append_local(
+    mine, _, _ = node.engine.append_one(
         lambda seq: Op(
             "create", make_recipe_id(node.engine.me, seq), None, RecipeFields("a", "", "")
         )
@@ -473,14 +473,16 @@ def test_far_future_entry_does_not_drag_our_clock() -> None:
 def _restart(node: Node, wall_shift_ms: int) -> None:
     """Rebuild the engine over the same store, as the node and simulator do."""
     node.time.wall_offset_ms += wall_shift_ms
-    node.engine = SyncEngine(
+    engine = SyncEngine(
         node.key,
         Progress(node.store.load_progress()),
         node.store,
-        node.time,
+        node.time.instant(),
         node.engine.config,
         last_hlc=node.store.last_hlc(),
     )
+    node.engine = TimedEngine(engine, node.time)
+    node.executor = Executor(engine, node.store, node.observer)
 
 
 def test_wild_peer_hlc_does_not_drag_our_clock_across_restart() -> None:
@@ -489,7 +491,7 @@ def test_wild_peer_hlc_does_not_drag_our_clock_across_restart() -> None:
     node.live(wild)
     assert node.store.last_hlc() == (1 << 64) - 1
     _restart(node, 0)
-    mine, _, actions = node.engine.append_local(
+    mine, _, actions = node.engine.append_one(
         lambda seq: Op(
             "create", make_recipe_id(node.engine.me, seq), None, RecipeFields("a", "", "")
         )
@@ -504,13 +506,13 @@ def test_own_edit_after_restart_with_wall_clock_set_back_is_not_lost() -> None:
     node = Node(1)
     me = node.engine.me
     rid = make_recipe_id(me, 0)
-    first, _, actions = node.engine.append_local(
+    first, _, actions = node.engine.append_one(
         lambda seq: Op("create", rid, None, RecipeFields("old", "", ""))
     )
     node.run(actions)
     _restart(node, -(MAX_FORWARD_MS + 3_600_000))
     new_fields = RecipeFields("new", "", "")
-    second, _, actions = node.engine.append_local(lambda seq: Op("update", rid, 0, new_fields))
+    second, _, actions = node.engine.append_one(lambda seq: Op("update", rid, 0, new_fields))
     node.run(actions)
     assert second.hlc > first.hlc  # our own log stays in hlc order
     recipe = node.store.recipe(rid)

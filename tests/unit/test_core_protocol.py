@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,7 +17,6 @@ from p2psync.core.protocol import (
     BATCH,
     MAX_BATCH_ENTRIES,
     MAX_MESSAGE_BYTES,
-    MAX_QUERY_REPLY_RECIPES,
     PROTOCOL_VERSION,
     QUERY,
     QUERY_REPLY,
@@ -24,11 +24,16 @@ from p2psync.core.protocol import (
     Ack,
     Batch,
     Live,
-    Query,
-    QueryReply,
     SummaryMsg,
     decode,
     encode,
+)
+from p2psync.core.query import (
+    MAX_QUERY_REPLY_RECIPES,
+    PublishedRecipe,
+    Query,
+    QueryReply,
+    decode_recipes,
 )
 
 u32 = st.integers(0, 2**32 - 1)
@@ -36,10 +41,15 @@ u64 = st.integers(0, 2**64 - 1)
 json_scalar = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**53), 2**53), st.text(max_size=20)
 )
-recipe_dict = st.dictionaries(
-    st.text(max_size=10),
-    st.one_of(json_scalar, st.lists(json_scalar, max_size=3)),
-    max_size=6,
+json_value = st.one_of(json_scalar, st.lists(json_scalar, max_size=3))
+published_recipes = st.builds(
+    PublishedRecipe,
+    st.text(max_size=20),
+    st.text(max_size=40),
+    st.text(max_size=40),
+    st.text(max_size=40),
+    st.text(max_size=52),
+    u64,
 )
 messages = st.one_of(
     st.builds(Live, st.binary(max_size=400)),
@@ -53,7 +63,7 @@ messages = st.one_of(
     ),
     st.builds(Ack, u32, u32),
     st.builds(Query, u64),
-    st.builds(QueryReply, u64, st.lists(recipe_dict, max_size=5)),
+    st.builds(QueryReply, u64, st.lists(published_recipes, max_size=5).map(tuple)),
 )
 
 
@@ -175,8 +185,43 @@ def test_malformed_messages(data: bytes) -> None:
     assert info.value.reason == "malformed"
 
 
+_RECIPE = PublishedRecipe("r" * 20, "Soup", "water", "boil", "12D3Koo", 7)
+
+
 def test_query_reply_is_bounded() -> None:
-    ok = encode(QueryReply(1, [{}] * MAX_QUERY_REPLY_RECIPES))
+    ok = encode(QueryReply(1, (_RECIPE,) * MAX_QUERY_REPLY_RECIPES))
     assert len(decode(ok).recipes) == MAX_QUERY_REPLY_RECIPES  # type: ignore[union-attr]
     with pytest.raises(RemoteError):
-        decode(encode(QueryReply(1, [{}] * (MAX_QUERY_REPLY_RECIPES + 1))))
+        decode(encode(QueryReply(1, (_RECIPE,) * (MAX_QUERY_REPLY_RECIPES + 1))))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(st.text(max_size=12), json_value, max_size=8), max_size=4))
+def test_query_reply_recipes_are_validated_not_trusted(items: list[dict[str, object]]) -> None:
+    """Any JSON a peer sends either decodes to well-typed recipes or is refused."""
+    body = orjson.dumps(items)
+    try:
+        recipes = decode_recipes(body)
+    except RemoteError as exc:
+        assert exc.reason == "malformed"
+        return
+    for recipe in recipes:
+        assert all(isinstance(v, str) for v in (recipe.id, recipe.name, recipe.author))
+        assert isinstance(recipe.updated, int) and recipe.updated >= 0
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"id": 1, "name": "n", "ingredients": "", "instructions": "", "author": "a"},
+        {"id": "i", "name": "n" * 201, "ingredients": "", "instructions": "", "author": "a"},
+        {"id": "i", "name": "n", "ingredients": "", "instructions": "", "author": "a",
+         "updated": -1},
+        {"id": "i", "name": "n", "ingredients": "", "instructions": "", "author": "a",
+         "updated": True},
+        {"name": "n", "ingredients": "", "instructions": "", "author": "a"},
+    ],
+)  # fmt: skip
+def test_query_reply_refuses_wrongly_typed_recipes(item: dict[str, object]) -> None:
+    with pytest.raises(RemoteError):
+        decode_recipes(orjson.dumps([item]))

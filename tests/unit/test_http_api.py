@@ -16,7 +16,6 @@ from p2psync.api.http import (
     bind_address,
     make_api_app,
     make_metrics_app,
-    require_token_for,
     serve_http,
 )
 from p2psync.api.metrics import Metrics
@@ -391,17 +390,3 @@ def test_bind_address_brackets_ipv6() -> None:
     assert bind_address("::1", 80) == "[::1]:80"
     assert bind_address("[::1]", 80) == "[::1]:80"
     assert bind_address("127.0.0.1", 0) == "127.0.0.1:0"
-
-
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
-def test_loopback_needs_no_token(host: str) -> None:
-    require_token_for(host, None)
-
-
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.5", "example.org", ""])
-def test_non_loopback_needs_a_token(host: str) -> None:
-    with pytest.raises(ValueError, match="--api-token"):
-        require_token_for(host, None)
-    with pytest.raises(ValueError, match="--api-token"):
-        require_token_for(host, "")
-    require_token_for(host, "t")

@@ -8,12 +8,12 @@ import pytest
 from nacl.signing import SigningKey
 
 from p2psync.api.metrics import Metrics
-from p2psync.core.engine import Persist
+from p2psync.core.actions import Persist
+from p2psync.core.store import StoreError
 from p2psync.node.config import NodeConfig
 from p2psync.node.node import Node
 from p2psync.node.service import UserError
 from p2psync.store.memory import MemoryStore
-from p2psync.store.sqlite import StoreError
 
 
 class FlakyStore(MemoryStore):
@@ -96,7 +96,8 @@ async def test_closed_network_rejects_entries_of_unlisted_authors() -> None:
         mdns=False,
         allow_peers=frozenset({peer_id_from_seed(friend_seed)}),
     )
-    node = Node(config, SigningKey(b"\x07" * 32), MemoryStore(), Metrics())
+    metrics = Metrics()
+    node = Node(config, SigningKey(b"\x07" * 32), MemoryStore(), metrics)
 
     def live_entry(seed: bytes) -> bytes:
         key = SigningKey(seed)
@@ -106,11 +107,11 @@ async def test_closed_network_rejects_entries_of_unlisted_authors() -> None:
         entry = sign_entry(key, 0, ZERO_HASH, 1 << 40, encode_op(op))
         return protocol.encode(protocol.Live(entry.raw))
 
-    node.run_actions(node.engine.live_received("relay", live_entry(stranger_seed)))
+    node.run_actions(node.engine.live_received("relay", live_entry(stranger_seed), node.now()))
     assert node.status().entries == 0
-    node.run_actions(node.engine.live_received("relay", live_entry(friend_seed)))
+    node.run_actions(node.engine.live_received("relay", live_entry(friend_seed), node.now()))
     assert node.status().entries == 1
-    rendered = node.metrics.render()[0].decode()
+    rendered = metrics.render()[0].decode()
     assert 'p2psync_entries_rejected_total{reason="not_allowed"} 1.0' in rendered
 
 
@@ -124,9 +125,8 @@ async def test_an_op_naming_a_huge_create_seq_harms_nothing(tmp_path: Path) -> N
     from p2psync.store.sqlite import SqliteStore
 
     store = SqliteStore.open(tmp_path / "db")
-    node = Node(
-        NodeConfig(data_dir=tmp_path, mdns=False), SigningKey(b"\x07" * 32), store, Metrics()
-    )
+    metrics = Metrics()
+    node = Node(NodeConfig(data_dir=tmp_path, mdns=False), SigningKey(b"\x07" * 32), store, metrics)
     attacker = SigningKey(b"\x13" * 32)
     origin = bytes(attacker.verify_key)
     for create_seq in (2**63, 2**48, 5):
@@ -135,12 +135,14 @@ async def test_an_op_naming_a_huge_create_seq_harms_nothing(tmp_path: Path) -> N
         )
         entry = sign_entry(attacker, 0, ZERO_HASH, 1 << 40, op)
         node.run_actions(
-            node.engine.live_received("attacker", protocol.encode(protocol.Live(entry.raw)))
+            node.engine.live_received(
+                "attacker", protocol.encode(protocol.Live(entry.raw)), node.now()
+            )
         )
         # Each is refused as an op (bad, or naming a create after itself) but
         # kept as a signed entry; the first one is the only new entry.
     assert node.status().entries == 1
     assert node.list_recipes() == []
-    rendered = node.metrics.render()[0].decode()
+    rendered = metrics.render()[0].decode()
     assert 'p2psync_entries_rejected_total{reason="bad_op"} 1.0' in rendered
     store.close()

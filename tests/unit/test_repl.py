@@ -7,7 +7,8 @@ from typing import TextIO
 import pytest
 import trio
 
-from p2psync.cli.repl import (
+from p2psync.cli.repl import serve_repl
+from p2psync.cli.repl_commands import (
     Command,
     CreateRecipe,
     DeleteRecipe,
@@ -20,10 +21,9 @@ from p2psync.cli.repl import (
     PublishRecipe,
     Quit,
     Status,
-    execute,
     parse_command,
-    serve_repl,
 )
+from p2psync.cli.repl_execute import execute
 from p2psync.node.service import PeerView, RecipeView, StatusView, UserError
 
 OWN_ID = "12D3KooWOwnPeerAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"

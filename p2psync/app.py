@@ -1,14 +1,18 @@
-"""The trio daemon: opens the store, builds the node and runs its loops.
+"""The outermost wiring: opens the store, builds the node and runs its faces and loops.
+
+This is the one module that brings the pieces together: the SQLite store,
+the libp2p network (node/network.py), the HTTP API and metrics (api/) and
+the REPL (cli/repl). Nothing below it imports the faces.
 
 Structure (one nursery, owned here):
 
     run_node
       ├─ signals        SIGINT/SIGTERM -> graceful stop
-      ├─ ticker         engine.tick() once a second (timeouts, periodic sync)
-      ├─ network        libp2p host, topics, peer sessions, discovery (network.py)
+      ├─ ticker         engine.tick(now) once a second (timeouts, periodic sync)
+      ├─ network        libp2p host, topics, peer sessions, discovery
       ├─ HTTP API       hypercorn trio worker, if --api-port
       ├─ metrics        hypercorn trio worker, if --metrics-port
-      ├─ generator      synthetic workload, if --initial-ops / --op-interval
+      ├─ workload       synthetic ops, if --initial-ops / --op-interval
       └─ REPL           stdin in a worker thread, unless --no-repl
 
 A stop (signal, `quit`, Ctrl-D on a terminal) cancels the nursery; the store
@@ -21,29 +25,25 @@ import functools
 import logging
 import signal
 import sys
-from collections.abc import Callable
-from typing import cast
 
 import trio
 from nacl.signing import SigningKey
 
 from p2psync.api.http import make_api_app, make_metrics_app, serve_http
 from p2psync.api.metrics import Metrics
-from p2psync.core.ids import make_recipe_id
-from p2psync.core.ops import Op, OpKind, RecipeFields
+from p2psync.cli.repl import serve_repl
+from p2psync.core.store import StoreError
 from p2psync.node.config import NodeConfig
-from p2psync.node.generator import WorkloadGenerator
 from p2psync.node.identity import load_or_create_seed
 from p2psync.node.network import NetworkStartError, serve_network
 from p2psync.node.node import Node, data_file
 from p2psync.node.profiles import DataDirLock
-from p2psync.node.service import UserError
-from p2psync.store.sqlite import SqliteStore, StoreError
+from p2psync.node.workload import run_workload
+from p2psync.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
-GENERATOR_BATCH = 1000
 
 
 def say(message: str) -> None:
@@ -52,7 +52,10 @@ def say(message: str) -> None:
 
 
 async def run_node(config: NodeConfig, *, lock: DataDirLock) -> int:
-    """Run a node until it is asked to stop; return the process exit code."""
+    """Run a node until it is asked to stop; return the process exit code.
+
+    `lock` is held by the caller for as long as this runs.
+    """
     try:
         seed = load_or_create_seed(config.data_dir)
         store = SqliteStore.open(data_file(config.data_dir))
@@ -63,7 +66,7 @@ async def run_node(config: NodeConfig, *, lock: DataDirLock) -> int:
         metrics = Metrics()
         node = Node(config, SigningKey(seed), store, metrics)
         say(f"peer id {node.peer_id}")
-        say(f"data dir {config.data_dir} ({node.engine.progress.total()} entries)")
+        say(f"data dir {config.data_dir} ({node.engine.entry_count()} entries)")
         failure: str | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -99,14 +102,10 @@ async def _start_services(
         )
         say(f"metrics on http://{_url_host(config.api_host)}:{port}/metrics")
     if config.initial_ops or config.op_interval is not None:
-        nursery.start_soon(_generate_workload, node, config)
+        nursery.start_soon(run_workload, node, config, say)
     if config.repl:
-        from p2psync.cli.repl import serve_repl
-
         history = config.data_dir / "repl_history"
-        await nursery.start(
-            lambda task_status: serve_repl(node, history_path=history, task_status=task_status)
-        )
+        await nursery.start(functools.partial(serve_repl, node, history_path=history))
 
 
 def _url_host(host: str) -> str:
@@ -123,70 +122,4 @@ async def _stop_on_signals(node: Node) -> None:
 async def _tick_forever(node: Node) -> None:
     while True:
         await trio.sleep(TICK_SECONDS)
-        node.run_actions(node.engine.tick())
-
-
-async def _generate_workload(node: Node, config: NodeConfig) -> None:
-    generator = WorkloadGenerator(config.seed)
-    made: list[tuple[str, int]] = []  # (recipe id, create seq) of generated recipes
-    remaining = config.initial_ops
-    while remaining > 0:
-        count = min(GENERATOR_BATCH, remaining)
-        await _generate(node, generator, made, count, publish=False)
-        remaining -= count
-        await trio.sleep(0)  # let the REPL and API answer during a big run
-    if config.initial_ops:
-        say(f"generated {config.initial_ops} initial ops")
-    if config.op_interval is None:
-        return
-    while True:
-        await trio.sleep(config.op_interval)
-        await _generate(node, generator, made, config.ops_per_interval, publish=True)
-
-
-async def _generate(
-    node: Node,
-    generator: WorkloadGenerator,
-    made: list[tuple[str, int]],
-    count: int,
-    *,
-    publish: bool,
-) -> None:
-    me = node.engine.me
-    makers: list[Callable[[int], Op]] = []
-    for _ in range(count):
-        planned = generator.next_op()
-        fields = RecipeFields(planned.name, planned.ingredients, planned.instructions)
-        if planned.kind == "create":
-            makers.append(functools.partial(_create_op, me, made, fields))
-        else:
-            assert planned.target is not None
-            kind = cast(OpKind, planned.kind)
-            makers.append(
-                functools.partial(
-                    _change_op, made, kind, planned.target, fields if kind == "update" else None
-                )
-            )
-    async with node.local_writes:
-        _, actions = node.engine.append_local_many(makers, publish=publish)
-        try:
-            await node.run_local_actions(actions)
-        except UserError as exc:
-            say(f"workload generator: {exc}")
-
-
-def _create_op(me: bytes, made: list[tuple[str, int]], fields: RecipeFields, seq: int) -> Op:
-    made.append((make_recipe_id(me, seq), seq))
-    return Op("create", made[-1][0], None, fields)
-
-
-def _change_op(
-    made: list[tuple[str, int]],
-    kind: OpKind,
-    target: int,
-    fields: RecipeFields | None,
-    seq: int,
-) -> Op:
-    # Targets always name an earlier create, so `made` already holds it.
-    recipe_id, create_seq = made[target]
-    return Op(kind, recipe_id, create_seq, fields)
+        node.run_actions(node.engine.tick(node.now()))

@@ -1,0 +1,220 @@
+"""Gossipsub for one host: topics as trio channels, publishing with backpressure.
+
+``Libp2pHost`` (host.py) owns one ``Gossip`` and exposes its methods; the
+py-libp2p router and pubsub it drives are built in libp2p_fixes.py.
+
+- ``publish()`` never hands libp2p a message it would drop: it waits (up to
+  its timeout) for the mesh to form and for room in the target peers' send
+  queues, and otherwise refuses, publishing nothing, and says why.
+- Each subscription delivers into a channel of ``buffer`` messages; a reader
+  that lags loses the excess, counted. Our own messages are not echoed back.
+- Payloads above ``max_payload_bytes`` are refused: libp2p's per-peer queue
+  drops any RPC over 1 MiB (the message plus a signed peer record of our
+  addresses, signature and key), which ``ENVELOPE_HEADROOM`` leaves room for.
+- Whatever is still lost inside the router is counted in ``drop_counts()``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import trio
+from libp2p.abc import IHost
+from libp2p.peer.id import ID
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.rpc_queue import DefaultMaxMessageSize
+
+from p2psync.net.libp2p_fixes import RoutedPubsub, new_gossipsub, send_targets
+
+__all__ = ["ENVELOPE_HEADROOM", "Gossip", "PublishResult", "Received"]
+
+# Room for what travels next to the payload in the same RPC: origin key and
+# signature (~140 B), topic, seqno and the signed peer record of our listen
+# addresses (~100 B per address). 8 KiB is generous for any LAN host.
+ENVELOPE_HEADROOM = 8 * 1024
+_POLL_SECONDS = 0.002
+_MAX_SENDER_NAMES = 10_000
+
+
+class Received(NamedTuple):
+    sender: str  # origin peer id (base58), authenticated by its signature
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """Outcome of ``publish``; truthy iff the message was queued for a peer.
+
+    ``reason`` when not ok:
+    - ``"no_peers"``: no known subscriber. The message was still handed to
+      libp2p, which holds it briefly for connected peers whose subscriptions
+      are not known yet, but nothing is guaranteed.
+    - ``"mesh_pending"``: subscribers exist, the mesh did not form within the
+      timeout; nothing was sent.
+    - ``"queue_full"``: a target peer's outbound queue stayed full for the
+      whole timeout; nothing was sent.
+    - ``"oversized"``: payload above ``max_payload_bytes``; nothing was sent.
+    - ``"closed"``: the host is shutting down; nothing was sent.
+    """
+
+    ok: bool
+    reason: str | None = None
+    peers: int = 0
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class Gossip:
+    """Topics, publishing and drop counts of one host's gossipsub.
+
+    ``on_bad_peer(peer, reason)`` is called (in the trio thread) when a
+    peer's pubsub stream broke with garbage; the owner should disconnect it.
+    """
+
+    def __init__(
+        self,
+        host: IHost,
+        *,
+        max_message_bytes: int,
+        on_bad_peer: Callable[[ID, str], None],
+    ) -> None:
+        self.max_payload_bytes = max_message_bytes - ENVELOPE_HEADROOM
+        self._my_id_bytes = host.get_id().to_bytes()
+        self._on_bad_peer = on_bad_peer
+        self._drops: Counter[str] = Counter()
+        self._subs: dict[str, trio.MemorySendChannel[Received]] = {}
+        self._sender_names: dict[bytes, str] = {}
+        self._closing = False
+        self.router = new_gossipsub(on_drop=self._count_router_drop)
+        self.pubsub = RoutedPubsub(
+            host,
+            self.router,
+            deliver=self._deliver,
+            on_bad_stream=self._bad_stream,
+            strict_signing=True,
+            # Inbound must accept what any peer's queue lets out (1 MiB), even
+            # when we publish smaller: an oversized frame resets the stream.
+            max_inbound_rpc_size=DefaultMaxMessageSize,
+        )
+
+    async def subscribe(
+        self, topic: str, *, buffer: int = 1024
+    ) -> trio.MemoryReceiveChannel[Received]:
+        """Join ``topic``; messages from others arrive on the returned channel.
+
+        One reader per topic. The channel ends when ``unsubscribe(topic)`` is
+        called or the host shuts down. A reader that lags more than ``buffer``
+        messages loses the excess (counted as ``recv_buffer_full``).
+        """
+        if topic in self._subs:
+            raise ValueError(f"already subscribed to {topic}")
+        send, receive = trio.open_memory_channel[Received](buffer)
+        self._subs[topic] = send
+        try:
+            await self.pubsub.subscribe(topic)
+        except BaseException:
+            # Cancelled (or failed) half way: leave no stale record behind, or
+            # the next subscribe to this topic would be refused.
+            self._subs.pop(topic, None)
+            send.close()
+            raise
+        return receive
+
+    async def unsubscribe(self, topic: str) -> None:
+        send = self._subs.pop(topic, None)
+        if send is not None:
+            send.close()
+        await self.pubsub.unsubscribe(topic)
+
+    async def publish(self, topic: str, data: bytes, *, timeout: float = 2.0) -> PublishResult:
+        """Queue ``data`` for ``topic``'s peers, waiting up to ``timeout`` for room.
+
+        Returns a falsy ``PublishResult`` with a reason when the message could
+        not be queued; see ``PublishResult``. ``timeout=0`` never waits.
+        """
+        if self._closing:
+            return self._refuse("closed")
+        if len(data) > self.max_payload_bytes:
+            return self._refuse("oversized")
+        deadline = trio.current_time() + timeout
+        while True:
+            targets, blocked = send_targets(self.pubsub, self.router, topic)
+            if blocked is None:
+                break
+            if trio.current_time() >= deadline:
+                return self._refuse(blocked)
+            await trio.sleep(_POLL_SECONDS)
+            if self._closing:
+                return self._refuse("closed")
+        await self.pubsub.publish(topic, data)
+        if not targets:
+            return PublishResult(False, "no_peers", 0)
+        return PublishResult(True, None, len(targets))
+
+    def peers_in_topic(self, topic: str) -> list[str]:
+        """Peers that told us they subscribe to ``topic``."""
+        return sorted(p.to_base58() for p in self.pubsub.peer_topics.get(topic, ()))
+
+    def mesh_peers(self, topic: str) -> list[str]:
+        """Peers our published messages on ``topic`` go to (we must be subscribed)."""
+        return sorted(p.to_base58() for p in self.router.mesh.get(topic, ()))
+
+    async def wait_for_topic_peer(self, topic: str, peer_id: str, timeout: float) -> None:
+        """Wait until ``peer_id`` announced ``topic``; raises ``trio.TooSlowError``."""
+        await self.pubsub.wait_for_subscription(ID.from_base58(peer_id), topic, timeout)
+
+    async def wait_for_mesh_peer(self, topic: str, peer_id: str, timeout: float) -> None:
+        """Wait until ``peer_id`` is in our mesh for ``topic``; raises ``trio.TooSlowError``."""
+        await self.pubsub.wait_for_mesh(ID.from_base58(peer_id), topic, timeout)
+
+    def drop_counts(self) -> dict[str, int]:
+        """Messages lost or refused so far, by reason.
+
+        ``publish_<reason>``: refused by ``publish`` (nothing sent);
+        ``send_queue_full`` / ``send_oversized``: dropped inside the router
+        (forwarded messages, races); ``recv_buffer_full``: a subscription
+        reader lagged; ``recv_reader_gone``: its reader closed the channel;
+        ``recv_bad_rpc``: a peer's pubsub stream was unreadable.
+        """
+        return dict(self._drops)
+
+    def close(self) -> None:
+        """Refuse further publishes and end every subscription channel."""
+        self._closing = True
+        for send in self._subs.values():
+            send.close()
+        self._subs.clear()
+
+    def _refuse(self, reason: str) -> PublishResult:
+        self._drops[f"publish_{reason}"] += 1
+        return PublishResult(False, reason, 0)
+
+    def _count_router_drop(self, reason: str, messages: int) -> None:
+        self._drops[f"send_{reason}"] += messages
+
+    def _bad_stream(self, peer: ID, reason: str) -> None:
+        self._drops["recv_bad_rpc"] += 1
+        self._on_bad_peer(peer, reason)
+
+    def _deliver(self, msg: rpc_pb2.Message) -> None:
+        if msg.from_id == self._my_id_bytes:
+            return
+        sender = self._sender_names.get(msg.from_id)
+        if sender is None:
+            sender = ID(msg.from_id).to_base58()
+            if len(self._sender_names) < _MAX_SENDER_NAMES:
+                self._sender_names[msg.from_id] = sender
+        for topic in msg.topicIDs:
+            channel = self._subs.get(topic)
+            if channel is None:
+                continue
+            try:
+                channel.send_nowait(Received(sender, msg.data))
+            except trio.WouldBlock:
+                self._drops["recv_buffer_full"] += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._drops["recv_reader_gone"] += 1

@@ -1,0 +1,186 @@
+"""The one executor of engine actions, shared by the node, the simulator and the tests.
+
+It carries out each action in order, synchronously: a Persist is committed
+before the actions after it run, so nobody is told of an entry that is not on
+disk. It knows the network only through `Effects` and the metrics only
+through `Observer`, and imports no trio, so a deterministic simulator drives
+the same code the daemon runs, store failures and penalties included.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from p2psync.core.actions import (
+    Action,
+    Dropped,
+    Persist,
+    PublishLive,
+    QueryAnswered,
+    QueryReceived,
+    Rejected,
+    RoundFinished,
+    SendTo,
+)
+from p2psync.core.engine import SyncEngine
+from p2psync.core.hlc import Now, wall_ms_of
+from p2psync.core.query import QueryReply
+from p2psync.core.reasons import Blame, Drop, Source
+from p2psync.core.store import Store, StoreError
+from p2psync.node.observer import Observer
+
+log = logging.getLogger(__name__)
+
+
+class Effects(Protocol):
+    """What carrying out actions needs from the network."""
+
+    def send(self, peer: str, data: bytes) -> bool:
+        """Queue bytes for one peer's sync topic; False if they cannot go."""
+        ...
+
+    def publish_live(self, data: bytes) -> bool:
+        """Queue bytes for the live topic; False if they cannot go."""
+        ...
+
+    def penalize(self, peer: str, reason: str) -> None:
+        """The peer delivered something only a broken or hostile node sends."""
+        ...
+
+    def round_finished(self, peer: str, ok: bool, seconds: float) -> None: ...
+
+    def query_received(self, peer: str, query_id: int) -> None: ...
+
+    def query_answered(self, peer: str, reply: QueryReply) -> None: ...
+
+
+class Offline:
+    """Effects with no network: nothing can be sent (counted as dropped)."""
+
+    def send(self, peer: str, data: bytes) -> bool:
+        return False
+
+    def publish_live(self, data: bytes) -> bool:
+        return False
+
+    def penalize(self, peer: str, reason: str) -> None:
+        pass
+
+    def round_finished(self, peer: str, ok: bool, seconds: float) -> None:
+        pass
+
+    def query_received(self, peer: str, query_id: int) -> None:
+        pass
+
+    def query_answered(self, peer: str, reply: QueryReply) -> None:
+        pass
+
+
+class Executor:
+    def __init__(
+        self,
+        engine: SyncEngine,
+        store: Store,
+        observer: Observer,
+        effects: Effects | None = None,
+        *,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.observer = observer
+        self.effects: Effects = effects or Offline()
+        self.store_error: str | None = None  # the last refused commit of received entries
+        self._on_commit = on_commit
+        self.refresh_entry_gauges()
+
+    def run(self, actions: Iterable[Action], now: Now) -> None:
+        """Carry out `actions` in order.
+
+        Raises StoreError if a local (Source.LOCAL) Persist could not be
+        written; the engine has then forgotten it, and the user must be told.
+        """
+        for action in actions:
+            if isinstance(action, Persist):
+                self.settle(action, self.commit(action), now)
+            else:
+                self._run_effect(action)
+
+    def _run_effect(self, action: Action) -> None:
+        effects, observer = self.effects, self.observer
+        if isinstance(action, SendTo):
+            if not effects.send(action.peer, action.data):
+                observer.dropped(Drop.SEND_FAILED)
+        elif isinstance(action, PublishLive):
+            if not effects.publish_live(action.data):
+                # Nobody to tell, or the queue was full: anti-entropy repairs it.
+                observer.dropped(Drop.LIVE_NOT_SENT)
+        elif isinstance(action, Rejected):
+            log.info("rejected %d entries from %s: %s", action.count, action.peer, action.detail)
+            observer.entries_rejected(action.reason, action.count)
+            if action.peer is not None and action.blame is Blame.DELIVERER:
+                effects.penalize(action.peer, action.reason)
+        elif isinstance(action, Dropped):
+            log.info("dropped a message from %s: %s", action.peer, action.detail)
+            observer.dropped(action.reason)
+            if action.peer is not None and action.blame is Blame.DELIVERER:
+                effects.penalize(action.peer, action.reason)
+        elif isinstance(action, RoundFinished):
+            observer.sync_round(action.ok, action.seconds)
+            effects.round_finished(action.peer, action.ok, action.seconds)
+        elif isinstance(action, QueryReceived):
+            effects.query_received(action.peer, action.query_id)
+        elif isinstance(action, QueryAnswered):
+            effects.query_answered(action.peer, action.reply)
+
+    def commit(self, persist: Persist) -> StoreError | None:
+        """Write one Persist; any failure comes back as a StoreError, never raised.
+
+        Touches only the store, so the node may call it from a worker thread.
+        Whatever a peer's bytes provoke in the store must not take the daemon
+        down: an unexpected error is refused like any failed write.
+        """
+        try:
+            self.store.commit(persist)
+        except StoreError as exc:
+            return exc
+        except Exception as exc:
+            log.exception("unexpected error storing %d entries", len(persist.entries))
+            return StoreError(f"unexpected store error: {exc!r}")
+        return None
+
+    def settle(self, persist: Persist, error: StoreError | None, now: Now) -> None:
+        """Account for a commit's outcome (in the driver's thread)."""
+        if error is None:
+            self._persisted(persist, now)
+            return
+        self.run(self.engine.persist_failed(persist), now)
+        self.observer.dropped(Drop.STORE_FAILED)
+        log.error("%s", error)
+        if persist.source is Source.LOCAL:
+            raise error
+        # Received entries: anti-entropy brings them again once the store recovers.
+        self.store_error = str(error)
+
+    def _persisted(self, persist: Persist, now: Now) -> None:
+        self.store_error = None
+        count = len(persist.entries)
+        observer = self.observer
+        observer.entries_applied(count)
+        if persist.source is Source.LIVE:
+            observer.live_ops_received(count)
+        elif persist.source is Source.BACKFILL:
+            observer.backfill_entries_received(count)
+        if persist.source is not Source.LOCAL:
+            for accepted in persist.entries:
+                latency_ms = now.wall_ms - wall_ms_of(accepted.entry.hlc)
+                observer.observe_apply_latency(max(0.0, latency_ms / 1000))
+        self.refresh_entry_gauges()
+        if self._on_commit is not None:
+            self._on_commit()
+
+    def refresh_entry_gauges(self) -> None:
+        own = self.engine.own_entry_count()
+        self.observer.set_entries(own, self.engine.entry_count() - own)

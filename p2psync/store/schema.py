@@ -1,0 +1,94 @@
+"""The SQLite schema of the store and the migrations that build it."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from p2psync.core.store import StoreError
+
+# 'p2ps': marks the file as ours, so we never migrate someone else's database.
+APPLICATION_ID = 0x70327073
+
+# MIGRATIONS[i] takes a database from schema version i to i + 1. Append new
+# steps; never edit a released one.
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE log (
+            origin BLOB NOT NULL,
+            seq INTEGER NOT NULL,
+            hash BLOB NOT NULL,
+            prev BLOB NOT NULL,
+            hlc INTEGER NOT NULL,
+            raw BLOB NOT NULL,
+            PRIMARY KEY (origin, seq)
+        ) WITHOUT ROWID""",
+        # A rowid table: rows can carry kilobytes of instructions, which
+        # WITHOUT ROWID b-trees store poorly.
+        """CREATE TABLE recipes (
+            id TEXT PRIMARY KEY,
+            author BLOB NOT NULL,
+            create_seq INTEGER NOT NULL,
+            name TEXT,
+            ingredients TEXT,
+            instructions TEXT,
+            fields_hlc INTEGER,
+            fields_seq INTEGER,
+            published INTEGER NOT NULL,
+            deleted INTEGER NOT NULL,
+            updated INTEGER NOT NULL
+        )""",
+        """CREATE TABLE progress (
+            origin BLOB PRIMARY KEY,
+            bitmap BLOB NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE meta (
+            key TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        "INSERT INTO meta (key, value) VALUES ('entry_count', 0), ('last_hlc', 0),"
+        " ('recipe_count', 0), ('digest_hi', 0), ('digest_lo', 0)",
+        f"PRAGMA application_id = {APPLICATION_ID}",
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the database on `conn` to SCHEMA_VERSION, or refuse one that is not ours."""
+    version = _user_version(conn)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database {path} has schema version {version}, newer than the {SCHEMA_VERSION} "
+            "this p2psync knows: upgrade p2psync (or use another data directory)"
+        )
+    if version == SCHEMA_VERSION:
+        _check_ours(conn, path)
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have migrated while we waited for the lock.
+        version = _user_version(conn)
+        if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise StoreError(f"{path} is an SQLite database of another program, not p2psync's")
+        if version:
+            _check_ours(conn, path)
+        for step in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[step]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {step + 1}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    value: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return value
+
+
+def _check_ours(conn: sqlite3.Connection, path: Path) -> None:
+    if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+        raise StoreError(f"{path} is an SQLite database of another program, not p2psync's")
