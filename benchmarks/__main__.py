@@ -50,6 +50,11 @@ TABLE: dict[str, list[tuple[str, str, str]]] = {
         ("round_trips", "round trips, in sync", ""),
         ("bytes_one_missing", "bytes, one missing", "B"),
         ("round_trips_one_missing", "round trips, one missing", ""),
+        ("many_origins", "origins of one entry each", ""),
+        ("many_origins_bytes", "  bytes, in sync", "B"),
+        ("many_origins_round_trips", "  round trips, in sync", ""),
+        ("many_origins_bytes_one_missing", "  bytes, one missing", "B"),
+        ("many_origins_round_trips_one_missing", "  round trips, one missing", ""),
     ],
     "relay": [
         ("nodes", "chain length", "nodes"),
@@ -69,8 +74,8 @@ TABLE: dict[str, list[tuple[str, str, str]]] = {
         ("apply_per_s", "verify + apply into SQLite", "entries/s"),
         ("engine_per_s", "  engine part only", "entries/s"),
         ("commit_per_s", "  SQLite commit part only", "entries/s"),
-        ("summary_encode_us", "summary encode (100k, 1% holes)", "us"),
-        ("summary_decode_us", "summary decode (100k, 1% holes)", "us"),
+        ("summary_encode_us", "items encode (100k, 1% holes)", "us"),
+        ("summary_decode_us", "items decode (100k, 1% holes)", "us"),
     ],
 }
 

@@ -36,6 +36,7 @@ class Sizes:
     footprint_entries: int
     core_entries: int
     summary_entries: int
+    many_origins: int  # origins of one entry each, for the reconciliation figures
     # Time limits (seconds): a scenario that hits one reports what it has.
     cold_join_timeout: float
     relay_timeout: float
@@ -55,6 +56,7 @@ FULL = Sizes(
     footprint_entries=1_000_000,
     core_entries=100_000,
     summary_entries=100_000,
+    many_origins=100_000,
     cold_join_timeout=180.0,
     relay_timeout=150.0,
     footprint_gen_timeout=300.0,
@@ -73,6 +75,7 @@ QUICK = Sizes(
     footprint_entries=50_000,
     core_entries=20_000,
     summary_entries=100_000,
+    many_origins=2_000,
     cold_join_timeout=60.0,
     relay_timeout=60.0,
     footprint_gen_timeout=60.0,

@@ -18,7 +18,7 @@ from p2psync.node.generator import WorkloadGenerator
 
 
 def origin_key(index: int) -> SigningKey:
-    return SigningKey(bytes([0xB0, index % 256]) + bytes(30))
+    return SigningKey(bytes([0xB0]) + index.to_bytes(4, "big") + bytes(27))
 
 
 def make_log(key: SigningKey, count: int, seed: int) -> list[tuple[Entry, Op]]:

@@ -101,7 +101,8 @@ def _scratch() -> dict[str, Any]:
 
 
 def _kind(data: bytes) -> str:
-    return {1: "live", 2: "summary", 3: "batch", 4: "ack"}.get(data[1], "other")
+    kinds = {1: "live", 2: "recon", 3: "batch", 4: "ack", 7: "want", 8: "fork_proof"}
+    return kinds.get(data[1], "other")
 
 
 def _pair(logs: list[list[Any]], missing: tuple[int, int] | None) -> dict[str, _Side]:
@@ -171,7 +172,7 @@ def _other(name: str) -> str:
 
 def run(ctx: Context) -> dict[str, Any]:
     total = ctx.sizes.in_sync_entries
-    origins = 4
+    origins = 10
     t0 = time.perf_counter()
     logs = make_logs(total, origins, seed=11)
     ctx.log(f"in_sync_round: signed {total} entries in {time.perf_counter() - t0:.1f} s")
@@ -202,4 +203,26 @@ def run(ctx: Context) -> dict[str, Any]:
         "bytes_by_kind_one_missing": one_missing["by_kind"],
         "entries_moved_one_missing": one_missing["entries_moved"],
         "cpu_ms_one_missing": one_missing["cpu_ms"],
+        **_many_origins(ctx),
+    }
+
+
+def _many_origins(ctx: Context) -> dict[str, Any]:
+    """Protocol v2's targets: many origins of one entry each, in sync and one missing."""
+    count = ctx.sizes.many_origins
+    t0 = time.perf_counter()
+    logs = make_logs(count, count, seed=17)
+    ctx.log(f"in_sync_round: signed {count} one-entry origins in {time.perf_counter() - t0:.1f} s")
+    in_sync = _measure(_pair(logs, None), "A")
+    sides = _pair(logs, (count // 2, 0))
+    one_missing = _measure(sides, "B")
+    if sides["B"].engine.entry_count() != count:
+        raise RuntimeError("the round did not bring the missing origin's entry")
+    return {
+        "many_origins": count,
+        "many_origins_bytes": in_sync["bytes"],
+        "many_origins_round_trips": in_sync["round_trips"],
+        "many_origins_bytes_one_missing": one_missing["bytes"],
+        "many_origins_round_trips_one_missing": one_missing["round_trips"],
+        "many_origins_cpu_ms_one_missing": one_missing["cpu_ms"],
     }

@@ -17,6 +17,10 @@ Structure (one nursery, owned here):
 
 A stop (signal, `quit`, Ctrl-D on a terminal) cancels the nursery; the store
 is closed after every task has ended, so nothing writes to a closed store.
+
+`p2psync backup` and `restore` come here too (`backup_data_dir`,
+`restore_data_dir`): they join the store's database copy (store/backup.py)
+to the node's identity file and the all-or-nothing swap (node/restore.py).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import functools
 import logging
 import signal
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 from nacl.signing import SigningKey
@@ -32,13 +38,26 @@ from nacl.signing import SigningKey
 from p2psync.api.http import make_api_app, make_metrics_app, serve_http
 from p2psync.api.metrics import Metrics
 from p2psync.cli.repl import serve_repl
+from p2psync.core.ids import peer_id_from_seed
 from p2psync.core.store import StoreError
 from p2psync.node.config import NodeConfig
-from p2psync.node.identity import load_or_create_seed
-from p2psync.node.network import NetworkStartError, serve_network
+from p2psync.node.identity import IDENTITY_FILE_NAME, load_or_create_seed, read_seed
 from p2psync.node.node import Node, data_file
 from p2psync.node.profiles import DataDirLock
+from p2psync.node.restore import (
+    clear_staged,
+    commit_restore,
+    finish_pending_restore,
+    staged_path,
+)
 from p2psync.node.workload import run_workload
+from p2psync.store.backup import (
+    BACKUP_DB_NAME,
+    copy_database,
+    side_files,
+    write_backup,
+    write_private_file,
+)
 from p2psync.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -56,6 +75,10 @@ async def run_node(config: NodeConfig, *, lock: DataDirLock) -> int:
 
     `lock` is held by the caller for as long as this runs.
     """
+    # Imported here, not at the top: `p2psync backup` and `restore` use this
+    # module too, and need not load libp2p.
+    from p2psync.node.network import NetworkStartError
+
     try:
         seed = load_or_create_seed(config.data_dir)
         store = SqliteStore.open(data_file(config.data_dir))
@@ -87,6 +110,8 @@ async def run_node(config: NodeConfig, *, lock: DataDirLock) -> int:
 async def _start_services(
     nursery: trio.Nursery, node: Node, config: NodeConfig, metrics: Metrics, seed: bytes
 ) -> None:
+    from p2psync.node.network import serve_network  # see run_node
+
     nursery.start_soon(_stop_on_signals, node)
     nursery.start_soon(_tick_forever, node)
     addrs = await nursery.start(serve_network, node, config, metrics, seed)
@@ -123,3 +148,49 @@ async def _tick_forever(node: Node) -> None:
     while True:
         await trio.sleep(TICK_SECONDS)
         node.run_actions(node.engine.tick(node.now()))
+
+
+# --- backup and restore (the store's copy, the node's identity) ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class DataDirCopy:
+    """What `backup_data_dir` wrote or `restore_data_dir` installed."""
+
+    peer_id: str
+    entries: int
+    files: tuple[str, ...]
+
+
+def backup_data_dir(data_dir: Path, dest: Path) -> DataDirCopy:
+    """Copy a data dir's database and identity into the new directory `dest`.
+
+    Takes no lock: the node may be running (store/backup.py says why that is safe).
+    """
+    database = data_file(data_dir)
+    if not database.is_file():
+        raise StoreError(f"no p2psync database in {data_dir}: nothing to back up")
+    seed = read_seed(data_dir)
+    entries = write_backup(database, dest, {IDENTITY_FILE_NAME: seed})
+    return DataDirCopy(peer_id_from_seed(seed), entries, (BACKUP_DB_NAME, IDENTITY_FILE_NAME))
+
+
+def restore_data_dir(backup: Path, lock: DataDirLock) -> DataDirCopy:
+    """Replace the locked (so stopped) data dir's database and identity by the backup's.
+
+    Everything is copied and checked under staging names first; node/restore.py
+    then swaps all files or none.
+    """
+    data_dir = lock.data_dir
+    finish_pending_restore(data_dir)
+    clear_staged(data_dir)
+    db_name = data_file(data_dir).name
+    try:
+        seed = read_seed(backup)
+        entries = copy_database(backup / BACKUP_DB_NAME, staged_path(data_dir, db_name))
+        write_private_file(staged_path(data_dir, IDENTITY_FILE_NAME), seed)
+    except BaseException:
+        clear_staged(data_dir)
+        raise
+    commit_restore(data_dir, install=(IDENTITY_FILE_NAME, db_name), remove=side_files(db_name))
+    return DataDirCopy(peer_id_from_seed(seed), entries, (db_name, IDENTITY_FILE_NAME))

@@ -97,6 +97,11 @@ class Metrics:
             ["reason"],
             registry=reg,
         )
+        self._forks = Counter(
+            "p2psync_forks_detected",
+            "Origins proven to have signed two different entries for one seq",
+            registry=reg,
+        )
         self._precreate_labels()
 
     def _precreate_labels(self) -> None:
@@ -139,6 +144,9 @@ class Metrics:
 
     def dropped(self, reason: str, n: int = 1) -> None:
         self._dropped.labels(reason=reason).inc(n)
+
+    def fork_detected(self) -> None:
+        self._forks.inc()
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""

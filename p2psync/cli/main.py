@@ -1,8 +1,9 @@
-"""`p2psync run | id | --version`: flags and P2PSYNC_* variables to a NodeConfig.
+"""`p2psync run | id | backup | restore | --version`: flags and P2PSYNC_* variables.
 
 Everything a user can get wrong is checked (cli/options.py, cli/values.py)
 before any directory is created or lock taken, and reported as one line with
-exit code 2. The daemon receives a NodeConfig it can trust.
+exit code 2. The daemon receives a NodeConfig it can trust; `backup` and
+`restore` hand checked paths to app.py, the only way to the store.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from p2psync.cli.options import (
     node_settings,
 )
 from p2psync.core.ids import peer_id_from_seed
+from p2psync.core.store import StoreError
 from p2psync.node.config import NodeConfig
 from p2psync.node.identity import IdentityError, load_or_create_seed
 from p2psync.node.profiles import (
@@ -36,14 +38,20 @@ from p2psync.node.profiles import (
     lock_data_dir,
     profile_dir,
 )
+from p2psync.node.restore import RestoreError, finish_pending_restore
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-# `p2psync id` with no location names the profile a lone `p2psync run` takes.
+# `p2psync id`, `backup` and `restore` with no location name the profile a lone
+# `p2psync run` takes.
 DEFAULT_ID_PROFILE = "node1"
 
 log = logging.getLogger(__name__)
+
+
+class CommandFailed(Exception):
+    """A command could not do its work: printed as one line, exit code 1."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,7 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         _print_error(str(error))
         return EXIT_USAGE
-    except (DataDirBusy, NoFreeProfile, IdentityError) as error:
+    except (
+        DataDirBusy,
+        NoFreeProfile,
+        IdentityError,
+        StoreError,
+        RestoreError,
+        CommandFailed,
+    ) as error:
         _print_error(str(error))
         return EXIT_FAILURE
     except OSError as error:
@@ -86,6 +101,8 @@ def _run_command(options: argparse.Namespace, environ: Mapping[str, str]) -> int
     root = data_root(environ)
     profile, lock = _lock_location(options, root)
     try:
+        if finish_pending_restore(lock.data_dir):
+            _print_note(f"finished the interrupted restore into {lock.data_dir}")
         load_or_create_seed(lock.data_dir)
         config = NodeConfig(data_dir=lock.data_dir, profile=profile, data_root=root, **settings)
         # Imported here so `p2psync id` and `--version` never pay for libp2p.
@@ -99,22 +116,82 @@ def _run_command(options: argparse.Namespace, environ: Mapping[str, str]) -> int
 
 def _id_command(options: argparse.Namespace, environ: Mapping[str, str]) -> int:
     apply_environment(options, environ)
-    if options.data_dir is not None:
-        data_dir = options.data_dir
-    else:
-        # No lock: asking a running node's data dir for its id must work.
-        profile = options.profile or DEFAULT_ID_PROFILE
-        data_dir = profile_dir(data_root(environ), profile)
-        if options.profile is None:
-            _print_note(f"using profile {profile} ({data_dir})")
+    # No lock: asking a running node's data dir for its id must work.
+    data_dir = _named_data_dir(options, environ)
     print(peer_id_from_seed(load_or_create_seed(data_dir)), flush=True)
+    return EXIT_OK
+
+
+def _backup_command(options: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    apply_environment(options, environ)
+    target: Path = options.path
+    if target.is_symlink() or (target.exists() and not _is_empty_dir(target)):
+        raise UsageError(f"backup PATH {target} already exists; name a new or empty directory")
+    if not target.parent.is_dir():
+        raise UsageError(f"backup PATH {target}: directory {target.parent} does not exist")
+    data_dir = _named_data_dir(options, environ)  # no lock: the node may be running
+    from p2psync.app import backup_data_dir
+
+    copy = backup_data_dir(data_dir, target)
+    print(
+        f"wrote backup of {data_dir} to {target}: {' and '.join(copy.files)} "
+        f"({copy.entries} entries, peer id {copy.peer_id})",
+        flush=True,
+    )
+    return EXIT_OK
+
+
+def _restore_command(options: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    apply_environment(options, environ)
+    backup: Path = options.path
+    if not backup.is_dir():
+        raise UsageError(f"restore PATH {backup} is not a directory written by `p2psync backup`")
+    data_dir = _named_data_dir(options, environ)
+    if data_dir == backup:
+        raise UsageError(f"restore PATH {backup} is the data dir itself")
+    from p2psync.app import restore_data_dir
+
+    try:
+        lock = lock_data_dir(data_dir)
+    except DataDirBusy as busy:
+        holder = f" (pid {busy.holder_pid})" if busy.holder_pid is not None else ""
+        raise CommandFailed(
+            f"cannot restore into {data_dir}: a node is running there{holder}; stop it first"
+        ) from None
+    try:
+        copy = restore_data_dir(backup, lock)
+    finally:
+        lock.release()
+    print(
+        f"restored {' and '.join(copy.files)} from {backup} into {data_dir} "
+        f"({copy.entries} entries, peer id {copy.peer_id})",
+        flush=True,
+    )
+    _print_note("the node will catch up with its peers before it accepts local writes")
     return EXIT_OK
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "run": _run_command,
     "id": _id_command,
+    "backup": _backup_command,
+    "restore": _restore_command,
 }
+
+
+def _named_data_dir(options: argparse.Namespace, environ: Mapping[str, str]) -> Path:
+    """The data dir of --data-dir or --profile, else of profile node1 (with a note)."""
+    if options.data_dir is not None:
+        return Path(options.data_dir)
+    profile = options.profile or DEFAULT_ID_PROFILE
+    data_dir = profile_dir(data_root(environ), profile)
+    if options.profile is None:
+        _print_note(f"using profile {profile} ({data_dir})")
+    return data_dir
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
 
 
 def _lock_location(options: argparse.Namespace, root: Path) -> tuple[str | None, DataDirLock]:

@@ -196,6 +196,14 @@ RUN_FLAGS = (
 COMMAND_FLAGS: dict[str, tuple[Flag, ...]] = {
     "run": LOCATION_FLAGS + RUN_FLAGS,
     "id": LOCATION_FLAGS,
+    "backup": LOCATION_FLAGS,
+    "restore": LOCATION_FLAGS,
+}
+
+# command -> its positional arguments: (dest, help); converted like --data-dir
+COMMAND_ARGUMENTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "backup": (("path", "new directory for the backup (must not exist, or be empty)"),),
+    "restore": (("path", "a directory written by `p2psync backup`"),),
 }
 
 
@@ -220,10 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     helps = {
         "run": "run a node (stdin is a command prompt)",
         "id": "print this node's peer id",
+        "backup": "copy a node's database and identity to PATH (works while it runs)",
+        "restore": "replace a stopped node's database and identity by the backup in PATH",
     }
     for command, flags in COMMAND_FLAGS.items():
         sub = commands.add_parser(command, help=helps[command])
         sub.set_defaults(command=command)
+        for dest, argument_help in COMMAND_ARGUMENTS.get(command, ()):
+            sub.add_argument(dest, type=values.data_dir, metavar=dest.upper(), help=argument_help)
         location = sub.add_mutually_exclusive_group()
         for flag in flags:
             flag.add_to(location.add_argument if flag in LOCATION_FLAGS else sub.add_argument)

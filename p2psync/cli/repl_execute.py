@@ -54,7 +54,7 @@ async def _execute(service: NodeService, command: Command, out: Callable[[str], 
         case ListRecipes():
             _show_local_recipes(service, out)
         case ListPeers():
-            _show_peers(service.list_peers(), out)
+            _show_peers(service.list_peers(), out, service.status().forked_origins)
         case ListSyncProgress():
             _show_sync_progress(service, out)
         case ListRemoteRecipes(peer_prefix):
@@ -89,6 +89,8 @@ def _show_status(service: NodeService, out: Callable[[str], None]) -> None:
         f"entries:   {status.entries}",
         f"recipes:   {status.recipes}",
         f"digest:    {status.digest}",
+        f"forked:    {status.forked_origins} origin{'s' if status.forked_origins != 1 else ''}"
+        + (" (see ls sp)" if status.forked_origins else ""),
     ]
     out("\n".join(lines))
 
@@ -113,7 +115,9 @@ def _show_local_recipes(service: NodeService, out: Callable[[str], None]) -> Non
     out(f"{len(recipes)} recipe{'s' if len(recipes) != 1 else ''}")
 
 
-def _show_peers(peers: Sequence[PeerView], out: Callable[[str], None]) -> None:
+def _show_peers(
+    peers: Sequence[PeerView], out: Callable[[str], None], forked_origins: int = 0
+) -> None:
     if not peers:
         out("no peers known yet")
         return
@@ -129,6 +133,11 @@ def _show_peers(peers: Sequence[PeerView], out: Callable[[str], None]) -> None:
         for peer in sorted(peers, key=lambda peer: (not peer.connected, peer.peer_id))
     ]
     out(render_table(["PEER", "ADDRESS", "SOURCE", "STATE", "SYNCS", "LAST SYNC"], rows))
+    if forked_origins:
+        out(
+            f"{forked_origins} origin{'s' if forked_origins != 1 else ''} proven forked"
+            " (signed two entries for one seq): ls sp marks them"
+        )
 
 
 def _show_sync_progress(service: NodeService, out: Callable[[str], None]) -> None:
@@ -144,10 +153,14 @@ def _show_sync_progress(service: NodeService, out: Callable[[str], None]) -> Non
         peer_label = "self" if peer == "self" else short_peer_id(peer)
         for origin, counts in sorted(progress[peer].items()):
             held, known = counts.get("held", 0), counts.get("known", 0)
+            forked_at = counts.get("forked_at")
+            origin_label = short_peer_id(origin)
+            if forked_at is not None:
+                origin_label += f" FORKED@{forked_at}"
             rows.append(
                 [
                     peer_label,
-                    short_peer_id(origin),
+                    origin_label,
                     str(held),
                     str(known),
                     _percent(held, known),

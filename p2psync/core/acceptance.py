@@ -13,7 +13,7 @@ one signature each. Held neighbours must link to the run, or it is a fork.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from nacl.signing import VerifyKey
@@ -22,6 +22,7 @@ from pyroaring import BitMap64
 from p2psync.core.actions import Accepted, Rejected
 from p2psync.core.entry import Entry, decode_entry, entry_hash, verify_signature
 from p2psync.core.errors import RemoteError
+from p2psync.core.forks import ForkProof, make_fork_proof
 from p2psync.core.ops import Op, decode_op
 from p2psync.core.progress import Progress
 from p2psync.core.reasons import Reason
@@ -35,6 +36,16 @@ class Verdict:
 
     accepted: list[Accepted] = field(default_factory=list)  # new and authentic, in seq order
     rejected: list[Rejected] = field(default_factory=list)
+    proofs: list[ForkProof] = field(default_factory=list)  # forks found on the way
+
+
+class _Fork(RemoteError):
+    """A run differs from what we hold at one seq: both entries are at hand."""
+
+    def __init__(self, message: str, held_raw: bytes | None, received: Entry) -> None:
+        super().__init__(message, reason=Reason.FORK)
+        self.held_raw = held_raw
+        self.received = received
 
 
 def check_entries(
@@ -45,6 +56,7 @@ def check_entries(
     reader: LogReader,
     verify_keys: dict[bytes, VerifyKey],
     allowed_origins: frozenset[bytes] | None,
+    forked_at: Callable[[bytes], int],
     verify_each: bool,
 ) -> Verdict:
     """Check entries delivered by `peer` against what `progress` says we hold (read only).
@@ -75,9 +87,21 @@ def check_entries(
             )
             continue
         held_seqs = progress.get(origin) or empty
-        for run in _contiguous_runs(sorted(entries.values(), key=lambda e: e.seq)):
+        fork = forked_at(origin)
+        past_fork = [e for e in entries.values() if e.seq >= fork]
+        if past_fork:
+            detail = f"origin is proven forked at seq {fork}"
+            verdict.rejected.append(Rejected(peer, Reason.FORKED, len(past_fork), detail))
+        ordered = sorted((e for e in entries.values() if e.seq < fork), key=lambda e: e.seq)
+        for run in _contiguous_runs(ordered):
             try:
                 new = _check_run(run, held_seqs, reader, verify_keys, verify_each)
+            except _Fork as exc:
+                verdict.rejected.append(Rejected(peer, exc.reason, len(run), str(exc)))
+                proof = _proof_of(exc, verify_keys)
+                if proof is not None:
+                    verdict.proofs.append(proof)
+                continue
             except RemoteError as exc:
                 verdict.rejected.append(Rejected(peer, exc.reason, len(run), str(exc)))
                 continue
@@ -126,9 +150,14 @@ def _check_run(
         # Nothing new: still make sure it is not a fork of what we hold.
         stored = reader.entry_links(origin, already[-1:]).get(already[-1])
         if stored is not None and stored[0] != hashes[-1]:
-            raise RemoteError("entry differs from the one held", reason=Reason.FORK)
+            raise _fork_at(reader, run[-1], verify_keys)
         return []
     links = reader.entry_links(origin, neighbours + already)
+    # Two entries for one seq first: they make a proof anyone can check.
+    for i, entry in enumerate(run):
+        stored = links.get(entry.seq)
+        if stored is not None and stored[0] != hashes[i]:
+            raise _fork_at(reader, entry, verify_keys)
     # A held successor that links to this run authenticates it as well as a
     # signature would: it was itself authenticated when we took it.
     vouched = last + 1 in links and links[last + 1][1] == hashes[-1]
@@ -139,11 +168,24 @@ def _check_run(
         raise RemoteError("entry does not link to the one held before it", reason=Reason.FORK)
     if last + 1 in links and links[last + 1][1] != hashes[-1]:
         raise RemoteError("entry does not link to the one held after it", reason=Reason.FORK)
-    for i, entry in enumerate(run):
-        stored = links.get(entry.seq)
-        if stored is not None and stored[0] != hashes[i]:
-            raise RemoteError("entry differs from the one held", reason=Reason.FORK)
     return [(e, hashes[i]) for i, e in enumerate(run) if e.seq not in held]
+
+
+def _fork_at(reader: LogReader, received: Entry, verify_keys: dict[bytes, VerifyKey]) -> _Fork:
+    """A fork at `received`'s seq, if it is signed; a forgery is only a bad signature."""
+    verify_signature(received, verify_keys)
+    held_raw = reader.read_raw(received.origin, [received.seq]).get(received.seq)
+    return _Fork("entry differs from the one held", held_raw, received)
+
+
+def _proof_of(fork: _Fork, verify_keys: dict[bytes, VerifyKey]) -> ForkProof | None:
+    """The proof the two entries make, if both are validly signed (else none)."""
+    if fork.held_raw is None:
+        return None
+    try:
+        return make_fork_proof(decode_entry(fork.held_raw), fork.received, verify_keys)
+    except RemoteError:
+        return None
 
 
 def _contiguous_runs(entries: list[Entry]) -> list[list[Entry]]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pyroaring import BitMap64
 
 from p2psync.core.entry import Entry, entry_hash
+from p2psync.core.forks import ForkProof
 from p2psync.core.ops import Op
 from p2psync.core.query import QueryReply
 from p2psync.core.reasons import BLAME_OF, Blame, MessageKind, Reason, Source
@@ -35,6 +36,17 @@ class Persist:
     progress: dict[bytes, BitMap64]  # full held bitmap of every origin touched
     source: Source
     peer: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFork:
+    """Store this proof and hide its origin's entries from its seq on, in ONE transaction.
+
+    `new_origin` is False when it only moves an already forked origin's seq down.
+    """
+
+    proof: ForkProof
+    new_origin: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +102,13 @@ class RoundFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class RestartSession:
+    """Rounds with this peer keep failing: tear its session down and start anew."""
+
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
 class QueryReceived:
     """A peer asked for our published recipes; the driver answers it."""
 
@@ -105,11 +124,13 @@ class QueryAnswered:
 
 Action = (
     Persist
+    | RecordFork
     | SendTo
     | PublishLive
     | Rejected
     | Dropped
     | RoundFinished
+    | RestartSession
     | QueryReceived
     | QueryAnswered
 )

@@ -7,11 +7,14 @@ returns (see `p2psync.core.actions`), in order, before the next event.
 Every entry point returns `list[Action]`.
 
 Anti-entropy round, started by either side (on connect, every
-`sync_interval`, on a gap): A sends SUMMARY(r) of everything it holds; B
-streams BATCHes of what A lacks, at most `window` unacknowledged at a time,
+`sync_interval`, on a gap): A reconciles its items with B's by fingerprinted
+ranges (RECON, see reconcile.py), then WANTs the origins where B holds more;
+B streams BATCHes of what A lacks, at most `window` unacknowledged at a time,
 the final one flagged `last`; A acks each batch after persisting it. If A
 asked for a reply, B runs its own round back unless one is under way. A round
 that stalls for `round_timeout` fails, and the next one repairs the loss.
+Entries two nodes hold differently for one (origin, seq) surface as a fork
+proof, which every node checks, keeps and passes on (forks.py).
 
 The engine reads entries it already holds through `LogReader`; it never
 writes: the driver does, through `Persist`, so log, recipes and progress
@@ -21,53 +24,50 @@ change together.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from nacl.signing import SigningKey, VerifyKey
-from pyroaring import BitMap64
+from nacl.signing import SigningKey
 
 from p2psync.core import protocol
-from p2psync.core.acceptance import check_entries
 from p2psync.core.actions import (
-    Accepted,
     Action,
     Dropped,
     Persist,
-    PublishLive,
     QueryAnswered,
     QueryReceived,
+    RestartSession,
     RoundFinished,
     SendTo,
 )
-from p2psync.core.entry import ZERO_HASH, decode_entry, sign_entry
-from p2psync.core.errors import LocalError, RemoteError
-from p2psync.core.hlc import MAX_FORWARD_MS, HybridClock, Now, pack
-from p2psync.core.ids import make_recipe_id
-from p2psync.core.ops import Op, encode_op
-from p2psync.core.progress import Progress, decode_summary, encode_summary
+from p2psync.core.entry import decode_entry
+from p2psync.core.errors import RemoteError
+from p2psync.core.forks import ForkProof, decode_fork_proof
+from p2psync.core.hlc import Now
+from p2psync.core.items import MAX_BOUND, MIN_BOUND
+from p2psync.core.ledger import EngineConfig, Ledger
+from p2psync.core.progress import Progress
 from p2psync.core.query import Query, QueryReply
 from p2psync.core.reasons import MessageKind, Reason, Source
-from p2psync.core.rounds import Incoming, Outgoing, PeerState, take_batch
+from p2psync.core.reconcile import (
+    add_lacking,
+    answer,
+    follow_up,
+    pack_claims,
+    pack_ranges,
+    whole_range,
+)
+from p2psync.core.rounds import Incoming, Outgoing, PeerState, pump_batches
 from p2psync.core.store import LogReader
 
-# ---------------------------------------------------------------- config and per-peer state
+__all__ = ["EngineConfig", "SyncEngine"]
 
+STALLED_ROUNDS = 3  # failed rounds in a row after which a session is restarted
 
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    batch_size: int = 1000  # ~280 KB messages: few commits, well under 1 MiB
-    max_batch_bytes: int = 900 * 1024
-    window: int = 4  # unacknowledged batches in flight per peer
-    sync_interval: float = 30.0
-    round_timeout: float = 15.0  # a round with no progress for this long fails
-    # A closed network accepts entries of these origins only (ours always); None: any.
-    allowed_origins: frozenset[bytes] | None = None
-
+_IN_SYNC = protocol.DoneRange(MIN_BOUND, MAX_BOUND)  # the whole answer of two nodes in sync
 
 # ---------------------------------------------------------------- the engine
 
 
-class SyncEngine:
+class SyncEngine(Ledger):
     def __init__(
         self,
         signing_key: SigningKey,
@@ -77,59 +77,19 @@ class SyncEngine:
         config: EngineConfig | None = None,
         *,
         last_hlc: int = 0,
+        forks: Sequence[ForkProof] = (),
     ) -> None:
-        self._key = signing_key
-        self.me = bytes(signing_key.verify_key)
-        self._progress = progress
-        self._reader = reader
-        self.config = config or EngineConfig()
-        allowed = self.config.allowed_origins
-        self._allowed_origins = None if allowed is None else allowed | {self.me}
-        # The store's greatest hlc may come from a peer with a wild clock; never
-        # start further ahead of our own wall time than observe() would follow.
-        # Our own head entry, though, is ours and was capped when made: never
-        # start below it, or a wall clock set back would lose our next edits.
-        ceiling = pack(now.wall_ms + MAX_FORWARD_MS, 0)
-        self._head_hash, own_head_hlc = self._own_head()
-        self._clock = HybridClock(max(min(last_hlc, ceiling), own_head_hlc))
+        super().__init__(signing_key, progress, reader, now, config, last_hlc=last_hlc, forks=forks)
         self._peers: dict[str, PeerState] = {}
-        self._verify_keys: dict[bytes, VerifyKey] = {}
-
-    # ------------------------------------------------------------ counters
-
-    def entry_count(self) -> int:
-        """Entries held, all origins."""
-        return self._progress.total()
-
-    def own_entry_count(self) -> int:
-        return self._progress.count(self.me)
-
-    def next_own_seq(self) -> int:
-        """The seq the next local op will get (create ops derive their recipe id from it)."""
-        return self._progress.next_seq(self.me)
-
-    def held_count(self, origin: bytes) -> int:
-        return self._progress.count(origin)
-
-    def holds(self, origin: bytes, seq: int) -> bool:
-        return self._progress.has(origin, seq)
-
-    def held_counts(self) -> dict[bytes, int]:
-        """Entries held per origin, for the origins we hold any of."""
-        return {
-            origin: count
-            for origin in self._progress.origins()
-            if (count := self._progress.count(origin))
-        }
-
-    def last_hlc(self) -> int:
-        return self._clock.last
+        self._first_round = (now.wall_ms // 1000) % (1 << 31)
 
     def peer_claims(self) -> dict[str, dict[bytes, int]]:
-        """What each peer last told us it holds, as counts per origin."""
+        """What each connected peer holds as far as we know, as counts per origin."""
+        ours = self.held_counts()
         return {
-            peer: {origin: claim.count() for origin, claim in state.claim.items()}
+            peer: {**ours, **state.differs}
             for peer, state in self._peers.items()
+            if state.connected
         }
 
     def round_active(self, peer: str) -> bool:
@@ -138,56 +98,6 @@ class SyncEngine:
 
     def connected_peers(self) -> list[str]:
         return [peer for peer, state in self._peers.items() if state.connected]
-
-    # ------------------------------------------------------------ local writes
-
-    def append_local(self, now: Now, ops: Sequence[Op], *, publish: bool = True) -> list[Action]:
-        """Sign `ops` as the next entries of our own log, persisted in ONE Persist.
-
-        A create op's recipe id must be the one its seq gives
-        (`make_recipe_id(me, next_own_seq() + i)`). Every op is checked and
-        encoded before anything changes, so a LocalError leaves no trace.
-        """
-        first_seq = self.next_own_seq()
-        encoded = []
-        for i, op in enumerate(ops):
-            if op.kind == "create" and op.recipe_id != make_recipe_id(self.me, first_seq + i):
-                raise LocalError(f"create op {i} names a recipe id its seq does not give")
-            encoded.append(encode_op(op))
-        if not ops:
-            return []
-        accepted: list[Accepted] = []
-        live: list[Action] = []
-        head = self._head_hash
-        for i, (op, payload) in enumerate(zip(ops, encoded, strict=True)):
-            hlc = self._clock.tick(now.wall_ms)
-            entry = sign_entry(self._key, first_seq + i, head, hlc, payload)
-            head = entry.hash()
-            accepted.append(Accepted(entry, op, head))
-            if publish:
-                live.append(PublishLive(protocol.encode(protocol.Live(entry.raw))))
-        self._head_hash = head
-        self._progress.add(self.me, [a.entry.seq for a in accepted])
-        held = BitMap64(self._progress.held(self.me))
-        return [Persist(tuple(accepted), {self.me: held}, Source.LOCAL, None), *live]
-
-    def persist_failed(self, persist: Persist) -> list[Action]:
-        """The driver could not write `persist`: forget what it claimed.
-
-        Without this, a later successful commit would store progress bitmaps
-        claiming entries that never reached the log.
-        """
-        for accepted in persist.entries:
-            entry = accepted.entry
-            held = self._progress.get(entry.origin)
-            if held is not None:
-                held.discard(entry.seq)
-        own = [a.entry for a in persist.entries if a.entry.origin == self.me]
-        if own:
-            first = min(own, key=lambda e: e.seq)
-            if self.next_own_seq() <= first.seq:
-                self._head_hash = first.prev
-        return []
 
     # ------------------------------------------------------------ peers and time
 
@@ -232,6 +142,14 @@ class SyncEngine:
                     self._finish_incoming(peer, state, now, ok=False, detail="round timed out")
                 )
                 state.resync_wanted = True
+                state.failed_rounds += 1
+                if state.failed_rounds >= STALLED_ROUNDS:
+                    # Connected, yet nothing moves: a new session, not another round.
+                    state.failed_rounds = 0
+                    detail = f"{STALLED_ROUNDS} rounds in a row made no progress"
+                    actions.append(Dropped(peer, Reason.STALLED, detail))
+                    actions.append(RestartSession(peer))
+                    continue
             out = state.outgoing
             if out is not None and not out.finished and now.monotonic - out.last_activity > timeout:
                 # Our batches or their acks were lost; their next round repairs it.
@@ -253,8 +171,14 @@ class SyncEngine:
         except RemoteError as exc:
             return [Dropped(peer, exc.reason, str(exc))]
         state = self._peers.setdefault(peer, PeerState())
-        if isinstance(message, protocol.SummaryMsg):
-            return self._on_summary(peer, state, message, now)
+        if isinstance(message, protocol.Recon):
+            if message.flags & protocol.FROM_RESPONDER:
+                return self._on_answer(peer, state, message, now)
+            return self._on_question(peer, state, message, now)
+        if isinstance(message, protocol.Want):
+            return self._on_want(peer, state, message, now)
+        if isinstance(message, protocol.ForkProofMsg):
+            return self._on_fork_proof(peer, message)
         if isinstance(message, protocol.Batch):
             return self._on_batch(peer, state, message, now)
         if isinstance(message, protocol.Ack):
@@ -290,27 +214,89 @@ class SyncEngine:
                     break
         return actions
 
-    def _on_summary(
-        self, peer: str, state: PeerState, message: protocol.SummaryMsg, now: Now
+    def _on_question(
+        self, peer: str, state: PeerState, message: protocol.Recon, now: Now
     ) -> list[Action]:
+        out = state.outgoing
+        new_round = bool(message.flags & protocol.ROUND_START)
+        if out is None or new_round or out.round != message.round:
+            out = state.outgoing = Outgoing(message.round)  # replaces an earlier one
+        out.last_activity = now.monotonic
+        flags = protocol.FROM_RESPONDER
+        answers = answer(self._index, message.ranges)
+        if answers == [_IN_SYNC]:
+            # Everything matches, and they know it from this answer: nothing to stream.
+            out.want_final = out.finished = True
+        actions: list[Action] = [
+            _send(peer, protocol.Recon(message.round, flags, group), MessageKind.RECON)
+            for group in pack_ranges(answers)
+        ]
+        if new_round and message.flags & protocol.REPLY_WANTED and state.incoming is None:
+            actions.extend(self._start_round(peer, state, now, reply_wanted=False))
+        return actions
+
+    def _on_answer(
+        self, peer: str, state: PeerState, message: protocol.Recon, now: Now
+    ) -> list[Action]:
+        incoming = state.incoming
+        if incoming is None or incoming.round != message.round or incoming.want_final_sent:
+            return []  # an answer to an old round
+        incoming.last_activity = now.monotonic
+        if message.ranges == (_IN_SYNC,):
+            return self._complete_incoming(peer, state, now)
+        for reply in message.ranges:
+            if isinstance(reply, protocol.ItemsRange):
+                for item in reply.items:
+                    state.differs[item.origin] = item.count()
+        questions, claims = follow_up(self._index, incoming.pending, message.ranges)
+        actions: list[Action] = [
+            _send(peer, protocol.Recon(message.round, 0, group), MessageKind.RECON)
+            for group in pack_ranges(questions)
+            if group
+        ]
+        final = not incoming.pending
+        groups = pack_claims(claims)
+        if final and not groups:
+            groups = [()]
+        for i, group in enumerate(groups):
+            last = final and i == len(groups) - 1
+            want = protocol.Want(message.round, last, group)
+            actions.append(_send(peer, want, MessageKind.WANT))
+        incoming.want_final_sent = final
+        return actions
+
+    def _on_want(
+        self, peer: str, state: PeerState, message: protocol.Want, now: Now
+    ) -> list[Action]:
+        out = state.outgoing
+        if out is None or out.round != message.round or out.want_final:
+            return []
+        out.last_activity = now.monotonic
+        actions: list[Action] = []
+        forked = {origin: proof.seq for origin, proof in self._forks.items()}
+        for origin in add_lacking(out.lacking, message.claims, self._progress, forked):
+            proof = self._forks[origin]
+            fork_message = protocol.ForkProofMsg(proof.first, proof.second)
+            actions.append(_send(peer, fork_message, MessageKind.FORK_PROOF))
+        out.want_final = message.final
+        actions.extend(self._pump(peer, state))
+        return actions
+
+    def _on_fork_proof(self, peer: str, message: protocol.ForkProofMsg) -> list[Action]:
         try:
-            claim = decode_summary(message.summary)
+            proof = decode_fork_proof(message.first, message.second, self._verify_keys)
         except RemoteError as exc:
             return [Dropped(peer, exc.reason, str(exc))]
-        state.claim = claim
-        lacking: dict[bytes, BitMap64] = {}
-        for origin in list(self._progress.origins()):
-            held = self._progress.held(origin)
-            if not held:
-                continue
-            their = claim.get(origin)
-            missing = their.missing_from(held) if their is not None else BitMap64(held)
-            if missing:
-                lacking[origin] = missing
-        state.outgoing = Outgoing(message.round, lacking, last_activity=now.monotonic)
-        actions = self._pump(peer, state)
-        if message.reply_wanted and state.incoming is None:
-            actions.extend(self._start_round(peer, state, now, reply_wanted=False))
+        return self._learn_fork(proof, source=peer)
+
+    def _learn_fork(self, proof: ForkProof, *, source: str | None) -> list[Action]:
+        """Hold a checked proof, and pass it to every peer but the one it came from."""
+        actions = super()._learn_fork(proof, source=source)
+        if actions:
+            message = protocol.ForkProofMsg(proof.first, proof.second)
+            for other in self.connected_peers():
+                if other != source:
+                    actions.append(_send(other, message, MessageKind.FORK_PROOF))
         return actions
 
     def _on_batch(
@@ -334,12 +320,19 @@ class SyncEngine:
             incoming.total_batches = message.batch_no + 1
         total = incoming.total_batches
         if total is not None and all(n in incoming.received_batches for n in range(total)):
-            new_entries = incoming.new_entries
-            actions.append(self._finish_incoming(peer, state, now, ok=True, detail=""))
-            if state.resync_wanted:
-                actions.extend(self._start_round(peer, state, now, reply_wanted=True))
-            if new_entries:
-                actions.extend(self._offer_to_others(peer, now))
+            actions.extend(self._complete_incoming(peer, state, now))
+        return actions
+
+    def _complete_incoming(self, peer: str, state: PeerState, now: Now) -> list[Action]:
+        """Our round with `peer` ended well: start what it left wanted."""
+        assert state.incoming is not None
+        new_entries = state.incoming.new_entries
+        state.failed_rounds = 0
+        actions: list[Action] = [self._finish_incoming(peer, state, now, ok=True, detail="")]
+        if state.resync_wanted:
+            actions.extend(self._start_round(peer, state, now, reply_wanted=True))
+        if new_entries:
+            actions.extend(self._offer_to_others(peer, now))
         return actions
 
     def _offer_to_others(self, source: str, now: Now) -> list[Action]:
@@ -373,14 +366,18 @@ class SyncEngine:
     def _start_round(
         self, peer: str, state: PeerState, now: Now, *, reply_wanted: bool
     ) -> list[Action]:
-        state.round_counter += 1
-        state.incoming = Incoming(state.round_counter, now.monotonic, now.monotonic)
+        # Round numbers start from the wall clock in each life of the engine, so a
+        # restarted peer's rounds are not taken for its previous life's.
+        state.round_counter = max(state.round_counter + 1, self._first_round)
+        incoming = Incoming(state.round_counter, now.monotonic, now.monotonic)
+        question = whole_range(self._index)
+        incoming.pending.add(question.lower, question.upper)
+        state.incoming = incoming
         state.last_round_started = now.monotonic
         state.resync_wanted = False
-        summary = protocol.SummaryMsg(
-            state.round_counter, reply_wanted, encode_summary(self._progress)
-        )
-        return [SendTo(peer, protocol.encode(summary), MessageKind.SUMMARY)]
+        flags = protocol.ROUND_START | (protocol.REPLY_WANTED if reply_wanted else 0)
+        recon = protocol.Recon(state.round_counter, flags, (question,))
+        return [_send(peer, recon, MessageKind.RECON)]
 
     def _finish_incoming(
         self, peer: str, state: PeerState, now: Now, *, ok: bool, detail: str
@@ -393,64 +390,16 @@ class SyncEngine:
 
     def _pump(self, peer: str, state: PeerState) -> list[Action]:
         """Send batches of what the peer lacks while the window has room."""
-        out = state.outgoing
-        actions: list[Action] = []
-        if out is None or out.finished:
-            return actions
-        while len(out.in_flight) < self.config.window and not out.finished:
-            raws = take_batch(
-                out.lacking, self._reader, self.config.batch_size, self.config.max_batch_bytes
-            )
-            last = not out.lacking
-            batch_no = out.next_batch_no
-            out.next_batch_no += 1
-            out.in_flight.add(batch_no)
-            out.finished = last
-            message = protocol.Batch(out.round, batch_no, last, tuple(raws))
-            actions.append(SendTo(peer, protocol.encode(message), MessageKind.BATCH))
-        return actions
+        if state.outgoing is None:
+            return []
+        config = self.config
+        batches = pump_batches(
+            state.outgoing, self._reader, config.window, config.batch_size, config.max_batch_bytes
+        )
+        return [_send(peer, batch, MessageKind.BATCH) for batch in batches]
 
     # ------------------------------------------------------------ validation
 
-    def _accept(
-        self, raws: Sequence[bytes], peer: str, now: Now, *, source: Source, verify_each: bool
-    ) -> list[Action]:
-        """Check entries from a peer; the good new ones become one Persist, placed first."""
-        verdict = check_entries(
-            raws,
-            peer,
-            progress=self._progress,
-            reader=self._reader,
-            verify_keys=self._verify_keys,
-            allowed_origins=self._allowed_origins,
-            verify_each=verify_each,
-        )
-        actions: list[Action] = []
-        if verdict.accepted:
-            next_own = self.next_own_seq()
-            new_by_origin: dict[bytes, list[int]] = {}
-            for accepted in verdict.accepted:
-                entry = accepted.entry
-                new_by_origin.setdefault(entry.origin, []).append(entry.seq)
-                self._clock.observe(entry.hlc, now.wall_ms)
-                if entry.origin == self.me and entry.seq >= next_own:
-                    # Our own entries coming back (restored from a peer after data loss).
-                    next_own = entry.seq + 1
-                    self._head_hash = accepted.entry_hash()
-            for origin, seqs in new_by_origin.items():
-                self._progress.add(origin, seqs)
-            progress = {origin: BitMap64(self._progress.held(origin)) for origin in new_by_origin}
-            actions.append(Persist(tuple(verdict.accepted), progress, source, peer))
-        actions.extend(verdict.rejected)
-        return actions
 
-    def _own_head(self) -> tuple[bytes, int]:
-        """Hash and hlc of the last entry of our own log (zero hash, 0 if none)."""
-        seq = self.next_own_seq() - 1
-        if seq < 0:
-            return ZERO_HASH, 0
-        raw = self._reader.read_raw(self.me, [seq]).get(seq)
-        if raw is None:
-            raise LocalError(f"our own log entry {seq} is missing from the store")
-        head = decode_entry(raw)
-        return head.hash(), head.hlc
+def _send(peer: str, message: protocol.Message, kind: MessageKind) -> SendTo:
+    return SendTo(peer, protocol.encode(message), kind)

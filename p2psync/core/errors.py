@@ -29,3 +29,7 @@ class RemoteError(CoreError):
 
 class LocalError(CoreError):
     """This node's own caller asked for something invalid."""
+
+
+class OwnLogForked(LocalError):
+    """Our own origin is proven forked: writing more would only deepen it."""

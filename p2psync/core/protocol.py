@@ -1,9 +1,12 @@
-"""Wire messages of the sync protocol, version 1 (see docs/PROTOCOL.md).
+"""Wire messages of the sync protocol, version 2 (see docs/PROTOCOL.md).
 
 Every message starts with two bytes: protocol version, message kind. The rest
 is a fixed binary layout; entries travel as their raw signed bytes so that a
 receiver hashes exactly what the origin signed. Decoding checks sizes before
 anything else and raises RemoteError (the peer is to blame) on any defect.
+
+Version 2 replaced the flat per-origin SUMMARY of version 1 with range-based
+set reconciliation (RECON), the initiator's WANT, and FORK_PROOF.
 """
 
 from __future__ import annotations
@@ -11,23 +14,39 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from pyroaring import BitMap64
+
 from p2psync.core.entry import MAX_ENTRY_BYTES
 from p2psync.core.errors import RemoteError
+from p2psync.core.items import MAX_BOUND, MIN_BOUND, Item, decode_item
+from p2psync.core.progress import decode_bitmap, encode_bitmap
 from p2psync.core.query import Query, QueryReply, decode_recipes, encode_recipes
 from p2psync.core.reasons import Reason
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_MESSAGE_BYTES = 1024 * 1024 - 1024  # gossipsub drops > 1 MiB at the sender
 MAX_BATCH_ENTRIES = 10_000
 
-LIVE, SUMMARY, BATCH, ACK, QUERY, QUERY_REPLY = 1, 2, 3, 4, 5, 6
+LIVE, RECON, BATCH, ACK, QUERY, QUERY_REPLY, WANT, FORK_PROOF = 1, 2, 3, 4, 5, 6, 7, 8
 
 _HEAD = struct.Struct(">BB")
-_SUMMARY = struct.Struct(">IB")
+_RECON = struct.Struct(">IBI")  # round, flags, range count
+_WANT = struct.Struct(">IBI")  # round, flags, claim count
+_CLAIM = struct.Struct(">32sQBI")  # origin, prefix, flags, beyond length
+_FINGERPRINT = struct.Struct(">16sI")
 _BATCH = struct.Struct(">IIBI")
 _ACK = struct.Struct(">II")
 _LEN = struct.Struct(">I")
 _QUERY = struct.Struct(">Q")
+_MAX_SEQ_PREFIX = 1 << 48
+
+# RECON flags
+REPLY_WANTED = 1  # the initiator wants the responder to run its own round back
+ROUND_START = 4  # the initiator's first question of a round: forget any older one
+FROM_RESPONDER = 2  # an answer to the initiator's ranges (else a question)
+# Range modes
+FP_RANGE, DONE_RANGE, ITEMS_RANGE = 0, 1, 2
+_BOUND_MIN, _BOUND_KEY, _BOUND_MAX = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +55,67 @@ class Live:
 
 
 @dataclass(frozen=True, slots=True)
-class SummaryMsg:
+class FingerprintRange:
+    """Question (or a responder's split): my items in [lower, upper) sum to this."""
+
+    lower: bytes
+    upper: bytes
+    value: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class DoneRange:
+    """Answer: our items in [lower, upper) are the same."""
+
+    lower: bytes
+    upper: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ItemsRange:
+    """Answer: these are all my items in [lower, upper)."""
+
+    lower: bytes
+    upper: bytes
+    items: tuple[Item, ...]
+
+
+Range = FingerprintRange | DoneRange | ItemsRange
+
+
+@dataclass(frozen=True, slots=True)
+class Recon:
     round: int
-    reply_wanted: bool
-    summary: bytes  # progress.encode_summary form, decoded by the engine
+    flags: int
+    ranges: tuple[Range, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What the initiator holds of one origin it wants entries of."""
+
+    origin: bytes
+    prefix: int
+    beyond: BitMap64
+    want_proof: bool = False  # the responder knows a fork of this origin that we do not
+
+    def missing_from(self, held: BitMap64) -> BitMap64:
+        """Seqs in `held` this claim lacks. Never materialises the claimed prefix:
+        a claim of 2^47 entries would be billions of bitmap containers."""
+        lacking = BitMap64(held)
+        if self.prefix and lacking:
+            lacking.remove_range(0, min(self.prefix, int(lacking.max()) + 1))
+        if self.beyond:
+            lacking.difference_update(self.beyond)
+        return lacking
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    round: int
+    final: bool  # reconciliation is over: stream what is left, then `last`
+    claims: tuple[Claim, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,15 +132,34 @@ class Ack:
     batch_no: int
 
 
-Message = Live | SummaryMsg | Batch | Ack | Query | QueryReply
+@dataclass(frozen=True, slots=True)
+class ForkProofMsg:
+    """Two entries one origin signed for one seq (checked by the engine)."""
+
+    first: bytes
+    second: bytes
+
+
+Message = Live | Recon | Want | Batch | Ack | Query | QueryReply | ForkProofMsg
 
 
 def encode(message: Message) -> bytes:
     if isinstance(message, Live):
         return _HEAD.pack(PROTOCOL_VERSION, LIVE) + message.entry
-    if isinstance(message, SummaryMsg):
-        head = _SUMMARY.pack(message.round, int(message.reply_wanted))
-        return _HEAD.pack(PROTOCOL_VERSION, SUMMARY) + head + message.summary
+    if isinstance(message, Recon):
+        parts = [
+            _HEAD.pack(PROTOCOL_VERSION, RECON),
+            _RECON.pack(message.round, message.flags, len(message.ranges)),
+        ]
+        parts.extend(encode_range(r) for r in message.ranges)
+        return b"".join(parts)
+    if isinstance(message, Want):
+        parts = [
+            _HEAD.pack(PROTOCOL_VERSION, WANT),
+            _WANT.pack(message.round, int(message.final), len(message.claims)),
+        ]
+        parts.extend(encode_claim(c) for c in message.claims)
+        return b"".join(parts)
     if isinstance(message, Batch):
         parts = [
             _HEAD.pack(PROTOCOL_VERSION, BATCH),
@@ -78,8 +173,42 @@ def encode(message: Message) -> bytes:
         return _HEAD.pack(PROTOCOL_VERSION, ACK) + _ACK.pack(message.round, message.batch_no)
     if isinstance(message, Query):
         return _HEAD.pack(PROTOCOL_VERSION, QUERY) + _QUERY.pack(message.query_id)
+    if isinstance(message, ForkProofMsg):
+        return b"".join(
+            (
+                _HEAD.pack(PROTOCOL_VERSION, FORK_PROOF),
+                _LEN.pack(len(message.first)),
+                message.first,
+                _LEN.pack(len(message.second)),
+                message.second,
+            )
+        )
     body = encode_recipes(message.recipes)
     return _HEAD.pack(PROTOCOL_VERSION, QUERY_REPLY) + _QUERY.pack(message.query_id) + body
+
+
+def encode_range(r: Range) -> bytes:
+    bounds = _encode_bound(r.lower) + _encode_bound(r.upper)
+    if isinstance(r, FingerprintRange):
+        value = r.value.to_bytes(16, "big")
+        return bounds + bytes([FP_RANGE]) + _FINGERPRINT.pack(value, r.count)
+    if isinstance(r, DoneRange):
+        return bounds + bytes([DONE_RANGE])
+    items = b"".join(item.encode() for item in r.items)
+    return bounds + bytes([ITEMS_RANGE]) + _LEN.pack(len(r.items)) + items
+
+
+def encode_claim(claim: Claim) -> bytes:
+    beyond = encode_bitmap(claim.beyond) if claim.beyond else b""
+    return _CLAIM.pack(claim.origin, claim.prefix, int(claim.want_proof), len(beyond)) + beyond
+
+
+def _encode_bound(bound: bytes) -> bytes:
+    if bound == MIN_BOUND:
+        return bytes([_BOUND_MIN])
+    if bound == MAX_BOUND:
+        return bytes([_BOUND_MAX])
+    return bytes([_BOUND_KEY]) + bound
 
 
 def decode(data: bytes) -> Message:
@@ -100,16 +229,15 @@ def decode(data: bytes) -> Message:
     body = memoryview(data)[_HEAD.size :]
     if kind == LIVE:
         return Live(bytes(body))
-    if kind == SUMMARY:
-        _need(body, _SUMMARY.size)
-        round_no, flags = _SUMMARY.unpack_from(body)
-        return SummaryMsg(round_no, bool(flags & 1), bytes(body[_SUMMARY.size :]))
+    if kind == RECON:
+        return _decode_recon(body)
+    if kind == WANT:
+        return _decode_want(body)
     if kind == BATCH:
         return _decode_batch(body)
     if kind == ACK:
-        _need(body, _ACK.size)
         if len(body) != _ACK.size:
-            raise RemoteError("ack has trailing bytes", reason=Reason.MALFORMED)
+            raise RemoteError("ack has the wrong size", reason=Reason.MALFORMED)
         return Ack(*_ACK.unpack_from(body))
     if kind == QUERY:
         if len(body) != _QUERY.size:
@@ -119,12 +247,107 @@ def decode(data: bytes) -> Message:
         _need(body, _QUERY.size)
         (query_id,) = _QUERY.unpack_from(body)
         return QueryReply(query_id, decode_recipes(bytes(body[_QUERY.size :])))
+    if kind == FORK_PROOF:
+        first, offset = _decode_blob(body, 0)
+        second, offset = _decode_blob(body, offset)
+        if offset != len(body):
+            raise RemoteError("fork proof has trailing bytes", reason=Reason.MALFORMED)
+        return ForkProofMsg(first, second)
     raise RemoteError(f"unknown message kind {kind}", reason=Reason.UNKNOWN_KIND)
 
 
 def _need(body: memoryview, size: int) -> None:
     if len(body) < size:
         raise RemoteError("message is truncated", reason=Reason.MALFORMED)
+
+
+def _decode_blob(body: memoryview, offset: int) -> tuple[bytes, int]:
+    _need(body, offset + _LEN.size)
+    (length,) = _LEN.unpack_from(body, offset)
+    offset += _LEN.size
+    if length > MAX_ENTRY_BYTES:
+        raise RemoteError(f"entry of {length} bytes is too large", reason=Reason.OVERSIZED)
+    _need(body, offset + length)
+    return bytes(body[offset : offset + length]), offset + length
+
+
+def _decode_bound(body: memoryview, offset: int) -> tuple[bytes, int]:
+    _need(body, offset + 1)
+    tag = body[offset]
+    if tag == _BOUND_MIN:
+        return MIN_BOUND, offset + 1
+    if tag == _BOUND_MAX:
+        return MAX_BOUND, offset + 1
+    if tag != _BOUND_KEY:
+        raise RemoteError(f"unknown range bound tag {tag}", reason=Reason.MALFORMED)
+    _need(body, offset + 33)
+    return bytes(body[offset + 1 : offset + 33]), offset + 33
+
+
+def _decode_recon(body: memoryview) -> Recon:
+    _need(body, _RECON.size)
+    round_no, flags, count = _RECON.unpack_from(body)
+    offset = _RECON.size
+    ranges: list[Range] = []
+    previous_upper = MIN_BOUND
+    for _ in range(count):
+        lower, offset = _decode_bound(body, offset)
+        upper, offset = _decode_bound(body, offset)
+        if not lower < upper or lower < previous_upper:
+            raise RemoteError("ranges are empty, unordered or overlap", reason=Reason.MALFORMED)
+        previous_upper = upper
+        _need(body, offset + 1)
+        mode = body[offset]
+        offset += 1
+        if mode == FP_RANGE:
+            _need(body, offset + _FINGERPRINT.size)
+            value, item_count = _FINGERPRINT.unpack_from(body, offset)
+            offset += _FINGERPRINT.size
+            ranges.append(FingerprintRange(lower, upper, int.from_bytes(value, "big"), item_count))
+        elif mode == DONE_RANGE:
+            ranges.append(DoneRange(lower, upper))
+        elif mode == ITEMS_RANGE:
+            _need(body, offset + _LEN.size)
+            (item_count,) = _LEN.unpack_from(body, offset)
+            offset += _LEN.size
+            items: list[Item] = []
+            for _ in range(item_count):
+                item, offset = decode_item(body, offset)
+                if not lower <= item.origin < upper or (items and item.origin <= items[-1].origin):
+                    raise RemoteError("items out of order or range", reason=Reason.MALFORMED)
+                items.append(item)
+            ranges.append(ItemsRange(lower, upper, tuple(items)))
+        else:
+            raise RemoteError(f"unknown range mode {mode}", reason=Reason.MALFORMED)
+    if offset != len(body):
+        raise RemoteError("recon has trailing bytes", reason=Reason.MALFORMED)
+    return Recon(round_no, flags, tuple(ranges))
+
+
+def _decode_want(body: memoryview) -> Want:
+    _need(body, _WANT.size)
+    round_no, flags, count = _WANT.unpack_from(body)
+    offset = _WANT.size
+    claims: list[Claim] = []
+    seen: set[bytes] = set()
+    for _ in range(count):
+        _need(body, offset + _CLAIM.size)
+        origin, prefix, claim_flags, size = _CLAIM.unpack_from(body, offset)
+        offset += _CLAIM.size
+        if prefix > _MAX_SEQ_PREFIX:
+            raise RemoteError(f"claim of {prefix} entries for one origin", reason=Reason.BITMAP)
+        _need(body, offset + size)
+        beyond = decode_bitmap(bytes(body[offset : offset + size])) if size else BitMap64()
+        offset += size
+        if beyond and beyond.min() < prefix:
+            raise RemoteError("claim bitmap overlaps its prefix", reason=Reason.BITMAP)
+        if origin in seen:
+            raise RemoteError("want lists an origin twice", reason=Reason.MALFORMED)
+        seen.add(origin)
+        claims.append(Claim(origin, prefix, beyond, bool(claim_flags & 1)))
+    if offset != len(body):
+        raise RemoteError("want has trailing bytes", reason=Reason.MALFORMED)
+    return Want(round_no, bool(flags & 1), tuple(claims))
 
 
 def _decode_batch(body: memoryview) -> Batch:
@@ -137,16 +360,8 @@ def _decode_batch(body: memoryview) -> Batch:
     offset = _BATCH.size
     entries: list[bytes] = []
     for _ in range(count):
-        _need(body, offset + _LEN.size)
-        (length,) = _LEN.unpack_from(body, offset)
-        offset += _LEN.size
-        if length > MAX_ENTRY_BYTES:
-            raise RemoteError(
-                f"batched entry of {length} bytes is too large", reason=Reason.OVERSIZED
-            )
-        _need(body, offset + length)
-        entries.append(bytes(body[offset : offset + length]))
-        offset += length
+        raw, offset = _decode_blob(body, offset)
+        entries.append(raw)
     if offset != len(body):
         raise RemoteError("batch has trailing bytes", reason=Reason.MALFORMED)
     return Batch(round_no, batch_no, bool(flags & 1), tuple(entries))

@@ -20,7 +20,9 @@ class Source(StrEnum):
 class MessageKind(StrEnum):
     """The kind of a sync message the engine asks to send."""
 
-    SUMMARY = "summary"
+    RECON = "recon"
+    WANT = "want"
+    FORK_PROOF = "fork_proof"
     BATCH = "batch"
     ACK = "ack"
     QUERY = "query"
@@ -43,6 +45,9 @@ class Reason(StrEnum):
     BAD_OP = "bad_op"
     NOT_ALLOWED = "not_allowed"
     ACK_TIMEOUT = "ack_timeout"
+    FORKED = "forked"  # an entry of a proven-forked origin at or past the fork
+    BAD_PROOF = "bad_proof"  # a fork proof that proves nothing
+    STALLED = "stalled"  # a round that made no progress while the peer had more
 
 
 class Blame(StrEnum):
@@ -76,6 +81,9 @@ BLAME_OF: dict[Reason, Blame] = {
     Reason.BAD_OP: Blame.ORIGIN,
     Reason.NOT_ALLOWED: Blame.ORIGIN,
     Reason.ACK_TIMEOUT: Blame.NOBODY,
+    Reason.FORKED: Blame.ORIGIN,
+    Reason.BAD_PROOF: Blame.DELIVERER,
+    Reason.STALLED: Blame.NOBODY,
 }
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from p2psync.core.acceptance import authorised_op
 from p2psync.core.actions import Accepted
+from p2psync.core.entry import decode_entry
 from p2psync.core.recipes import DIGEST_MODULUS, RecipeState, digest_hex, merge, recipe_hash
 
 
@@ -68,3 +70,48 @@ def merge_entries(
             digest_sum += recipe_hash(after)
             visible += 1
     return BookChange(merged, BookTotals(digest_sum % DIGEST_MODULUS, visible))
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorRebuild:
+    recipes: dict[str, RecipeState]  # the author's recipes as its counted entries make them
+    removed: list[str]  # the author's stored recipes no counted entry makes any more
+    totals: BookTotals
+
+
+def rebuild_author(
+    counted: Iterable[Accepted], stored: Mapping[str, RecipeState], totals: BookTotals
+) -> AuthorRebuild:
+    """An author's recipes made again from the entries that still count.
+
+    Used when the author is proven forked (see core/forks.py): only its
+    entries below the forked seq count. `stored` holds every recipe of that
+    author now in the book; only the author can change its recipes, so no
+    other recipe moves.
+    """
+    merged: dict[str, RecipeState] = {}
+    for accepted in counted:
+        op = accepted.op
+        if op is not None:
+            merged[op.recipe_id] = merge(merged.get(op.recipe_id), accepted.entry, op)
+    digest_sum, visible = totals.digest_sum, totals.visible
+    for before in stored.values():
+        if before.visible:
+            digest_sum -= recipe_hash(before)
+            visible -= 1
+    for after in merged.values():
+        if after.visible:
+            digest_sum += recipe_hash(after)
+            visible += 1
+    removed = [recipe_id for recipe_id in stored if recipe_id not in merged]
+    return AuthorRebuild(merged, removed, BookTotals(digest_sum % DIGEST_MODULUS, visible))
+
+
+def counted_entries(raws: Iterable[bytes]) -> list[Accepted]:
+    """Stored raw entries of one author as Accepted, their ops checked as on receipt."""
+    counted = []
+    for raw in raws:
+        entry = decode_entry(raw)
+        op, _ = authorised_op(entry, None)
+        counted.append(Accepted(entry, op))
+    return counted

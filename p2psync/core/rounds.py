@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from pyroaring import BitMap64
 
-from p2psync.core.progress import Summary
+from p2psync.core import protocol
+from p2psync.core.reconcile import Pending
 from p2psync.core.store import LogReader
 
 
@@ -23,6 +24,8 @@ class Incoming:
     round: int
     started: float
     last_activity: float
+    pending: Pending = field(default_factory=Pending)  # ranges asked about, not yet answered
+    want_final_sent: bool = False
     received_batches: set[int] = field(default_factory=set)
     total_batches: int | None = None
     entries: int = 0
@@ -31,10 +34,11 @@ class Incoming:
 
 @dataclass(slots=True)
 class Outgoing:
-    """Their round: we stream what their summary lacks."""
+    """Their round: we answer their ranges, then stream what their claims lack."""
 
     round: int
-    lacking: dict[bytes, BitMap64]
+    lacking: dict[bytes, BitMap64] = field(default_factory=dict)
+    want_final: bool = False  # their reconciliation is over: `last` once lacking is empty
     next_batch_no: int = 0
     in_flight: set[int] = field(default_factory=set)
     last_activity: float = 0.0
@@ -44,10 +48,13 @@ class Outgoing:
 @dataclass(slots=True)
 class PeerState:
     connected: bool = True
-    claim: Summary = field(default_factory=dict)
+    # Their counts for the origins where their items differed from ours when
+    # we last reconciled; for every other origin they held what we did.
+    differs: dict[bytes, int] = field(default_factory=dict)
     incoming: Incoming | None = None
     outgoing: Outgoing | None = None
     resync_wanted: bool = False
+    failed_rounds: int = 0  # in a row: a connected session that makes no progress
     last_round_started: float = float("-inf")
     round_counter: int = 0
 
@@ -81,3 +88,27 @@ def take_batch(
         if full or len(raws) >= batch_size:
             break
     return raws
+
+
+def pump_batches(
+    out: Outgoing, reader: LogReader, window: int, batch_size: int, max_bytes: int
+) -> list[protocol.Batch]:
+    """The batches to send now: while the window has room and something is left.
+
+    The final batch, flagged `last`, goes once the initiator's reconciliation
+    is over (its final WANT) and nothing it lacks is left.
+    """
+    batches: list[protocol.Batch] = []
+    while len(out.in_flight) < window and not out.finished:
+        if not out.lacking and not out.want_final:
+            break  # more claims may come
+        raws = take_batch(out.lacking, reader, batch_size, max_bytes)
+        last = out.want_final and not out.lacking
+        if not raws and not last:
+            continue  # what was left is not stored (yet): skipped
+        batch_no = out.next_batch_no
+        out.next_batch_no += 1
+        out.in_flight.add(batch_no)
+        out.finished = last
+        batches.append(protocol.Batch(out.round, batch_no, last, tuple(raws)))
+    return batches

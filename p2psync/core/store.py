@@ -8,6 +8,7 @@ from typing import Protocol
 from pyroaring import BitMap64
 
 from p2psync.core.actions import Persist
+from p2psync.core.forks import ForkProof
 from p2psync.core.recipes import RecipeState
 
 
@@ -37,6 +38,13 @@ class Store(LogReader, Protocol):
         """
         ...
 
+    def record_fork(self, proof: ForkProof) -> None:
+        """Keep `proof` and make its author's recipes again from its entries below
+        the proof's seq, atomically. Raises StoreError when the database refuses."""
+        ...
+
+    def load_forks(self) -> list[ForkProof]: ...
+
     def recipe(self, recipe_id: str) -> RecipeState | None: ...
 
     def visible_recipes(self) -> list[RecipeState]:
@@ -51,6 +59,13 @@ class Store(LogReader, Protocol):
 
     def entry_count(self) -> int: ...
 
-    def last_hlc(self) -> int: ...
+    def last_hlc(self, ceiling_ms: int) -> int:
+        """The greatest hlc held whose wall part is at most `ceiling_ms`; 0 if none.
+
+        A restart starts its clock from this: with `ceiling_ms` = wall time +
+        MAX_FORWARD_MS it trusts what `HybridClock.observe` would follow, never
+        an entry a peer signed with a wild clock.
+        """
+        ...
 
     def close(self) -> None: ...

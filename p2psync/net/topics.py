@@ -1,6 +1,6 @@
 """Gossipsub topic names for one p2psync network.
 
-Every topic of a network shares the prefix ``/p2psync/<network>/v1/`` so that
+Every topic of a network shares the prefix ``/p2psync/<network>/v2/`` so that
 separate recipe books on one LAN (``--network``) never see each other's
 traffic, and a future wire format can move to ``v2`` side by side.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-VERSION = "v1"
+VERSION = "v2"  # follows protocol.PROTOCOL_VERSION: v1 and v2 nodes never share a topic
 _NETWORK_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 

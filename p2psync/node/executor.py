@@ -20,14 +20,16 @@ from p2psync.core.actions import (
     PublishLive,
     QueryAnswered,
     QueryReceived,
+    RecordFork,
     Rejected,
+    RestartSession,
     RoundFinished,
     SendTo,
 )
 from p2psync.core.engine import SyncEngine
 from p2psync.core.hlc import Now, wall_ms_of
 from p2psync.core.query import QueryReply
-from p2psync.core.reasons import Blame, Drop, Source
+from p2psync.core.reasons import Blame, Drop, Reason, Source
 from p2psync.core.store import Store, StoreError
 from p2psync.node.observer import Observer
 
@@ -55,6 +57,10 @@ class Effects(Protocol):
 
     def query_answered(self, peer: str, reply: QueryReply) -> None: ...
 
+    def restart_session(self, peer: str) -> None:
+        """Close the peer's session; the network opens a new one."""
+        ...
+
 
 class Offline:
     """Effects with no network: nothing can be sent (counted as dropped)."""
@@ -77,6 +83,9 @@ class Offline:
     def query_answered(self, peer: str, reply: QueryReply) -> None:
         pass
 
+    def restart_session(self, peer: str) -> None:
+        pass
+
 
 class Executor:
     def __init__(
@@ -87,13 +96,16 @@ class Executor:
         effects: Effects | None = None,
         *,
         on_commit: Callable[[], None] | None = None,
+        on_round_finished: Callable[[RoundFinished], None] | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
         self.observer = observer
         self.effects: Effects = effects or Offline()
         self.store_error: str | None = None  # the last refused commit of received entries
+        self._version_warned: set[str | None] = set()
         self._on_commit = on_commit
+        self._on_round_finished = on_round_finished
         self.refresh_entry_gauges()
 
     def run(self, actions: Iterable[Action], now: Now) -> None:
@@ -105,8 +117,29 @@ class Executor:
         for action in actions:
             if isinstance(action, Persist):
                 self.settle(action, self.commit(action), now)
+            elif isinstance(action, RecordFork):
+                self._record_fork(action)
             else:
                 self._run_effect(action)
+
+    def _record_fork(self, action: RecordFork) -> None:
+        proof = action.proof
+        try:
+            self.store.record_fork(proof)
+        except StoreError as exc:
+            # Peers hand the proof over again at the next reconciliation.
+            self.observer.dropped(Drop.STORE_FAILED)
+            log.error("could not store the fork proof of %s: %s", proof.origin.hex()[:16], exc)
+            return
+        if action.new_origin:
+            self.observer.fork_detected()
+            log.warning(
+                "origin %s signed two different entries for seq %d: it is forked; its entries"
+                " from that seq on are hidden on every node that holds the proof",
+                proof.origin.hex(), proof.seq,
+            )  # fmt: skip
+        if self._on_commit is not None:
+            self._on_commit()
 
     def _run_effect(self, action: Action) -> None:
         effects, observer = self.effects, self.observer
@@ -123,6 +156,11 @@ class Executor:
             if action.peer is not None and action.blame is Blame.DELIVERER:
                 effects.penalize(action.peer, action.reason)
         elif isinstance(action, Dropped):
+            if action.reason is Reason.VERSION and action.peer not in self._version_warned:
+                self._version_warned.add(action.peer)
+                log.warning(
+                    "peer %s speaks another protocol version: %s", action.peer, action.detail
+                )
             log.info("dropped a message from %s: %s", action.peer, action.detail)
             observer.dropped(action.reason)
             if action.peer is not None and action.blame is Blame.DELIVERER:
@@ -130,10 +168,15 @@ class Executor:
         elif isinstance(action, RoundFinished):
             observer.sync_round(action.ok, action.seconds)
             effects.round_finished(action.peer, action.ok, action.seconds)
+            if self._on_round_finished is not None:
+                self._on_round_finished(action)
         elif isinstance(action, QueryReceived):
             effects.query_received(action.peer, action.query_id)
         elif isinstance(action, QueryAnswered):
             effects.query_answered(action.peer, action.reply)
+        elif isinstance(action, RestartSession):
+            log.warning("sync with %s makes no progress; restarting its session", action.peer)
+            effects.restart_session(action.peer)
 
     def commit(self, persist: Persist) -> StoreError | None:
         """Write one Persist; any failure comes back as a StoreError, never raised.

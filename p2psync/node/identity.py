@@ -35,6 +35,15 @@ def load_or_create_seed(data_dir: Path) -> bytes:
     return _read_seed(key_path)
 
 
+def read_seed(data_dir: Path) -> bytes:
+    """The seed in `data_dir/identity.key`, never creating one (IdentityError if absent)."""
+    key_path = data_dir / IDENTITY_FILE_NAME
+    try:
+        return _read_seed(key_path)
+    except FileNotFoundError:
+        raise IdentityError(f"no identity file {key_path}") from None
+
+
 def _read_seed(key_path: Path) -> bytes:
     try:
         seed = key_path.read_bytes()

@@ -128,6 +128,11 @@ class NetworkTransport(Transport):
     def round_finished(self, peer: str, ok: bool, seconds: float) -> None:
         self.table.round_finished(peer, ok, seconds)
 
+    def restart_session(self, peer: str) -> None:
+        session = self.sessions.get(peer)
+        if session is not None:
+            session.cancel.cancel()  # its end resumes a fresh session if still connected
+
     def penalize(self, peer: str, reason: str) -> None:
         """Score a peer down; too many offences in a short time get it banned."""
         if self.table.offence(peer, trio.current_time()):

@@ -15,10 +15,10 @@ from pathlib import Path
 import trio
 from nacl.signing import SigningKey
 
-from p2psync.core.actions import Action, Persist
+from p2psync.core.actions import Action, Persist, RoundFinished
 from p2psync.core.engine import EngineConfig, SyncEngine
-from p2psync.core.errors import LocalError
-from p2psync.core.hlc import Now
+from p2psync.core.errors import LocalError, OwnLogForked
+from p2psync.core.hlc import MAX_FORWARD_MS, Now
 from p2psync.core.ids import make_recipe_id, peer_id_from_public_key, public_key_from_peer_id
 from p2psync.core.ops import Op, validate_fields
 from p2psync.core.progress import Progress
@@ -29,6 +29,8 @@ from p2psync.node.executor import Executor
 from p2psync.node.observer import Observer
 from p2psync.node.service import PeerView, RecipeView, StatusView, UserError
 from p2psync.node.transport import Transport
+
+OWN_HEAD_WAIT_SECONDS = 10.0
 
 
 class SystemClock:
@@ -66,14 +68,23 @@ class Node:
                 sync_interval=config.sync_interval,
                 allowed_origins=allowed,
             ),
-            last_hlc=store.last_hlc(),
+            last_hlc=store.last_hlc(self.clock.now().wall_ms + MAX_FORWARD_MS),
+            forks=store.load_forks(),
         )
         self.peer_id = peer_id_from_public_key(self.engine.me)
         self.stop_requested = trio.Event()
         self.local_writes = trio.Lock()  # one local append (sign + durable commit) at a time
         self.changed = trio.Event()  # set after every commit, then replaced
+        # Set once a round with a peer has finished: by then we know whether
+        # peers hold more of our own log than we do (a restored old backup).
+        self.own_head_settled = trio.Event()
         self.executor = Executor(
-            self.engine, store, observer, self.transport, on_commit=self._announce_change
+            self.engine,
+            store,
+            observer,
+            self.transport,
+            on_commit=self._announce_change,
+            on_round_finished=self._round_finished,
         )
 
     @property
@@ -94,6 +105,25 @@ class Node:
 
     def detach_transport(self) -> None:
         self.attach_transport(Transport())
+
+    def _round_finished(self, finished: RoundFinished) -> None:
+        if finished.ok:
+            self.own_head_settled.set()
+
+    async def wait_for_own_head(self) -> None:
+        """Before our first write, learn our own log's head from a peer if one is there.
+
+        A node restored from an old backup would otherwise reuse seqs its
+        peers already hold with other content. With no peer connected we
+        write at once; a peer that never finishes a round delays the write
+        by OWN_HEAD_WAIT_SECONDS at most, so nobody can block our writes.
+        """
+        if self.own_head_settled.is_set():
+            return
+        if not any(peer.connected for peer in self.transport.peers()):
+            return
+        with trio.move_on_after(OWN_HEAD_WAIT_SECONDS):
+            await self.own_head_settled.wait()
 
     def _announce_change(self) -> None:
         self.changed.set()
@@ -125,11 +155,13 @@ class Node:
     async def append_ops(self, ops: Sequence[Op], *, publish: bool = True) -> None:
         """Sign, durably store and (if `publish`) broadcast our own ops, in one commit.
 
-        Callers that build create ops hold `local_writes` while they read
-        `engine.next_own_seq()` for the recipe ids.
+        Callers hold `local_writes`, and call `wait_for_own_head()` before they
+        read `engine.next_own_seq()` for the recipe ids of create ops.
         """
         try:
             actions = self.engine.append_local(self.clock.now(), ops, publish=publish)
+        except OwnLogForked as exc:
+            raise UserError(str(exc), status=409) from exc
         except LocalError as exc:
             raise UserError(str(exc)) from exc
         await self.run_local_actions(actions)
@@ -164,6 +196,7 @@ class Node:
             entries=self.engine.entry_count(),
             recipes=self.store.recipe_count(),
             digest=self.store.digest(),
+            forked_origins=len(self.engine.forked_origins()),
         )
 
     def list_recipes(self) -> list[RecipeView]:
@@ -175,6 +208,7 @@ class Node:
         except LocalError as exc:
             raise UserError(str(exc)) from exc
         async with self.local_writes:
+            await self.wait_for_own_head()
             recipe_id = make_recipe_id(self.engine.me, self.engine.next_own_seq())
             await self.append_ops([Op("create", recipe_id, None, fields)])
         return recipe_view(self._stored_recipe(recipe_id))
@@ -184,12 +218,14 @@ class Node:
         if state.published:
             return recipe_view(state)
         async with self.local_writes:
+            await self.wait_for_own_head()
             await self.append_ops([Op("publish", state.id, state.create_seq)])
         return recipe_view(self._stored_recipe(state.id))
 
     async def delete_recipe(self, recipe_id: str) -> None:
         state = self._own_recipe(recipe_id)
         async with self.local_writes:
+            await self.wait_for_own_head()
             await self.append_ops([Op("delete", state.id, state.create_seq)])
 
     def list_peers(self) -> list[PeerView]:
@@ -197,12 +233,18 @@ class Node:
 
     def sync_progress(self) -> dict[str, dict[str, dict[str, int]]]:
         mine = self.engine.held_counts()
+        forked = self.engine.forked_origins()
         answer: dict[str, dict[str, dict[str, int]]] = {
             "self": {
                 peer_id_from_public_key(origin): {"held": count, "known": count}
                 for origin, count in mine.items()
             }
         }
+        for origin, seq in forked.items():
+            counts = answer["self"].setdefault(
+                peer_id_from_public_key(origin), {"held": 0, "known": 0}
+            )
+            counts["forked_at"] = seq
         claims = self.engine.peer_claims()
         for peer in self.engine.connected_peers():
             theirs = claims.get(peer, {})

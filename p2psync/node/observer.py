@@ -29,6 +29,8 @@ class Observer(Protocol):
 
     def dropped(self, reason: str, n: int = 1) -> None: ...
 
+    def fork_detected(self) -> None: ...
+
 
 class NullObserver:
     """Observes nothing: for drivers that do not export metrics."""
@@ -58,4 +60,7 @@ class NullObserver:
         pass
 
     def dropped(self, reason: str, n: int = 1) -> None:
+        pass
+
+    def fork_detected(self) -> None:
         pass

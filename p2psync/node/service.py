@@ -79,6 +79,7 @@ class StatusView:
     entries: int
     recipes: int
     digest: str
+    forked_origins: int = 0  # origins proven to have signed two entries for one seq
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +92,7 @@ class StatusView:
             "entries": self.entries,
             "recipes": self.recipes,
             "digest": self.digest,
+            "forked_origins": self.forked_origins,
         }
 
 

@@ -46,6 +46,7 @@ async def _generate(
     publish: bool,
 ) -> None:
     async with node.local_writes:
+        await node.wait_for_own_head()
         seq = node.engine.next_own_seq()
         ops: list[Op] = []
         for _ in range(count):

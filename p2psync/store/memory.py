@@ -7,7 +7,9 @@ from collections.abc import Iterable
 from pyroaring import BitMap64
 
 from p2psync.core.actions import Persist
-from p2psync.core.recipe_book import BookTotals, merge_entries
+from p2psync.core.forks import ForkProof
+from p2psync.core.hlc import wall_ms_of
+from p2psync.core.recipe_book import BookTotals, counted_entries, merge_entries, rebuild_author
 from p2psync.core.recipes import RecipeState
 
 
@@ -17,7 +19,9 @@ class MemoryStore:
         self.recipes: dict[str, RecipeState] = {}
         self.bitmaps: dict[bytes, BitMap64] = {}
         self._last_hlc = 0
+        self._hlcs: dict[tuple[bytes, int], int] = {}
         self._totals = BookTotals()
+        self.forks: dict[bytes, ForkProof] = {}
 
     def entry_links(self, origin: bytes, seqs: Iterable[int]) -> dict[int, tuple[bytes, bytes]]:
         found = {}
@@ -45,10 +49,27 @@ class MemoryStore:
             entry = accepted.entry
             self.log[(entry.origin, entry.seq)] = (entry.raw, accepted.entry_hash(), entry.prev)
             self._last_hlc = max(self._last_hlc, entry.hlc)
+            self._hlcs[(entry.origin, entry.seq)] = entry.hlc
         self.recipes.update(change.recipes)
         self._totals = change.totals
         for origin, bitmap in persist.progress.items():
             self.bitmaps[origin] = BitMap64(bitmap)
+
+    def record_fork(self, proof: ForkProof) -> None:
+        raws = [
+            self.log[(proof.origin, seq)][0]
+            for seq in sorted(s for o, s in self.log if o == proof.origin and s < proof.seq)
+        ]
+        stored = {k: v for k, v in self.recipes.items() if v.author == proof.origin}
+        rebuild = rebuild_author(counted_entries(raws), stored, self._totals)
+        for recipe_id in rebuild.removed:
+            del self.recipes[recipe_id]
+        self.recipes.update(rebuild.recipes)
+        self._totals = rebuild.totals
+        self.forks[proof.origin] = proof
+
+    def load_forks(self) -> list[ForkProof]:
+        return list(self.forks.values())
 
     def recipe(self, recipe_id: str) -> RecipeState | None:
         return self.recipes.get(recipe_id)
@@ -65,8 +86,10 @@ class MemoryStore:
     def entry_count(self) -> int:
         return len(self.log)
 
-    def last_hlc(self) -> int:
-        return self._last_hlc
+    def last_hlc(self, ceiling_ms: int) -> int:
+        if wall_ms_of(self._last_hlc) <= ceiling_ms:
+            return self._last_hlc
+        return max((h for h in self._hlcs.values() if wall_ms_of(h) <= ceiling_ms), default=0)
 
     def close(self) -> None:
         pass

@@ -50,6 +50,20 @@ MIGRATIONS: list[tuple[str, ...]] = [
         " ('recipe_count', 0), ('digest_hi', 0), ('digest_lo', 0)",
         f"PRAGMA application_id = {APPLICATION_ID}",
     ),
+    # 1 -> 2: `last_hlc(ceiling_ms)` finds the greatest hlc at or below a
+    # ceiling in O(log n) at start, however many wild hlcs peers signed.
+    ("CREATE INDEX log_hlc ON log (hlc)",),
+    # 2 -> 3: fork proofs (protocol v2), and the index that finds a forked
+    # author's recipes when its entries past the fork are hidden.
+    (
+        """CREATE TABLE forks (
+            origin BLOB PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            first BLOB NOT NULL,
+            second BLOB NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX recipes_author ON recipes (author)",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -82,6 +96,27 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def check_database(conn: sqlite3.Connection, path: Path) -> int:
+    """The schema version of the p2psync database on `conn`, read without migrating.
+
+    StoreError for anything else: not SQLite, another program's database, an
+    empty one, or a schema newer than this p2psync knows.
+    """
+    try:
+        version = _user_version(conn)
+        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not an SQLite database ({exc})") from exc
+    if application_id != APPLICATION_ID or version == 0:
+        raise StoreError(f"{path} is not a p2psync database (another program's, or empty)")
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"database {path} has schema version {version}, newer than the {SCHEMA_VERSION} "
+            "this p2psync knows: upgrade p2psync"
+        )
+    return version
 
 
 def _user_version(conn: sqlite3.Connection) -> int:

@@ -14,8 +14,8 @@ migrations are in schema.py.
 
 HLCs are unsigned 64-bit but SQLite integers are signed, and a peer can sign
 any hlc it likes, so hlc columns hold the two's complement of values >= 2**63
-(see `_to_sql`): ordinary values stay readable, and nothing orders by hlc in
-SQL.
+(see `_to_sql`): ordinary values stay readable. The one query that orders by
+hlc (`last_hlc` with a ceiling, at start) keeps its range to one sign.
 """
 
 from __future__ import annotations
@@ -32,10 +32,18 @@ import orjson
 from pyroaring import BitMap64
 
 from p2psync.core.actions import Persist
+from p2psync.core.forks import ForkProof
+from p2psync.core.hlc import LOGICAL_MASK, pack, wall_ms_of
 from p2psync.core.ops import RecipeFields
 from p2psync.core.progress import encode_bitmap
 from p2psync.core.reasons import Source
-from p2psync.core.recipe_book import BookTotals, merge_entries, touched_recipe_ids
+from p2psync.core.recipe_book import (
+    BookTotals,
+    counted_entries,
+    merge_entries,
+    rebuild_author,
+    touched_recipe_ids,
+)
 from p2psync.core.recipes import RecipeState
 from p2psync.core.store import StoreError
 from p2psync.store.schema import migrate
@@ -68,6 +76,8 @@ _SELECT_RECIPES_IN = (
     f"SELECT {_RECIPE_COLUMNS} FROM recipes WHERE id IN (SELECT value FROM json_each(?))"
 )
 _SET_META = "UPDATE meta SET value = ? WHERE key = ?"
+# One step down the log_hlc index; the bounds keep to one sign (see _to_sql).
+_MAX_HLC_BETWEEN = "SELECT hlc FROM log WHERE hlc BETWEEN ? AND ? ORDER BY hlc DESC LIMIT 1"
 
 _U64 = 1 << 64
 _I64_MAX = (1 << 63) - 1
@@ -250,6 +260,50 @@ class SqliteStore:
         rows = self._conn.execute(_SELECT_RECIPES_IN, (orjson.dumps(ids),))
         return {row[0]: _recipe_state(row) for row in rows}
 
+    def record_fork(self, proof: ForkProof) -> None:
+        """Keep a fork proof and make the author's recipes again from the entries
+        below the forked seq, in one transaction."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
+                    "INSERT OR REPLACE INTO forks (origin, seq, first, second) VALUES (?, ?, ?, ?)",
+                    (proof.origin, proof.seq, proof.first, proof.second),
+                )
+                raws = [
+                    raw
+                    for (raw,) in conn.execute(
+                        "SELECT raw FROM log WHERE origin = ? AND seq < ? ORDER BY seq",
+                        (proof.origin, proof.seq),
+                    )
+                ]
+                rows = conn.execute(
+                    f"SELECT {_RECIPE_COLUMNS} FROM recipes WHERE author = ?", (proof.origin,)
+                )
+                stored = {row[0]: _recipe_state(row) for row in rows}
+                rebuild = rebuild_author(counted_entries(raws), stored, self._totals)
+                conn.executemany(
+                    "DELETE FROM recipes WHERE id = ?", [(rid,) for rid in rebuild.removed]
+                )
+                conn.executemany(_UPSERT_RECIPE, [_recipe_row(s) for s in rebuild.recipes.values()])
+                conn.executemany(_SET_META, self._meta_changes(0, self._last_hlc, rebuild.totals))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StoreError(
+                    f"could not store a fork proof in {self.path}: {_describe(exc)}"
+                ) from exc
+            except BaseException:
+                self._rollback()
+                raise
+            self._totals = rebuild.totals
+
+    def load_forks(self) -> list[ForkProof]:
+        with self._lock:
+            rows = self._conn.execute("SELECT origin, seq, first, second FROM forks").fetchall()
+        return [ForkProof(origin, seq, first, second) for origin, seq, first, second in rows]
+
     # ------------------------------------------------------------ reads
 
     def load_progress(self) -> dict[bytes, BitMap64]:
@@ -282,8 +336,22 @@ class SqliteStore:
     def entry_count(self) -> int:
         return self._count
 
-    def last_hlc(self) -> int:
-        return self._last_hlc
+    def last_hlc(self, ceiling_ms: int) -> int:
+        if wall_ms_of(self._last_hlc) <= ceiling_ms:
+            return self._last_hlc  # the usual case: the counter, no query
+        if ceiling_ms < 0:
+            return 0
+        bound = pack(ceiling_ms, LOGICAL_MASK)
+        with self._lock:
+            if bound > _I64_MAX:
+                # Stored as negatives (_to_sql), and all greater than any other.
+                row = self._conn.execute(_MAX_HLC_BETWEEN, (-_I64_MAX - 1, _to_sql(bound)))
+                found = row.fetchone()
+                if found is not None:
+                    return _from_sql(found[0])
+                bound = _I64_MAX
+            found = self._conn.execute(_MAX_HLC_BETWEEN, (0, bound)).fetchone()
+        return 0 if found is None else int(found[0])
 
 
 # ---------------------------------------------------------------- helpers

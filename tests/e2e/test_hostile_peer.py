@@ -28,6 +28,7 @@ from p2psync.core import protocol
 from p2psync.core.entry import MAX_ENTRY_BYTES, MAX_SEQ, ZERO_HASH
 from p2psync.core.errors import RemoteError
 from p2psync.core.ids import make_recipe_id, peer_id_from_public_key, public_key_from_peer_id
+from p2psync.core.items import MAX_BOUND, MIN_BOUND
 from p2psync.core.ops import Op, RecipeFields
 from p2psync.core.progress import MAX_BITMAP_BYTES
 from p2psync.net.host import ConnectError
@@ -88,11 +89,21 @@ def batch_head(count: int) -> bytes:
     return bytes([protocol.PROTOCOL_VERSION, protocol.BATCH]) + struct.pack(">IIBI", 1, 0, 1, count)
 
 
-def summary(origins: list[tuple[bytes, int, bytes]], reply_wanted: bool = False) -> bytes:
-    body = struct.pack(">I", len(origins))
+QUESTION_ROUND = 7
+
+
+def question() -> bytes:
+    """A RECON question over everything, claiming to hold nothing: opens round 7."""
+    ask = protocol.FingerprintRange(MIN_BOUND, MAX_BOUND, 0, 0)
+    return protocol.encode(protocol.Recon(QUESTION_ROUND, protocol.REPLY_WANTED, (ask,)))
+
+
+def want(origins: list[tuple[bytes, int, bytes]], final: bool = False) -> bytes:
+    """A WANT of round 7 with hand-built claims (bitmaps as raw bytes, unchecked)."""
+    body = struct.pack(">IBI", QUESTION_ROUND, int(final), len(origins))
     for origin, prefix, beyond in origins:
-        body += struct.pack(">32sQI", origin, prefix, len(beyond)) + beyond
-    return protocol.encode(protocol.SummaryMsg(7, reply_wanted, body))
+        body += struct.pack(">32sQBI", origin, prefix, 0, len(beyond)) + beyond
+    return bytes([protocol.PROTOCOL_VERSION, protocol.WANT]) + body
 
 
 def huge_valid_bitmap() -> bytes:
@@ -129,9 +140,9 @@ def pair_garbage() -> list[tuple[str, bytes]]:
         ("version", b"\xfe" + secrets.token_bytes(900 * 1024)),
         ("oversized", batch_head(protocol.MAX_BATCH_ENTRIES + 1)),
         ("oversized", batch_head(1) + struct.pack(">I", MAX_ENTRY_BYTES + 1) + bytes(64)),
-        ("bitmap", summary([(secrets.token_bytes(32), 0, bitmap_over_cap())])),
-        ("bitmap", summary([(secrets.token_bytes(32), 0, beyond_max.serialize())])),
-        ("bitmap", summary([(secrets.token_bytes(32), MAX_SEQ + 2, b"")])),
+        ("bitmap", want([(secrets.token_bytes(32), 0, bitmap_over_cap())])),
+        ("bitmap", want([(secrets.token_bytes(32), 0, beyond_max.serialize())])),
+        ("bitmap", want([(secrets.token_bytes(32), MAX_SEQ + 2, b"")])),
         ("unexpected", protocol.encode(protocol.Live(secrets.token_bytes(200)))),
     ]
 
@@ -148,10 +159,11 @@ async def test_garbage_and_forgeries_are_refused_counted_and_harmless(
     own = await api.create_recipe("Node's own soup")
     create_seq = next(s for s in range(100_000) if make_recipe_id(node_key, s) == own["id"])
     garbage = pair_garbage()
-    bombs = [
-        summary([(secrets.token_bytes(32), 2**47, b"")], reply_wanted=True),
-        summary([(secrets.token_bytes(32), 0, huge_valid_bitmap())]),
-        summary([(node_key, 2**47, b"")]),
+    bombs = [  # inside a round the node answers: a question first, then claims
+        question(),
+        want([(secrets.token_bytes(32), 2**47, b"")]),
+        want([(secrets.token_bytes(32), 0, huge_valid_bitmap())]),
+        want([(node_key, 2**47, b"")], final=True),
     ]
     before = await api.metrics()
     watchdog = Watchdog(api, node.proc.pid)
@@ -209,7 +221,9 @@ async def test_garbage_and_forgeries_are_refused_counted_and_harmless(
                 want_dropped: dict[str, int] = {}
                 for reason, _ in garbage:
                     want_dropped[reason] = want_dropped.get(reason, 0) + 1
-                want_rejected = {"signature": 2, "fork": 1, "not_author": 2}
+                # fork_b proves raw's origin forked at seq 0, so its later
+                # entries (the hijack and the delete) count as "forked".
+                want_rejected = {"signature": 2, "fork": 1, "forked": 2}
 
                 seen: dict[str, float] = {}
 
@@ -243,13 +257,15 @@ async def test_garbage_and_forgeries_are_refused_counted_and_harmless(
     assert recipes[own["id"]]["name"] == "Node's own soup"
     assert recipes[own["id"]]["author"] == node_id
     assert not recipes[own["id"]]["published"]
-    assert recipes[fork_id]["name"] == "Fork A"
-    assert recipes[fork_id]["author"] == raw.peer_id
+    # The fork is proven: the forked origin's entries from seq 0 on no longer count.
+    assert fork_id not in recipes
+    assert (await api.status())["forked_origins"] == 1
+    assert delta(after, before, "p2psync_forks_detected_total") == 1
     assert not names & {"Forged pie", "Wrong origin pie", "Fork B", "Hijacked soup"}, names
     stranger_id = peer_id_from_public_key(bytes(stranger.verify_key))
     authors = {r["author"] for r in recipes.values()}
     assert stranger_id not in authors
-    assert authors <= {node_id, raw.peer_id}, authors
+    assert authors <= {node_id}, authors
 
 
 def create_op(key: SigningKey, name: str, seq: int = 0) -> Op:
@@ -358,7 +374,7 @@ async def test_pair_topic_messages_from_a_third_peer_are_dropped(
 ) -> None:
     status = await api.status()
     node_id, addr = status["peer_id"], loopback_addr(status)
-    bad = bytes([9, protocol.SUMMARY]) + bytes(16)  # counted as "version" if ever decoded
+    bad = bytes([9, protocol.RECON]) + bytes(16)  # counted as "version" if ever decoded
     with trio.fail_after(40):
         async with raw_peer(node_id, addr) as member:
             with trio.fail_after(12):
@@ -440,7 +456,7 @@ _FUZZ_MESSAGE = st.one_of(
         st.lists(st.binary(min_size=0, max_size=400), max_size=8),
     ),
     st.builds(  # summaries with random origins, prefixes and trailing junk
-        lambda origins, junk: summary(origins) + junk,
+        lambda origins, junk: want(origins) + junk,
         st.lists(
             st.tuples(st.binary(min_size=32, max_size=32), st.integers(0, 2**48), st.just(b"")),
             max_size=4,

@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 
 from nacl.signing import SigningKey
 
+from p2psync.core import protocol
 from p2psync.core.actions import Action
 from p2psync.core.engine import EngineConfig, SyncEngine
+from p2psync.core.hlc import MAX_FORWARD_MS
 from p2psync.core.ids import make_recipe_id, peer_id_from_public_key
 from p2psync.core.ops import Op, RecipeFields
 from p2psync.core.progress import Progress
+from p2psync.core.protocol import Live
 from p2psync.core.query import QueryReply
 from p2psync.node.executor import Executor
 from p2psync.node.observer import NullObserver
@@ -57,6 +60,7 @@ class SimEffects:
         self.sim = sim
         self.at = at
         self.penalties: list[tuple[str, str]] = []
+        self.restarts: list[str] = []
 
     def send(self, peer: str, data: bytes) -> bool:
         if frozenset((self.at, peer)) not in self.sim.links:
@@ -81,6 +85,9 @@ class SimEffects:
 
     def query_answered(self, peer: str, reply: QueryReply) -> None:
         pass
+
+    def restart_session(self, peer: str) -> None:
+        self.restarts.append(peer)
 
 
 @dataclass
@@ -138,6 +145,7 @@ class Simulator:
         self.links: set[frozenset[str]] = set()
         self.in_flight: list[InFlight] = []
         self.delivered = 0
+        self.largest_message = 0
         for i in range(n_nodes):
             key = SigningKey(bytes([i + 1]) * 32)
             store = store_factory()
@@ -160,7 +168,8 @@ class Simulator:
             store,
             time.instant(),
             self.config,
-            last_hlc=store.last_hlc(),
+            last_hlc=store.last_hlc(time.wall_ms() + MAX_FORWARD_MS),
+            forks=store.load_forks(),
         )
         return TimedEngine(engine, time)
 
@@ -229,6 +238,7 @@ class Simulator:
         self.nodes[at].executor.run(actions, self.time.instant())
 
     def _send(self, src: str, dst: str, data: bytes, *, live: bool) -> None:
+        self.largest_message = max(self.largest_message, len(data))
         if self.rng.random() < self.loss:
             return
         self.in_flight.append(InFlight(src, dst, data, live))
@@ -278,9 +288,30 @@ class Simulator:
     # ---------------------------------------------------------------- checks
 
     def converged(self) -> bool:
+        """Nothing in flight, and every node shows the same recipes, forks and holdings.
+
+        Holdings are compared below each forked origin's fork: past it, each
+        node may keep the branch it saw first, which counts for nothing.
+        """
         digests = {node.store.digest() for node in self.nodes.values()}
-        counts = {node.store.entry_count() for node in self.nodes.values()}
-        return len(digests) == 1 and len(counts) == 1 and not self.in_flight
+        forks = {frozenset(node.engine.forked_origins().items()) for node in self.nodes.values()}
+        holdings = {self.counted_holdings(node) for node in self.nodes.values()}
+        return len(digests) == len(forks) == len(holdings) == 1 and not self.in_flight
+
+    @staticmethod
+    def counted_holdings(node: SimNode) -> frozenset[tuple[bytes, int]]:
+        forked = node.engine.forked_origins()
+        counts = set()
+        for origin, count in node.engine.held_counts().items():
+            if origin in forked:
+                count = sum(1 for seq in range(forked[origin]) if node.engine.holds(origin, seq))
+            counts.add((origin, count))
+        return frozenset(counts)
+
+    def inject(self, at: str, raws: list[bytes], via: str = "stranger") -> None:
+        """Hand `at` entries live, as if gossip brought them from a peer it has no link to."""
+        for raw in raws:
+            self._run(at, self.nodes[at].engine.live_received(via, protocol.encode(Live(raw))))
 
     def total_created(self) -> int:
         return sum(node.engine.own_entry_count() for node in self.nodes.values())

@@ -23,7 +23,7 @@ from p2psync.core.ops import Op, RecipeFields, encode_op
 from p2psync.core.reasons import Source
 
 BATCH = 250
-_HLC_BASE = 1_760_000_000_000 << 16
+HLC_BASE = 1_760_000_000_000 << 16
 
 
 def entry_stream(seed: int, authors: int = 3) -> Iterator[Accepted]:
@@ -37,7 +37,7 @@ def entry_stream(seed: int, authors: int = 3) -> Iterator[Accepted]:
     seqs = [0] * authors
     heads = [ZERO_HASH] * authors
     owned: list[list[int]] = [[] for _ in range(authors)]
-    hlc = _HLC_BASE
+    hlc = HLC_BASE
     while True:
         who = rng.randrange(authors)
         key, seq = keys[who], seqs[who]

@@ -18,18 +18,25 @@ from pyroaring import BitMap64
 import p2psync.core.recipe_book as recipe_book
 from p2psync.core.actions import Accepted, Persist
 from p2psync.core.entry import decode_entry, entry_hash
+from p2psync.core.hlc import MAX_HLC, wall_ms_of
 from p2psync.core.ops import decode_op
 from p2psync.core.reasons import Source
 from p2psync.core.recipes import merge
 from p2psync.core.store import StoreError
 from p2psync.store.memory import MemoryStore
-from p2psync.store.schema import SCHEMA_VERSION
-from p2psync.store.sqlite import SqliteStore
-from tests.store.store_helper import BATCH, entry_stream, persists
+from p2psync.store.schema import MIGRATIONS, SCHEMA_VERSION
+from p2psync.store.sqlite import _MAX_HLC_BETWEEN, SqliteStore
+from tests.store.store_helper import BATCH, HLC_BASE, entry_stream, persists
 
 HELPER = Path(__file__).with_name("store_helper.py")
 ROOT = Path(__file__).resolve().parents[2]
 ENTRIES = 1200
+NO_CEILING = wall_ms_of(MAX_HLC)
+_BASE_MS = wall_ms_of(HLC_BASE)
+# Below, inside and above the stream's ordinary hlcs, and across 2**63 (the
+# sign of the stored value) up to the wild ones near 2**64.
+HLC_CEILINGS = (-1, 0, _BASE_MS - 1, _BASE_MS + 50, _BASE_MS + 10**6, 2**47 - 1, 2**47)
+HLC_CEILINGS += (NO_CEILING - 1, NO_CEILING)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +52,8 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
 
 def _same_as_memory(store: SqliteStore, memory: MemoryStore) -> None:
     assert store.entry_count() == memory.entry_count()
-    assert store.last_hlc() == memory.last_hlc()
+    for ceiling_ms in HLC_CEILINGS:
+        assert store.last_hlc(ceiling_ms) == memory.last_hlc(ceiling_ms), ceiling_ms
     assert store.load_progress() == memory.load_progress()
     assert store.visible_recipes() == memory.visible_recipes()
     assert store.digest() == memory.digest()
@@ -83,9 +91,31 @@ def test_commits_read_back_like_memory_store_in_any_order(
                 unknown_fields |= any(r.fields is None for r in memory.recipes.values())
             assert store.digest() == in_order.digest()
             assert store.entry_count() == ENTRIES
-            assert store.last_hlc() >= 1 << 63  # the stream holds wild hlcs
+            assert store.last_hlc(NO_CEILING) >= 1 << 63  # the stream holds wild hlcs
             # Shuffled, some ops arrive before their create: fields unknown for a while.
             assert unknown_fields == (name == "shuffled")
+
+
+def test_last_hlc_below_a_ceiling_is_one_index_step(store: SqliteStore) -> None:
+    plan = store._conn.execute(f"EXPLAIN QUERY PLAN {_MAX_HLC_BETWEEN}", (0, 1)).fetchall()
+    assert any("COVERING INDEX log_hlc" in row[-1] for row in plan), plan
+
+
+def test_migration_adds_the_hlc_index_to_a_version_1_database(
+    tmp_path: Path, accepted: list[Accepted]
+) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    with SqliteStore.open(path) as store:
+        for persist in persists(accepted[:100]):
+            store.commit(persist)
+        names = {row[0] for row in store._conn.execute("SELECT name FROM sqlite_master")}
+        assert "log_hlc" in names
+        assert store.last_hlc(wall_ms_of(HLC_BASE) + 10**6) < 1 << 63
 
 
 def test_reads_in_batches_report_only_what_is_held(
@@ -149,7 +179,12 @@ def test_failing_commit_writes_nothing(
 ) -> None:
     first, second = list(persists(accepted[:500]))
     store.commit(first)
-    before = (store.entry_count(), store.last_hlc(), store.digest(), store.load_progress())
+    before = (
+        store.entry_count(),
+        store.last_hlc(NO_CEILING),
+        store.digest(),
+        store.load_progress(),
+    )
     recipes = store.visible_recipes()
     calls = 0
 
@@ -163,7 +198,12 @@ def test_failing_commit_writes_nothing(
     monkeypatch.setattr(recipe_book, "merge", failing_merge)
     with pytest.raises(RuntimeError, match="boom"):
         store.commit(second)
-    assert (store.entry_count(), store.last_hlc(), store.digest(), store.load_progress()) == before
+    assert (
+        store.entry_count(),
+        store.last_hlc(NO_CEILING),
+        store.digest(),
+        store.load_progress(),
+    ) == before
     assert store.visible_recipes() == recipes
     entry = second.entries[0].entry
     assert store.read_raw(entry.origin, [entry.seq]) == {}

@@ -11,13 +11,23 @@ from nacl.signing import SigningKey
 from pyroaring import BitMap64
 
 from p2psync.core import protocol
-from p2psync.core.actions import Action, Dropped, Persist, Rejected, RoundFinished, SendTo
-from p2psync.core.engine import EngineConfig, SyncEngine
+from p2psync.core.actions import (
+    Action,
+    Dropped,
+    Persist,
+    RecordFork,
+    Rejected,
+    RestartSession,
+    RoundFinished,
+    SendTo,
+)
+from p2psync.core.engine import STALLED_ROUNDS, EngineConfig, SyncEngine
 from p2psync.core.entry import ZERO_HASH, Entry, sign_entry
 from p2psync.core.hlc import MAX_FORWARD_MS, wall_ms_of
 from p2psync.core.ids import make_recipe_id
+from p2psync.core.items import MAX_BOUND, MIN_BOUND, Item
 from p2psync.core.ops import Op, RecipeFields, encode_op
-from p2psync.core.progress import Progress, decode_summary, encode_bitmap, encode_summary
+from p2psync.core.progress import Progress
 from p2psync.node.executor import Executor
 from p2psync.store.memory import MemoryStore
 from tests.sim.driver import FakeTime, TimedEngine
@@ -158,19 +168,41 @@ def _fork_of(entry: Entry) -> Entry:
     return sign_entry(X, entry.seq, entry.prev, entry.hlc + 1, op)
 
 
-def test_fork_is_rejected_live_and_in_batch() -> None:
+def test_fork_is_rejected_and_proven_live_and_in_batch() -> None:
     node = Node(1)
     entries = chain(X, 3)
     node.batch([e.raw for e in entries])
-    assert node.store.entry_count() == 3
-    digest = node.store.digest()
-    for entry in entries:
-        fork = _fork_of(entry)
-        for actions in (node.live(fork), node.batch([fork.raw])):
-            assert rejected(actions) == {"fork"}, entry.seq
-            assert not kinds(actions, Persist)
-    assert node.store.digest() == digest
+    assert node.store.entry_count() == 3 and len(node.store.visible_recipes()) == 3
+    # A second entry for seq 2, delivered live: refused, and proof of the fork.
+    actions = node.live(_fork_of(entries[2]))
+    assert rejected(actions) == {"fork"} and not kinds(actions, Persist)
+    (recorded,) = kinds(actions, RecordFork)
+    assert recorded.new_origin and (recorded.proof.origin, recorded.proof.seq) == (X_ORIGIN, 2)
+    # The deterministic rule: X's entries from seq 2 on no longer count.
+    assert node.engine.forked_origins() == {X_ORIGIN: 2}
+    assert len(node.store.visible_recipes()) == 2
+    # A fork at seq 1, in a batch, moves the hidden part down.
+    actions = node.batch([_fork_of(entries[1]).raw])
+    (recorded,) = kinds(actions, RecordFork)
+    assert not recorded.new_origin and recorded.proof.seq == 1
+    assert len(node.store.visible_recipes()) == 1
+    # X's entries at or past its fork are refused as such, whichever version.
+    for raw in (entries[2].raw, _fork_of(entries[2]).raw):
+        assert rejected(node.live(raw)) == {"forked"}
+    # The log keeps the first versions; nothing was overwritten.
     assert [node.store.log[(X_ORIGIN, s)][0] for s in range(3)] == [e.raw for e in entries]
+    assert node.store.load_forks() == [recorded.proof]
+
+
+def test_forgery_of_a_held_seq_is_a_bad_signature_not_a_fork() -> None:
+    node = Node(1)
+    entries = chain(X, 2)
+    node.batch([e.raw for e in entries])
+    forged = sign_entry(ATTACKER, 1, entries[0].hash(), HLC0 + 9, _create(X_ORIGIN, 1, "f"))
+    as_x = forged.raw[:1] + X_ORIGIN + forged.raw[33:]  # X's origin, the attacker's signature
+    actions = node.live(as_x)
+    assert rejected(actions) == {"signature"}
+    assert not kinds(actions, RecordFork) and not node.engine.forked_origins()
 
 
 def test_forked_branch_extending_held_chain_is_rejected() -> None:
@@ -266,32 +298,51 @@ def test_batch_with_tampered_earlier_entry_is_rejected_as_chain() -> None:
 
 
 def _finish_connect_round(node: Node, peer: str = PEER) -> int:
-    """Connect `peer` and let it answer our summary with an empty final batch."""
-    (summary,) = sent(node.engine.peer_connected(peer), "summary")
-    message = protocol.decode(summary.data)
-    assert isinstance(message, protocol.SummaryMsg)
-    finished = node.batch([], peer=peer, round_no=message.round, batch_no=0, last=True)
+    """Connect `peer`, which holds nothing: it answers our question with "all the same"."""
+    (question,) = sent(node.engine.peer_connected(peer), "recon")
+    message = protocol.decode(question.data)
+    assert isinstance(message, protocol.Recon) and not message.flags & protocol.FROM_RESPONDER
+    (asked,) = message.ranges
+    assert isinstance(asked, protocol.FingerprintRange)
+    assert (asked.lower, asked.upper) == (MIN_BOUND, MAX_BOUND)
+    same = protocol.Recon(message.round, protocol.FROM_RESPONDER, (protocol.DoneRange(*_ALL),))
+    finished = node.run(node.engine.message_received(peer, protocol.encode(same)))
     assert [r.ok for r in kinds(finished, RoundFinished)] == [True]
     assert not node.engine.round_active(peer)
     return message.round
 
 
-def test_gap_in_live_entries_triggers_summary_to_sender() -> None:
+_ALL = (MIN_BOUND, MAX_BOUND)
+
+
+def _item(entries: list[Entry], held: list[int]) -> Item:
+    """The item of a peer holding `held` of `entries` (a contiguous prefix)."""
+    prefix = len(held)
+    return Item(entries[0].origin, prefix, entries[prefix - 1].hash(), BitMap64())
+
+
+def test_gap_in_live_entries_triggers_a_round_with_the_sender() -> None:
     node = Node(1)
     _finish_connect_round(node)
     entries = chain(X, 6)
     for entry in entries[:3]:
-        assert not sent(node.live(entry), "summary")
+        assert not sent(node.live(entry), "recon")
     actions = node.live(entries[5])
     assert kinds(actions, Persist)  # a validly signed later entry is kept
-    (summary,) = sent(actions, "summary")
-    assert summary.peer == PEER
-    message = protocol.decode(summary.data)
-    assert isinstance(message, protocol.SummaryMsg)
-    claims = {origin: claim.count() for origin, claim in decode_summary(message.summary).items()}
-    assert claims == node.engine.held_counts()
-    # The sender answers with what we lack: seqs 3 and 4, and the round ends well.
-    reply = node.batch([entries[3].raw, entries[4].raw], round_no=message.round)
+    (question,) = sent(actions, "recon")
+    assert question.peer == PEER
+    message = protocol.decode(question.data)
+    assert isinstance(message, protocol.Recon)
+    # The sender answers with its item for X: it holds all six.
+    items = protocol.ItemsRange(*_ALL, (_item(entries, list(range(6))),))
+    answer = protocol.Recon(message.round, protocol.FROM_RESPONDER, (items,))
+    (want,) = sent(node.run(node.engine.message_received(PEER, protocol.encode(answer))), "want")
+    wanted = protocol.decode(want.data)
+    assert isinstance(wanted, protocol.Want) and wanted.final
+    (claim,) = wanted.claims
+    # We hold 0..2 and 5; the claim leaves out seq 2 so a fork there would show.
+    assert (claim.origin, claim.prefix, list(claim.beyond)) == (X_ORIGIN, 2, [5])
+    reply = node.batch([e.raw for e in entries[2:5]], round_no=message.round)
     assert [r.ok for r in kinds(reply, RoundFinished)] == [True]
     assert node.store.entry_count() == 6
 
@@ -344,11 +395,19 @@ def test_flow_control_window_between_two_engines() -> None:
     assert b.store.digest() == a.store.digest()
 
 
+def _ask_for_everything(node: Node, peer: str = "b", round_no: int = 1) -> list[Action]:
+    """Play an initiator holding nothing: ask, then want all of X."""
+    question = protocol.Recon(round_no, 0, (protocol.FingerprintRange(*_ALL, 0, 0),))
+    answered = node.engine.message_received(peer, protocol.encode(question))
+    assert sent(answered, "recon") and not _batch_entries(answered)
+    want = protocol.Want(round_no, True, (protocol.Claim(X_ORIGIN, 0, BitMap64()),))
+    return node.engine.message_received(peer, protocol.encode(want))
+
+
 def test_flow_control_stops_at_window_without_acks() -> None:
     a = Node(1)
     a.batch([e.raw for e in chain(X, 30)], peer="someone")
-    summary = protocol.SummaryMsg(1, False, encode_summary(Progress()))
-    actions = a.engine.message_received("b", protocol.encode(summary))
+    actions = _ask_for_everything(a)
     assert len(_batch_entries(actions)) == 2
     # Acking an unknown round or an old batch twice does not open the window further.
     assert not a.engine.message_received("b", protocol.encode(protocol.Ack(99, 0)))
@@ -359,7 +418,7 @@ def test_flow_control_stops_at_window_without_acks() -> None:
 
 def test_round_timeout_fails_the_round() -> None:
     node = Node(1)
-    assert len(sent(node.engine.peer_connected(PEER), "summary")) == 1
+    assert len(sent(node.engine.peer_connected(PEER), "recon")) == 1
     node.time.now += 4.0
     assert not kinds(node.engine.tick(), RoundFinished)
     node.time.now += 1.5  # past round_timeout=5 since the round started
@@ -367,15 +426,29 @@ def test_round_timeout_fails_the_round() -> None:
     (finished,) = kinds(actions, RoundFinished)
     assert finished.ok is False and finished.peer == PEER
     assert finished.seconds >= 5.0
-    assert sent(actions, "summary")  # a new round repairs the loss
+    assert sent(actions, "recon")  # a new round repairs the loss
     assert node.engine.round_active(PEER)
+
+
+def test_a_session_that_never_makes_progress_is_restarted() -> None:
+    node = Node(1)
+    node.engine.peer_connected(PEER)
+    restarts = []
+    for _ in range(STALLED_ROUNDS):
+        node.time.now += 5.5  # past round_timeout: the round fails, another starts
+        actions = node.run(node.engine.tick())
+        restarts += kinds(actions, RestartSession)
+    assert [r.peer for r in restarts] == [PEER]
+    assert node.observer.dropped_reasons["stalled"] == 1
+    # A round that ends well resets the count.
+    round_no = _finish_connect_round(node)
+    assert round_no > STALLED_ROUNDS
 
 
 def test_outgoing_round_without_acks_is_dropped_after_timeout() -> None:
     node = Node(1)
     node.batch([e.raw for e in chain(X, 30)], peer="someone")
-    summary = protocol.SummaryMsg(1, False, encode_summary(Progress()))
-    node.engine.message_received("b", protocol.encode(summary))
+    _ask_for_everything(node)
     node.time.now += 6
     actions = node.engine.tick()
     assert [d.reason for d in kinds(actions, Dropped)] == ["ack_timeout"]
@@ -394,8 +467,10 @@ def test_garbage_messages_are_dropped() -> None:
             node.engine.live_received(PEER, data),
         ):
             assert len(actions) == 1 and isinstance(actions[0], Dropped)
-    bad_summary = protocol.encode(protocol.SummaryMsg(1, True, b"\x00\x00\x00\x05junk"))
-    assert [type(a) for a in node.engine.message_received(PEER, bad_summary)] == [Dropped]
+    bad_recon = bytes([protocol.PROTOCOL_VERSION, protocol.RECON]) + b"\x00\x00\x00\x05junk"
+    assert [type(a) for a in node.engine.message_received(PEER, bad_recon)] == [Dropped]
+    old = b"\x01\x02" + bytes(9)  # a version 1 SUMMARY
+    assert [a.reason for a in node.engine.message_received(PEER, old)] == ["version"]
     live_on_sync = protocol.encode(protocol.Live(chain(X, 1)[0].raw))
     assert [a.reason for a in node.engine.message_received(PEER, live_on_sync)] == ["unexpected"]
     assert node.store.entry_count() == 0
@@ -409,8 +484,8 @@ _GARBAGE_NODE.batch([e.raw for e in chain(X, 5)], peer="seed")
 @given(
     st.one_of(
         st.binary(max_size=300),
-        st.tuples(st.integers(1, 6), st.binary(max_size=300)).map(
-            lambda t: bytes([1, t[0]]) + t[1]
+        st.tuples(st.integers(1, 8), st.binary(max_size=300)).map(
+            lambda t: bytes([protocol.PROTOCOL_VERSION, t[0]]) + t[1]
         ),
     )
 )
@@ -426,7 +501,7 @@ def test_garbage_never_raises(data: bytes) -> None:
         assert not kinds(actions, Persist)  # nothing forged gets in
 
 
-def test_summary_bomb_sends_only_what_we_hold_and_returns_quickly() -> None:
+def test_want_bomb_sends_only_what_we_hold_and_returns_quickly() -> None:
     node = Node(1)
     held = [e.raw for e in chain(X, 5)]
     node.batch(held, peer="seed")
@@ -434,24 +509,21 @@ def test_summary_bomb_sends_only_what_we_hold_and_returns_quickly() -> None:
     node.batch([e.raw for e in other], peer="seed")
     bomb = BitMap64()
     bomb.add_range(2**47 + 1, 2**47 + 2**30)
-    beyond = encode_bitmap(bomb)
-    claims = [
-        (X_ORIGIN, 2**47, beyond),  # "I hold everything of X and more"
-        (b"\x99" * 32, 2**48, b""),  # an origin we never saw
-        (other[0].origin, 0, encode_bitmap(BitMap64([1, 2**40]))),  # lacks 0 and 2
-    ]
-    summary = struct.pack(">I", len(claims)) + b"".join(
-        struct.pack(">32sQI", origin, prefix, len(bits)) + bits for origin, prefix, bits in claims
+    claims = (
+        protocol.Claim(X_ORIGIN, 2**47, bomb),  # "I hold everything of X and more"
+        protocol.Claim(b"\x99" * 32, 2**48, BitMap64()),  # an origin we never saw
+        protocol.Claim(other[0].origin, 0, BitMap64([1, 2**40])),  # lacks 0 and 2
     )
+    question = protocol.Recon(1, 0, (protocol.FingerprintRange(*_ALL, 12345, 2**31),))
+    node.engine.message_received("bomber", protocol.encode(question))
     started = wallclock.perf_counter()
     actions = node.engine.message_received(
-        "bomber", protocol.encode(protocol.SummaryMsg(1, False, summary))
+        "bomber", protocol.encode(protocol.Want(1, True, claims))
     )
     assert wallclock.perf_counter() - started < 1.0
     batches = _batch_entries(actions)
     assert len(batches) == 1 and batches[0].last
     assert set(batches[0].entries) == {other[0].raw, other[2].raw}
-    assert node.engine.peer_claims()["bomber"][X_ORIGIN] == 2**47 + 2**30 - 1
 
 
 def test_far_future_entry_does_not_drag_our_clock() -> None:
@@ -479,7 +551,7 @@ def _restart(node: Node, wall_shift_ms: int) -> None:
         node.store,
         node.time.instant(),
         node.engine.config,
-        last_hlc=node.store.last_hlc(),
+        last_hlc=node.store.last_hlc(node.time.wall_ms() + MAX_FORWARD_MS),
     )
     node.engine = TimedEngine(engine, node.time)
     node.executor = Executor(engine, node.store, node.observer)
@@ -489,7 +561,7 @@ def test_wild_peer_hlc_does_not_drag_our_clock_across_restart() -> None:
     node = Node(1)
     wild = sign_entry(X, 0, ZERO_HASH, (1 << 64) - 1, _create(X_ORIGIN, 0))
     node.live(wild)
-    assert node.store.last_hlc() == (1 << 64) - 1
+    assert node.store.last_hlc(wall_ms_of((1 << 64) - 1)) == (1 << 64) - 1
     _restart(node, 0)
     mine, _, actions = node.engine.append_one(
         lambda seq: Op(
@@ -498,6 +570,23 @@ def test_wild_peer_hlc_does_not_drag_our_clock_across_restart() -> None:
     )
     node.run(actions)
     assert wall_ms_of(mine.hlc) <= node.time.wall_ms() + MAX_FORWARD_MS
+
+
+def test_far_future_peer_hlc_is_not_our_floor_after_restart() -> None:
+    # A peer's year-2100 entry is valid and kept, but observe() never followed
+    # it; a restart must not start our clock from it (clamped, 24 h ahead).
+    node = Node(1)
+    year_2100_ms = 4_102_444_800_000
+    node.live(sign_entry(X, 0, ZERO_HASH, year_2100_ms << 16, _create(X_ORIGIN, 0)))
+    assert node.store.entry_count() == 1
+    _restart(node, 0)
+    mine, _, actions = node.engine.append_one(
+        lambda seq: Op(
+            "create", make_recipe_id(node.engine.me, seq), None, RecipeFields("a", "", "")
+        )
+    )
+    node.run(actions)
+    assert abs(wall_ms_of(mine.hlc) - node.time.wall_ms()) <= 1000
 
 
 def test_own_edit_after_restart_with_wall_clock_set_back_is_not_lost() -> None:

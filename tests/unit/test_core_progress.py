@@ -1,9 +1,8 @@
-"""Held-seq bitmaps, contiguous prefixes and untrusted anti-entropy summaries."""
+"""Held-seq bitmaps, contiguous prefixes, and untrusted claims and items (bitmap bombs)."""
 
 from __future__ import annotations
 
 import contextlib
-import struct
 import time
 import tracemalloc
 
@@ -12,21 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyroaring import BitMap64
 
-from p2psync.core.entry import MAX_SEQ
+from p2psync.core import protocol
+from p2psync.core.entry import MAX_SEQ, ZERO_HASH
 from p2psync.core.errors import RemoteError
+from p2psync.core.items import MAX_BOUND, MIN_BOUND, NOT_FORKED, Item
 from p2psync.core.progress import (
     MAX_BITMAP_BYTES,
-    MAX_SUMMARY_ORIGINS,
-    Claim,
     Progress,
     contiguous_prefix,
     decode_bitmap,
-    decode_summary,
     encode_bitmap,
-    encode_summary,
 )
-
-_ORIGIN = struct.Struct(">32sQI")
+from p2psync.core.protocol import Claim, ItemsRange, Recon, Want
 
 
 def _naive_prefix(seqs: set[int]) -> int:
@@ -34,14 +30,6 @@ def _naive_prefix(seqs: set[int]) -> int:
     while n in seqs:
         n += 1
     return n
-
-
-def _summary_bytes(claims: list[tuple[bytes, int, bytes]], count: int | None = None) -> bytes:
-    parts = [struct.pack(">I", len(claims) if count is None else count)]
-    for origin, prefix, beyond in claims:
-        parts.append(_ORIGIN.pack(origin, prefix, len(beyond)))
-        parts.append(beyond)
-    return b"".join(parts)
 
 
 seq_sets = st.one_of(
@@ -88,45 +76,6 @@ def test_contiguous_prefix_matches_naive(seqs: set[int]) -> None:
     assert contiguous_prefix(BitMap64(seqs)) == _naive_prefix(seqs)
 
 
-origins = st.lists(st.binary(min_size=32, max_size=32), min_size=0, max_size=4, unique=True)
-
-
-@settings(max_examples=80, deadline=None)
-@given(origins, st.data())
-def test_summary_round_trip(origin_list: list[bytes], data: st.DataObject) -> None:
-    held = {origin: data.draw(seq_sets) for origin in origin_list}
-    progress = Progress({origin: BitMap64(seqs) for origin, seqs in held.items()})
-    summary = decode_summary(encode_summary(progress))
-    non_empty = {origin for origin, seqs in held.items() if seqs}
-    assert set(summary) == non_empty
-    probe = BitMap64(set(range(300)) | {2**40, 2**40 + 1})
-    for origin in non_empty:
-        seqs = held[origin]
-        claim = summary[origin]
-        assert claim.count() == len(seqs)
-        assert claim.prefix == _naive_prefix(seqs)
-        assert set(claim.missing_from(probe)) == set(probe) - seqs
-        assert set(claim.missing_from(BitMap64(seqs))) == set()
-        for seq in list(seqs)[:20]:
-            assert claim.covers(seq)
-
-
-def test_in_sync_summary_is_small() -> None:
-    progress = Progress({bytes([i]) * 32: BitMap64(range(1000)) for i in range(10)})
-    data = encode_summary(progress)
-    assert len(data) <= 4 + 10 * 44
-    assert all(claim.prefix == 1000 for claim in decode_summary(data).values())
-
-
-def test_claim_missing_from_with_huge_prefix() -> None:
-    claim = Claim(2**47, BitMap64())
-    held = BitMap64(range(100))
-    assert len(claim.missing_from(held)) == 0
-    assert claim.count() == 2**47
-    claim = Claim(50, BitMap64([60, 61]))
-    assert set(claim.missing_from(held)) == set(range(50, 100)) - {60, 61}
-
-
 def _rss_kb() -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -135,39 +84,135 @@ def _rss_kb() -> int:
     return 0
 
 
-def test_summary_bomb_is_cheap_or_refused() -> None:
-    origin = b"\x05" * 32
+class _Budget:
+    """Wall time, Python allocations and RSS (roaring allocates in C) of a block."""
+
+    def __enter__(self) -> _Budget:
+        self.rss = _rss_kb()
+        tracemalloc.start()
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.seconds = time.perf_counter() - self.started
+        _, self.peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        self.rss_growth_kb = _rss_kb() - self.rss
+        if exc_type is not None:
+            return  # let the failure inside the block speak
+        assert self.seconds < 1.0
+        assert self.peak < 50 * 1024 * 1024
+        assert self.rss_growth_kb < 50 * 1024
+
+
+O1, O2 = b"\x05" * 32, b"\x06" * 32
+H = b"\x07" * 32
+
+
+def _huge_beyond(base: int) -> BitMap64:
+    """~1.1e9 seqs in many run containers, still under MAX_BITMAP_BYTES serialized."""
     huge = BitMap64()
-    # ~1.1e9 claimed seqs in many run containers, still under MAX_BITMAP_BYTES.
-    huge.add_range(2**47, 2**47 + 2**30)
-    huge.add_range(2**46, 2**46 + 2**26)
-    beyond = encode_bitmap(huge)
-    assert len(beyond) <= MAX_BITMAP_BYTES
-    data = _summary_bytes([(origin, 2**46, beyond), (b"\x06" * 32, MAX_SEQ + 1, b"")])
-    rss_before = _rss_kb()
-    tracemalloc.start()
-    started = time.perf_counter()
-    try:
-        summary = decode_summary(data)
-        claim = summary[origin]
-        assert claim.count() == 2**46 + 2**30 + 2**26
-        held = BitMap64(range(10)) | BitMap64([2**47 + 3, 2**48 - 2])
-        assert set(claim.missing_from(held)) == {2**48 - 2}
-        assert len(summary[b"\x06" * 32].missing_from(held)) == 0
-    except RemoteError as exc:
-        assert exc.reason in {"bitmap", "oversized"}
-    elapsed = time.perf_counter() - started
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert elapsed < 1.0
-    assert peak < 50 * 1024 * 1024
-    assert _rss_kb() - rss_before < 50 * 1024  # roaring's C allocations too
+    huge.add_range(base, base + 2**30)
+    huge.add_range(base + 2**33, base + 2**33 + 2**26)
+    assert len(encode_bitmap(BitMap64(huge))) <= MAX_BITMAP_BYTES
+    return huge
 
 
-def test_prefix_beyond_max_seq_is_refused() -> None:
-    with pytest.raises(RemoteError) as info:
-        decode_summary(_summary_bytes([(b"\x01" * 32, MAX_SEQ + 2, b"")]))
-    assert info.value.reason == "bitmap"
+def test_claim_missing_from_small() -> None:
+    held = BitMap64(range(100))
+    missing = Claim(O1, 50, BitMap64([60, 61])).missing_from(held)
+    assert set(missing) == set(range(50, 100)) - {60, 61}
+    assert len(Claim(O1, 2**47, BitMap64()).missing_from(held)) == 0
+    assert set(Claim(O1, 0, BitMap64()).missing_from(held)) == set(range(100))
+    assert len(Claim(O1, 0, BitMap64()).missing_from(BitMap64())) == 0
+    assert set(Claim(O1, 3, BitMap64([3])).missing_from(held)) == set(range(4, 100))
+
+
+@settings(max_examples=100, deadline=None)
+@given(seq_sets, st.integers(0, 6000), st.sets(st.integers(0, 6000), max_size=20), seq_sets)
+def test_claim_missing_from_matches_naive(
+    beyond: set[int], prefix: int, extra: set[int], held: set[int]
+) -> None:
+    beyond = {s for s in beyond | extra if s >= prefix}
+    claimed = set(range(prefix)) | beyond
+    claim = Claim(O1, prefix, BitMap64(beyond))
+    held_bitmap = BitMap64(held)
+    assert set(claim.missing_from(held_bitmap)) == held - claimed
+    assert set(held_bitmap) == held  # the caller's bitmap is left alone
+
+
+def test_claim_bomb_is_cheap() -> None:
+    """A WANT claiming 2^47 entries plus a billion more costs its size, not its claim."""
+    beyond = _huge_beyond(2**47 + 2**20)
+    want = Want(1, True, (Claim(O1, 2**47, beyond), Claim(O2, 2**48, BitMap64())))
+    data = protocol.encode(want)
+    assert len(data) <= protocol.MAX_MESSAGE_BYTES
+    held = BitMap64(range(10)) | BitMap64(
+        [2**47 - 1, 2**47, 2**47 + 2**20 + 3, 2**47 + 2**31, 2**47 + 2**33 + 2**20 + 5, MAX_SEQ - 1]
+    )
+    held.add_range(2**47 + 2**20 + 2**30 - 5, 2**47 + 2**20 + 2**30 + 5)  # straddles the run end
+    with _Budget():
+        decoded = protocol.decode(data)
+        assert isinstance(decoded, Want)
+        claim, full = decoded.claims
+        missing = claim.missing_from(held)
+        assert len(full.missing_from(held)) == 0
+    expected = {2**47, 2**47 + 2**31, MAX_SEQ - 1} | set(
+        range(2**47 + 2**20 + 2**30, 2**47 + 2**20 + 2**30 + 5)
+    )
+    assert set(missing) == expected
+
+
+def test_item_bomb_is_cheap() -> None:
+    """A peer's item claiming 2^48 entries (or a huge beyond) is compared in no time."""
+    beyond = _huge_beyond(2**47 + 2**20)
+    theirs = [
+        Item(O1, 2**48, H, BitMap64()),
+        Item(O1, 2**47, H, beyond),
+    ]
+    recon = Recon(1, protocol.FROM_RESPONDER, (ItemsRange(MIN_BOUND, MAX_BOUND, (theirs[0],)),))
+    ours_small = Item(O1, 10, H, BitMap64([20]))
+    ours_big = Item(O1, 2**47 + 2**20 + 2**33 + 2**26, H, BitMap64())
+    ours_gap = Item(O1, 2**47 + 2**20 + 2**30 - 1, H, BitMap64())
+    with _Budget():
+        decoded = protocol.decode(protocol.encode(recon))
+        assert isinstance(decoded, Recon)
+        assert decoded.ranges[0].items[0].prefix == 2**48  # type: ignore[union-attr]
+        assert theirs[0].has_more_than(ours_small, NOT_FORKED)
+        assert theirs[0].has_more_than(ours_big, NOT_FORKED)
+        assert not theirs[0].has_more_than(ours_big, 2**40)  # a fork below our prefix
+        assert theirs[1].has_more_than(ours_small, NOT_FORKED)
+        assert not theirs[1].has_more_than(ours_big, NOT_FORKED)
+        assert theirs[1].has_more_than(ours_gap, NOT_FORKED)
+        assert theirs[1].has_more_than(ours_gap, 2**47 + 2**20 + 2**30)
+        assert not theirs[1].has_more_than(ours_gap, 2**47 + 2**20 + 2**30 - 1)
+        assert not theirs[1].has_more_than(ours_small, 10)
+        assert theirs[1].count() == 2**47 + 2**30 + 2**26
+
+
+def _item(prefix: int, beyond: set[int]) -> Item:
+    return Item(O1, prefix, ZERO_HASH if prefix == 0 else H, BitMap64(beyond))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 300),
+    st.sets(st.integers(0, 600), max_size=30),
+    st.integers(0, 300),
+    st.sets(st.integers(0, 600), max_size=30),
+    st.one_of(st.just(NOT_FORKED), st.integers(0, 700)),
+)
+def test_item_has_more_than_matches_naive(
+    their_prefix: int, their_beyond: set[int], our_prefix: int, our_beyond: set[int], limit: int
+) -> None:
+    # Items as ItemIndex builds them: seq `prefix` itself is never held.
+    theirs = _item(their_prefix, {s for s in their_beyond if s > their_prefix})
+    ours = _item(our_prefix, {s for s in our_beyond if s > our_prefix})
+    their_held = set(range(their_prefix)) | set(theirs.beyond)
+    our_held = set(range(our_prefix)) | set(ours.beyond)
+    expected = any(s < limit for s in their_held - our_held)
+    assert theirs.has_more_than(ours, limit) == expected
+    assert set(theirs.beyond) == {s for s in their_beyond if s > their_prefix}  # not mutated
 
 
 def test_bitmap_beyond_max_seq_is_refused() -> None:
@@ -175,13 +220,6 @@ def test_bitmap_beyond_max_seq_is_refused() -> None:
         decode_bitmap(encode_bitmap(BitMap64([MAX_SEQ + 1])))
     assert info.value.reason == "bitmap"
     assert list(decode_bitmap(encode_bitmap(BitMap64([MAX_SEQ])))) == [MAX_SEQ]
-
-
-def test_bitmap_overlapping_prefix_is_refused() -> None:
-    beyond = encode_bitmap(BitMap64([3, 10]))
-    with pytest.raises(RemoteError) as info:
-        decode_summary(_summary_bytes([(b"\x01" * 32, 5, beyond)]))
-    assert info.value.reason == "bitmap"
 
 
 def test_max_bitmap_bytes_enforced() -> None:
@@ -192,59 +230,9 @@ def test_max_bitmap_bytes_enforced() -> None:
     with pytest.raises(RemoteError) as info:
         decode_bitmap(raw)
     assert info.value.reason == "bitmap"
-    with pytest.raises(RemoteError) as info:
-        decode_summary(_summary_bytes([(b"\x01" * 32, 0, raw)]))
-    assert info.value.reason == "bitmap"
     # Padding bytes count too: the cap is on the bytes received, not the content.
     with pytest.raises(RemoteError):
         decode_bitmap(b"\x00" * (MAX_BITMAP_BYTES + 1))
-
-
-def test_too_many_origins_is_oversized() -> None:
-    with pytest.raises(RemoteError) as info:
-        decode_summary(struct.pack(">I", MAX_SUMMARY_ORIGINS + 1))
-    assert info.value.reason == "oversized"
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"",
-        b"\x00\x00\x00",
-        b"\x00\x00\x00\x01",  # one origin announced, none present
-        b"\x00\x00\x00\x00trailing",
-        _summary_bytes([(b"\x01" * 32, 1, b"")]) + b"x",
-        _summary_bytes([(b"\x01" * 32, 1, b""), (b"\x01" * 32, 2, b"")]),  # twice
-        _summary_bytes([(b"\x01" * 32, 1, b"")], count=2),
-        struct.pack(">I", 1) + _ORIGIN.pack(b"\x01" * 32, 0, 1000) + b"short",
-        _summary_bytes([(b"\x01" * 32, 0, b"\xff" * 40)]),  # undecodable bitmap
-    ],
-)
-def test_bad_summaries_are_refused(data: bytes) -> None:
-    with pytest.raises(RemoteError):
-        decode_summary(data)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=400))
-def test_decode_summary_garbage_raises_only_remote_error(data: bytes) -> None:
-    with contextlib.suppress(RemoteError):
-        decode_summary(data)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.integers(0, 3), st.binary(max_size=300), st.integers(0, 2**64 - 1))
-def test_decode_summary_framed_garbage_raises_only_remote_error(
-    count: int, tail: bytes, prefix: int
-) -> None:
-    data = struct.pack(">I", count) + _ORIGIN.pack(b"\x02" * 32, prefix, len(tail)) + tail
-    try:
-        summary = decode_summary(data)
-    except RemoteError:
-        return
-    for claim in summary.values():
-        assert claim.prefix <= MAX_SEQ + 1
-        assert not claim.beyond or claim.beyond.max() <= MAX_SEQ
 
 
 def test_decode_bitmap_empty_input_is_remote_error() -> None:

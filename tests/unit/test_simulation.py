@@ -12,7 +12,10 @@ from nacl.signing import SigningKey
 
 from p2psync.core import protocol
 from p2psync.core.actions import Persist
-from p2psync.core.entry import ZERO_HASH, sign_entry
+from p2psync.core.engine import EngineConfig
+from p2psync.core.entry import ZERO_HASH, decode_entry, sign_entry
+from p2psync.core.ids import make_recipe_id
+from p2psync.core.ops import Op, RecipeFields, encode_op
 from p2psync.core.recipes import digest
 from p2psync.core.store import StoreError
 from p2psync.store.memory import MemoryStore
@@ -124,11 +127,11 @@ def test_in_sync_round_sends_no_entries() -> None:
     held_before = sim.nodes[b].store.entry_count()
     sim._run(a, sim.nodes[a].engine.request_sync(b))
     sim.run_until_quiet()
-    # A round really ran: a's summary, b's batch (empty) and the reply round.
+    # A round really ran: a's question, b's "all the same", and the reply round.
     assert sim.nodes[a].rounds_ok == rounds_before + 1
     assert sim.nodes[b].store.entry_count() == held_before == 20
-    # summary, its reply, and an empty final batch + ack each way at most
-    assert 4 <= sim.delivered - before <= 6
+    # Each way one RECON question and one whole-range DONE answer: one round trip.
+    assert sim.delivered - before == 4
 
 
 def test_news_crosses_a_chain_without_waiting_for_periodic_rounds() -> None:
@@ -259,3 +262,109 @@ def test_penalties_go_to_the_deliverer_of_broken_bytes_only() -> None:
     sim.run_until_quiet()
     assert sim.nodes[b].effects.penalties == [(a, "malformed")]
     assert sim.nodes[b].rejected == {"signature": 1}
+
+
+def _branches(
+    key: SigningKey, common: int, left: int, right: int
+) -> tuple[list[bytes], list[bytes]]:
+    """Two logs of one origin that agree on `common` entries, then fork."""
+    origin = bytes(key.verify_key)
+
+    def entries(start: int, count: int, prev: bytes, name: str) -> list[bytes]:
+        raws = []
+        for seq in range(start, start + count):
+            op = Op(
+                "create", make_recipe_id(origin, seq), None, RecipeFields(f"{name}{seq}", "", "")
+            )
+            entry = sign_entry(key, seq, prev, (1_800_000_000_000 << 16) + seq, encode_op(op))
+            prev = entry.hash()
+            raws.append(entry.raw)
+        return raws
+
+    shared = entries(0, common, ZERO_HASH, "shared")
+    prev = decode_entry(shared[-1]).hash() if shared else ZERO_HASH
+    return (
+        shared + entries(common, left, prev, "left"),
+        shared + entries(common, right, prev, "right"),
+    )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(2, 6),
+    seed=st.integers(0, 2**32),
+    forkers=st.integers(1, 3),
+    common=st.integers(0, 5),
+    left=st.integers(1, 4),
+    right=st.integers(1, 4),
+    loss=st.sampled_from([0.0, 0.2]),
+    duplicate=st.sampled_from([0.0, 0.2]),
+    chain=st.booleans(),
+    restart=st.booleans(),
+)
+def test_equivocating_origins_are_proven_and_resolved_the_same_everywhere(
+    n: int,
+    seed: int,
+    forkers: int,
+    common: int,
+    left: int,
+    right: int,
+    loss: float,
+    duplicate: float,
+    chain: bool,
+    restart: bool,
+) -> None:
+    sim = Simulator(n, seed, loss=loss, duplicate=duplicate)
+    ids = sim.ids
+    half = max(1, n // 2)
+    forked_origins = set()
+    for f in range(forkers):
+        key = SigningKey(bytes([0x60 + f]) * 32)
+        forked_origins.add(bytes(key.verify_key))
+        one, other = _branches(key, common, left, right)
+        for index, at in enumerate(ids):
+            sim.inject(at, one if index < half else other)  # each half sees one side
+    for i in range(3):
+        sim.create(ids[i % n], f"honest {i}")
+    for a, b in _connected_edges(n, [], chain):
+        sim.connect(ids[a], ids[b])
+    for _ in range(30):
+        sim.step()
+    if restart:
+        sim.restart(ids[-1])
+        for a, b in _connected_edges(n, [], chain):
+            sim.connect(ids[a], ids[b])
+    sim.heal()
+    sim.run_until_quiet()
+    assert sim.converged()
+    for node in sim.nodes.values():
+        assert set(node.engine.forked_origins()) == forked_origins
+        assert set(node.engine.forked_origins().values()) == {common}
+        assert node.store.digest() == digest(node.store.visible_recipes())
+        assert {f.origin for f in node.store.load_forks()} == forked_origins
+    # Honest recipes all survive; the forked origins show their shared part only.
+    visible = sim.nodes[ids[0]].store.visible_recipes()
+    assert sum(1 for r in visible if r.author in forked_origins) == forkers * common
+    assert sum(1 for r in visible if r.author not in forked_origins) == 3
+
+
+def test_twenty_thousand_origins_reconcile() -> None:
+    config = EngineConfig(batch_size=1000, window=4, sync_interval=5.0, round_timeout=3.0)
+    sim = Simulator(3, seed=9, config=config)
+    a, b, c = sim.ids
+    raws = []
+    for i in range(20_500):
+        key = SigningKey(i.to_bytes(4, "big") * 8)
+        origin = bytes(key.verify_key)
+        op = Op("create", make_recipe_id(origin, 0), None, RecipeFields(f"r{i}", "", ""))
+        raws.append(sign_entry(key, 0, ZERO_HASH, 1_800_000_000_000 << 16, encode_op(op)).raw)
+    sim.inject(a, raws[:11_000])  # a and c share 1,500 origins; b starts empty
+    sim.inject(c, raws[9_500:])
+    sim.connect(a, b)
+    sim.connect(b, c)
+    sim.run_until_quiet(max_time=300)
+    for node in sim.nodes.values():
+        assert node.store.entry_count() == 20_500
+    assert not any(node.rejected for node in sim.nodes.values())
+    # No message anyone sent exceeded the protocol's limit.
+    assert sim.largest_message <= protocol.MAX_MESSAGE_BYTES
