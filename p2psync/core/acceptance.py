@@ -150,7 +150,12 @@ def _check_run(
         # Nothing new: still make sure it is not a fork of what we hold.
         stored = reader.entry_links(origin, already[-1:]).get(already[-1])
         if stored is not None and stored[0] != hashes[-1]:
-            raise _fork_at(reader, run[-1], verify_keys)
+            # Prove the fork where it starts, not where we noticed it.
+            links = reader.entry_links(origin, already)
+            first = next(
+                i for i, e in enumerate(run) if e.seq in links and links[e.seq][0] != hashes[i]
+            )
+            raise _fork_at(reader, run[first], verify_keys)
         return []
     links = reader.entry_links(origin, neighbours + already)
     # Two entries for one seq first: they make a proof anyone can check.

@@ -293,6 +293,10 @@ class SyncEngine(Ledger):
         """Hold a checked proof, and pass it to every peer but the one it came from."""
         actions = super()._learn_fork(proof, source=source)
         if actions:
+            # Reconcile again soon with everyone: if the fork starts lower than
+            # this proof, the next round proves where.
+            for state in self._peers.values():
+                state.resync_wanted = state.connected
             message = protocol.ForkProofMsg(proof.first, proof.second)
             for other in self.connected_peers():
                 if other != source:

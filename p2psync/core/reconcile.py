@@ -161,6 +161,10 @@ def claim_for(ours: Item | None, theirs: Item) -> Claim | None:
     )
     if not lacking and not same_prefix_other_head and not want_proof:
         return None
+    if same_prefix_other_head:
+        # A fork somewhere in our prefix: have all of theirs below it sent, so
+        # the first entry that differs, where the fork starts, is proven.
+        return Claim(ours.origin, 0, BitMap64(), want_proof)
     prefix = max(0, ours.prefix - 1)
     return Claim(ours.origin, prefix, ours.beyond, want_proof)
 

@@ -8,6 +8,7 @@ before anyone is told about it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,10 +28,12 @@ from p2psync.core.store import Store, StoreError
 from p2psync.node.config import NodeConfig
 from p2psync.node.executor import Executor
 from p2psync.node.observer import Observer
+from p2psync.node.restore import UNSYNCED_NAME
 from p2psync.node.service import PeerView, RecipeView, StatusView, UserError
 from p2psync.node.transport import Transport
 
-OWN_HEAD_WAIT_SECONDS = 10.0
+OWN_HEAD_WAIT_SECONDS = 10.0  # a started node with static peers, or a connected peer
+RESTORED_WAIT_SECONDS = 60.0  # a restored node, before it has met any peer
 
 
 class SystemClock:
@@ -107,22 +110,30 @@ class Node:
         self.attach_transport(Transport())
 
     def _round_finished(self, finished: RoundFinished) -> None:
-        if finished.ok:
+        if finished.ok and not self.own_head_settled.is_set():
             self.own_head_settled.set()
+            with contextlib.suppress(OSError):
+                (self.config.data_dir / UNSYNCED_NAME).unlink(missing_ok=True)
 
     async def wait_for_own_head(self) -> None:
         """Before our first write, learn our own log's head from a peer if one is there.
 
         A node restored from an old backup would otherwise reuse seqs its
-        peers already hold with other content. With no peer connected we
-        write at once; a peer that never finishes a round delays the write
-        by OWN_HEAD_WAIT_SECONDS at most, so nobody can block our writes.
+        peers already hold with other content. A restored node (marked by
+        `p2psync restore`) waits up to RESTORED_WAIT_SECONDS for its first
+        round; a node with static peers or a connected peer up to
+        OWN_HEAD_WAIT_SECONDS, so a peer that never finishes a round cannot
+        block our writes; a node with no peer at all writes at once.
         """
         if self.own_head_settled.is_set():
             return
-        if not any(peer.connected for peer in self.transport.peers()):
+        if (self.config.data_dir / UNSYNCED_NAME).exists():
+            wait = RESTORED_WAIT_SECONDS  # restored: it is behind its own log, surely
+        elif self.config.peers or any(peer.connected for peer in self.transport.peers()):
+            wait = OWN_HEAD_WAIT_SECONDS  # a peer is there, or is being dialed
+        else:
             return
-        with trio.move_on_after(OWN_HEAD_WAIT_SECONDS):
+        with trio.move_on_after(wait):
             await self.own_head_settled.wait()
 
     def _announce_change(self) -> None:

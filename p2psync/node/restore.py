@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 MARKER_NAME = "restore-pending"
+UNSYNCED_NAME = "restored-unsynced"  # removed by the node after its first round with a peer
 STAGE_PREFIX = ".restore."
 
 
@@ -79,6 +80,9 @@ def finish_pending_restore(data_dir: Path) -> bool:
         staged = staged_path(data_dir, name)
         if staged.exists():  # else renamed before a crash
             os.replace(staged, data_dir / name)
+    # Until it has met a peer, the restored node must not write: it may be
+    # behind its own log (see Node.wait_for_own_head).
+    (data_dir / UNSYNCED_NAME).touch()
     _fsync_directory(data_dir)
     marker.unlink()
     _fsync_directory(data_dir)

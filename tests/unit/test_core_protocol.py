@@ -80,7 +80,7 @@ def items_of(draw: st.DrawFn, origin: bytes) -> Item:
     """A well-formed item: prefix <= forked_at, beyond strictly between them."""
     forked_at = draw(st.one_of(st.just(NOT_FORKED), st.integers(0, MAX_SEQ)))
     prefix = draw(
-        st.one_of(st.integers(0, min(forked_at, 200)), st.integers(0, min(forked_at, 2**64 - 1)))
+        st.one_of(st.integers(0, min(forked_at, 200)), st.integers(0, min(forked_at, MAX_SEQ + 1)))
     )
     head = ZERO_HASH if prefix == 0 else draw(hashes)
     room = [s for s in draw(st.lists(seqs, max_size=12)) if prefix < s < forked_at]
@@ -445,6 +445,7 @@ def test_item_at_its_lower_bound_is_inside() -> None:
         pytest.param(_item(A, 5, BitMap64([9]), forked_at=9), "bitmap", id="beyond-at-fork"),
         pytest.param(_item(A, 5, forked_at=4), "bitmap", id="prefix-past-fork"),
         pytest.param(_item(A, 5, BitMap64([MAX_SEQ + 1])), "bitmap", id="beyond-max-seq"),
+        pytest.param(_item(A, MAX_SEQ + 2), "bitmap", id="prefix-past-max-seq"),
         pytest.param(
             struct.pack(">32sQ32sQI", A, 3, ZERO_HASH, NOT_FORKED, 0), "malformed", id="no-head"
         ),

@@ -190,12 +190,13 @@ def test_a_fork_at_the_same_prefix_changes_the_fingerprint(fork_seq: int) -> Non
     assert fa.count == fb.count and fa.value != fb.value
     for other in ORIGINS[1:5]:  # every other item is the same
         assert a.get(other) == b.get(other)
-    # Reconciling finds it, and the claim asks for B's version of our last seq.
+    # Reconciling finds it, and the claim asks for all of B's prefix, so that
+    # the first entry that differs (where the fork starts) is proven.
     outcome = exchange(a, b)
     assert [c.origin for c in outcome.claims] == [origin]
     claim = outcome.claims[0]
-    assert (claim.prefix, claim.beyond, claim.want_proof) == (9, BitMap64(), False)
-    assert set(claim.missing_from(BitMap64(range(10)))) == {9}
+    assert (claim.prefix, claim.beyond, claim.want_proof) == (0, BitMap64(), False)
+    assert set(claim.missing_from(BitMap64(range(10)))) == set(range(10))
 
 
 def test_refresh_follows_new_seqs() -> None:
@@ -563,7 +564,7 @@ def test_one_difference_among_thousands_takes_few_rounds(
         if difference != "fork":
             _check_claims(outcome, a_held, b_held)
         else:
-            assert claimed == [target] and outcome.claims[0].prefix == 4
+            assert claimed == [target] and outcome.claims[0].prefix == 0
     else:
         assert claimed == []
     # Answers stay small: one split of FANOUT ranges, or one leaf of items.
@@ -749,8 +750,8 @@ def test_claim_for() -> None:
     claim = claim_for(_it(5, [9]), _it(6))
     assert claim == Claim(ORIGINS[0], 4, BitMap64([9]), False)
     assert claim_for(_it(0, [9]), _it(0, [4])) == Claim(ORIGINS[0], 0, BitMap64([9]), False)
-    # Same prefix, another head: a fork somewhere in it; claimed to get their last one.
-    assert claim_for(_it(5), _it(5, head=2)) == Claim(ORIGINS[0], 4, BitMap64(), False)
+    # Same prefix, another head: a fork somewhere in it; claimed to get all of theirs.
+    assert claim_for(_it(5), _it(5, head=2)) == Claim(ORIGINS[0], 0, BitMap64(), False)
     # They know of a fork we do not: ask for the proof, even with nothing more to get.
     claim = claim_for(_it(5), _it(3, forked_at=3))
     assert claim == Claim(ORIGINS[0], 4, BitMap64(), True)

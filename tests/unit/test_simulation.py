@@ -368,3 +368,20 @@ def test_twenty_thousand_origins_reconcile() -> None:
     assert not any(node.rejected for node in sim.nodes.values())
     # No message anyone sent exceeded the protocol's limit.
     assert sim.largest_message <= protocol.MAX_MESSAGE_BYTES
+
+
+def test_a_long_fork_is_proven_where_it_starts_without_waiting_for_periodic_rounds() -> None:
+    config = EngineConfig(batch_size=7, window=2, sync_interval=1000.0, round_timeout=3.0)
+    sim = Simulator(2, seed=4, config=config)
+    a, b = sim.ids
+    key = SigningKey(b"\x77" * 32)
+    one, other = _branches(key, 2, 8, 8)  # agree on seqs 0-1, then 8 seqs each
+    sim.inject(a, one)
+    sim.inject(b, other)
+    sim.connect(a, b)
+    started = sim.time.now
+    sim.run_until_quiet(max_time=200)
+    origin = bytes(key.verify_key)
+    for node in sim.nodes.values():
+        assert node.engine.forked_origins() == {origin: 2}
+    assert sim.time.now - started < 30, "the fork was walked down one periodic round a seq"
