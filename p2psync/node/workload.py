@@ -45,8 +45,9 @@ async def _generate(
     *,
     publish: bool,
 ) -> None:
+    # No wait_for_own_head here: the synthetic workload starts at once (the
+    # benchmarks time it); only user writes wait to learn the node's own head.
     async with node.local_writes:
-        await node.wait_for_own_head()
         seq = node.engine.next_own_seq()
         ops: list[Op] = []
         for _ in range(count):
