@@ -33,6 +33,7 @@ API::
         async def wait_for_mesh_peer(self, topic, peer_id, timeout) -> None
         def drop_counts(self) -> dict[str, int]
         async def ping(self, peer_id: str, timeout: float = 5.0) -> float | None
+        def heard_from(self, peer_id: str, within: float) -> bool
 
     PeerEvent(kind: "connected" | "disconnected" | "misbehaved", peer_id, addr, direction)
     Received(sender, data)                             # a NamedTuple
@@ -300,6 +301,16 @@ class Libp2pHost:
                     await _reset_quietly(stream)
         return None
 
+    def heard_from(self, peer_id: str, within: float) -> bool:
+        """True if the peer's pubsub stream delivered bytes in the last ``within`` s.
+
+        A ping queues behind everything the connection already carries, so a
+        peer busy sending us a backfill or a flood can miss pings while its
+        data keeps arriving; this tells the two apart.
+        """
+        heard = self._pubsub.last_heard.get(ID.from_base58(peer_id))
+        return heard is not None and trio.current_time() - heard <= within
+
     # -- internals -----------------------------------------------------------
 
     def _on_conn_opened(self, conn: INetConn) -> None:
@@ -320,6 +331,7 @@ class Libp2pHost:
         conns.discard(conn)
         if not conns:
             del self._conns[peer]
+            self._pubsub.last_heard.pop(peer, None)
             self._emit(
                 PeerEvent(
                     "disconnected", peer.to_base58(), _remote_addr_of(conn), _direction_of(conn)

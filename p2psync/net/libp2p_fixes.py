@@ -18,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Callable, Container, Iterable
-from typing import Any
+from typing import Any, cast
 
 import multiaddr
 import trio
-from libp2p.abc import IHost, INetConn, INetStream
+from libp2p.abc import IHost, INetConn, INetStream, ISubscriptionAPI
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
@@ -175,9 +176,30 @@ GOSSIPSUB_PROTOCOLS = (MESHSUB_V11, MESHSUB_V10)
 QUEUE_HIGH_WATER = OutBoundQueueSize - 4
 
 
-class _CountingGossipSub(GossipSub):
-    """Drops inside the router (forwarded messages, races) are only logged at
-    DEBUG by py-libp2p; this reports them through ``on_drop(reason, count)``."""
+class P2psyncGossipSub(GossipSub):
+    """The router, with two corrections.
+
+    - Drops inside the router (forwarded messages, races) are only logged at
+      DEBUG by py-libp2p; this reports them through ``on_drop(reason, count)``.
+    - Mesh back-off never blocks a pair topic for long. py-libp2p keeps a
+      peer's back-off per topic (``back_off``: 10 s after an unsubscribe PRUNE,
+      60 s after any other) across unsubscribe/subscribe and even across
+      reconnects (``remove_peer`` leaves it), and it refuses a GRAFT that
+      comes during back-off or within 10 s of that peer's own PRUNE ("GRAFT
+      flood", ``graft_flood_tracking``, checked whatever
+      ``spam_protection_enabled`` says) with a PRUNE that stretches the
+      back-off to 60 s on both sides. A sync session that ends and starts
+      again (a reconnect, a resumed session) unsubscribes and resubscribes
+      its pair topic, and its GRAFT goes out before its subscription (control
+      RPCs jump the queue), so the two peers could not re-form that mesh for
+      10 to 60 s: measured 9.5 s for every resubscribe here, and a minute
+      after a GRAFT crossed the back-off, sessions connected but silent. So a
+      GRAFT is taken on its merits (``handle_graft`` forgets the sender's
+      back-off first), and ``forget_backoff`` also runs when a peer announces
+      a subscription and when we subscribe (``RoutedPubsub``): a
+      (re)subscription starts the membership afresh. Our own heartbeat still
+      respects back-off, so a peer we PRUNEd is not grafted straight back.
+    """
 
     def __init__(self, *args: Any, on_drop: Callable[[str, int], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -188,15 +210,31 @@ class _CountingGossipSub(GossipSub):
             self._on_drop(reason, len(rpc.publish))
         super()._handle_dropped_rpc(peer_id, rpc, reason)
 
+    async def handle_graft(self, graft_msg: rpc_pb2.ControlGraft, sender_peer_id: ID) -> None:
+        self.forget_backoff(graft_msg.topicID, sender_peer_id)
+        await super().handle_graft(graft_msg, sender_peer_id)
 
-def new_gossipsub(on_drop: Callable[[str, int], None]) -> GossipSub:
+    def forget_backoff(self, topic: str, peer: ID | None = None) -> None:
+        """Drop back-off and GRAFT-flood state for ``peer`` (every peer if None) on ``topic``."""
+        if peer is None:
+            self.back_off.pop(topic, None)
+            for pruned in self.graft_flood_tracking.values():
+                pruned.pop(topic, None)
+            return
+        self.back_off.get(topic, {}).pop(peer, None)
+        pruned_by = self.graft_flood_tracking.get(peer)
+        if pruned_by is not None:
+            pruned_by.pop(topic, None)
+
+
+def new_gossipsub(on_drop: Callable[[str, int], None]) -> P2psyncGossipSub:
     """The router: heartbeat 1 s, default mesh degrees, default score parameters
     (all thresholds -inf: scoring never gates our traffic).
 
     Adaptive gossip, spam and eclipse protection are off: with them on,
     throughput collapses to about 10 msg/s per topic.
     """
-    return _CountingGossipSub(
+    return P2psyncGossipSub(
         protocols=list(GOSSIPSUB_PROTOCOLS),
         degree=6,
         degree_low=4,
@@ -227,12 +265,35 @@ class RoutedPubsub(Pubsub):
       restarted within that time under the same peer id would reuse its last
       life's ids and have those messages dropped as duplicates. Seqnos start
       at nanoseconds here, room for a billion messages a second between lives.
+    - Every RPC written to a peer's pubsub stream goes through ``write_msg``,
+      and here one writer at a time per stream (``_write_locks``). py-libp2p
+      has several writers on that one stream: the per-peer queue task
+      (``Pubsub.handle_sending_messages``) and, bypassing the queue,
+      ``GossipSub.send_recent_messages`` (the mcache replay to a peer that
+      just subscribed, spawned by ``Pubsub.handle_subscription`` and
+      ``_handle_new_peer``) and ``GossipSub.flush_pending_messages`` (the
+      hello is written before the stream is registered, so alone). yamux
+      writes a message as several frames (at most 64 KiB each, fewer when the
+      send window is short) and yields between them, so two writers
+      interleave their frames: the receiver's varint-delimited protobuf
+      stream is corrupt (DecodeError) and the peer is cut and redialed.
+      Measured: a peer subscribing while large messages flowed to it read
+      garbage 25 times in 8 s; never since.
+    - A subscription, ours or a peer's, clears the router's back-off for it
+      (``P2psyncGossipSub.forget_backoff``), so a resubscribed pair topic
+      meshes again at once instead of after 10 to 60 s.
+    - ``last_heard[peer]``: when the peer's pubsub stream last delivered
+      bytes (trio time). A ping waits behind whatever the connection already
+      carries: while a large backfill streams (yamux lets a stream's window
+      grow to 16 MiB) or a flood arrives faster than the reader takes it,
+      pings took 1 to 3 s and more here and health checks cut busy, healthy
+      peers. A peer whose data keeps arriving is alive.
     """
 
     def __init__(
         self,
         host: IHost,
-        router: GossipSub,
+        router: P2psyncGossipSub,
         *,
         deliver: Callable[[rpc_pb2.Message], None],
         on_bad_stream: Callable[[ID, str], None],
@@ -242,6 +303,28 @@ class RoutedPubsub(Pubsub):
         self._deliver = deliver
         self._on_bad_stream = on_bad_stream
         self.counter = time.time_ns()
+        self._router = router
+        self.last_heard: dict[ID, float] = {}
+        self._write_locks: weakref.WeakKeyDictionary[INetStream, trio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def subscribe(self, topic_id: str) -> ISubscriptionAPI:
+        # Before the announcement goes out: the peers' GRAFTs answer it.
+        self._router.forget_backoff(topic_id)
+        return await super().subscribe(topic_id)
+
+    def handle_subscription(self, origin_id: ID, sub_message: rpc_pb2.RPC.SubOpts) -> None:
+        if sub_message.subscribe:
+            self._router.forget_backoff(sub_message.topicid, origin_id)
+        super().handle_subscription(origin_id, sub_message)
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        lock = self._write_locks.get(stream)
+        if lock is None:
+            lock = self._write_locks[stream] = trio.Lock()
+        async with lock:
+            return await super().write_msg(stream, rpc_msg)
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         self._deliver(publish_message)
@@ -249,13 +332,32 @@ class RoutedPubsub(Pubsub):
     async def continuously_read_stream(self, stream: INetStream) -> None:
         peer_id = stream.muxed_conn.peer_id
         try:
-            await super().continuously_read_stream(stream)
+            await super().continuously_read_stream(cast(INetStream, _ReadWatcher(stream, self)))
         except Exception as exc:
             logger.warning("unreadable pubsub stream from %s: %r", peer_id, exc)
             with contextlib.suppress(Exception):
                 await stream.reset()
             self._handle_dead_peer(peer_id)
             self._on_bad_stream(peer_id, type(exc).__name__)
+
+
+class _ReadWatcher:
+    """A pubsub stream as ``Pubsub.continuously_read_stream`` reads it, noting
+    in ``pubsub.last_heard`` each time bytes arrive."""
+
+    def __init__(self, stream: INetStream, pubsub: RoutedPubsub) -> None:
+        self._stream = stream
+        self._peer = stream.muxed_conn.peer_id
+        self._last_heard = pubsub.last_heard
+
+    async def read(self, n: int | None = None) -> bytes:
+        data = await self._stream.read(n)
+        if data:
+            self._last_heard[self._peer] = trio.current_time()
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def send_targets(pubsub: Pubsub, router: GossipSub, topic: str) -> tuple[set[ID], str | None]:

@@ -263,12 +263,18 @@ class NetworkTransport(Transport):
                 self.observer.dropped(f"publish_{result.reason}")
 
     async def _health_check(self, session: _Session) -> None:
-        """Notice a peer that vanished without closing its connection."""
+        """Notice a peer that vanished without closing its connection.
+
+        A ping queues behind what the connection already carries; a peer whose
+        pubsub data arrived while we waited for its answer is busy, not gone,
+        so a late ping from it is no miss.
+        """
         failures = 0
         while True:
             await trio.sleep(HEALTH_INTERVAL)
             rtt = await self.host.ping(session.peer_id, timeout=HEALTH_TIMEOUT)
-            failures = 0 if rtt is not None else failures + 1
+            alive = rtt is not None or self.host.heard_from(session.peer_id, HEALTH_TIMEOUT)
+            failures = 0 if alive else failures + 1
             if failures >= HEALTH_FAILURES:
                 log.info("peer %s stopped answering pings; disconnecting", session.peer_id)
                 self.table.set_state(session.peer_id, "failed")

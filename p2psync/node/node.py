@@ -81,6 +81,7 @@ class Node:
         # Set once a round with a peer has finished: by then we know whether
         # peers hold more of our own log than we do (a restored old backup).
         self.own_head_settled = trio.Event()
+        self._head_wait_done = False
         self.executor = Executor(
             self.engine,
             store,
@@ -125,7 +126,7 @@ class Node:
         OWN_HEAD_WAIT_SECONDS, so a peer that never finishes a round cannot
         block our writes; a node with no peer at all writes at once.
         """
-        if self.own_head_settled.is_set():
+        if self.own_head_settled.is_set() or self._head_wait_done:
             return
         if (self.config.data_dir / UNSYNCED_NAME).exists():
             wait = RESTORED_WAIT_SECONDS  # restored: it is behind its own log, surely
@@ -135,6 +136,9 @@ class Node:
             return
         with trio.move_on_after(wait):
             await self.own_head_settled.wait()
+        # Waited once: later writes of this process go ahead at once (the
+        # restored mark stays until a round really finishes).
+        self._head_wait_done = True
 
     def _announce_change(self) -> None:
         self.changed.set()

@@ -217,3 +217,106 @@ async def test_stream_protocol_roundtrip() -> None:
             await stream.write(b"hello")
             assert await stream.read(1024) == b"olleh"
             await stream.close()
+
+
+async def test_large_rpcs_and_the_replay_to_a_new_subscriber_do_not_interleave() -> None:
+    # py-libp2p writes to one pubsub stream from its per-peer queue and, past
+    # the queue, from the mcache replay to a peer that just subscribed; yamux
+    # splits each write into frames and yields between them. Unserialised,
+    # the receiver read garbage (DecodeError) 25 times in 8 s here.
+    big, replay = "/p2psync/test/v1/big", "/p2psync/test/v1/replay"
+    count, size = 16, 600_000
+    with trio.fail_after(60):
+        async with (
+            open_libp2p_host(seed("frames-a"), LOOPBACK, 0) as a,
+            open_libp2p_host(seed("frames-b"), LOOPBACK, 0) as b,
+            trio.open_nursery() as nursery,
+        ):
+            sub_big = await b.subscribe(big)
+            await a.subscribe(big)
+            await a.subscribe(replay)
+            for i in range(60):  # nobody to send to yet: they wait in a's mcache
+                await a.publish(replay, b"%d" % i + bytes(2000), timeout=0)
+            await b.connect(loopback_addr(a))
+            await a.wait_for_mesh_peer(big, b.peer_id, 5)
+            misbehaved: list[PeerEvent] = []
+
+            async def watch(host: Libp2pHost) -> None:
+                async for event in host.peer_events:
+                    if event.kind == "misbehaved":
+                        misbehaved.append(event)
+
+            async def send_big() -> None:
+                for i in range(count):
+                    assert await a.publish(big, bytes([i]) * size, timeout=20)
+
+            nursery.start_soon(watch, a)
+            nursery.start_soon(watch, b)
+            nursery.start_soon(send_big)
+            got = [await sub_big.receive()]
+            await b.subscribe(replay)  # a replays its mcache while the big ones flow
+            while len(got) < count and not misbehaved:
+                with trio.move_on_after(10):
+                    got.append(await sub_big.receive())
+            nursery.cancel_scope.cancel()
+    assert misbehaved == []
+    assert [m.data[0] for m in got] == list(range(count))
+    assert "recv_bad_rpc" not in a.drop_counts()
+    assert "recv_bad_rpc" not in b.drop_counts()
+
+
+async def test_a_resubscribed_or_reconnected_topic_meshes_again_at_once() -> None:
+    # A sync session that restarts unsubscribes and resubscribes its pair
+    # topic. py-libp2p's back-off kept that mesh from forming for 10 s (60 s
+    # once a GRAFT crossed it), while the session sat connected and silent.
+    topic = sync_topic("test", "12D3KooWA", "12D3KooWB")
+
+    async def meshed(a: Libp2pHost, b: Libp2pHost) -> None:
+        with trio.fail_after(4):
+            await a.wait_for_mesh_peer(topic, b.peer_id, 4)
+            await b.wait_for_mesh_peer(topic, a.peer_id, 4)
+
+    async with (
+        open_libp2p_host(seed("backoff-a"), LOOPBACK, 0) as a,
+        open_libp2p_host(seed("backoff-b"), LOOPBACK, 0) as b,
+    ):
+        await a.subscribe(topic)
+        await b.subscribe(topic)
+        await b.connect(loopback_addr(a))
+        await meshed(a, b)
+        for _ in range(2):  # a session restart on b while connected
+            await b.unsubscribe(topic)
+            await trio.sleep(0.5)
+            await b.subscribe(topic)
+            await meshed(a, b)
+        for _ in range(2):  # a reconnect: both sessions end and start again
+            await b.disconnect(a.peer_id)
+            await next_event(a, "disconnected", b.peer_id)
+            await a.unsubscribe(topic)
+            await b.unsubscribe(topic)
+            await b.connect(loopback_addr(a))
+            await a.subscribe(topic)
+            await b.subscribe(topic)
+            await meshed(a, b)
+
+
+async def test_heard_from_tells_a_busy_peer_from_a_silent_one() -> None:
+    topic = "/p2psync/test/v1/heard"
+    with trio.fail_after(20):
+        async with (
+            open_libp2p_host(seed("heard-a"), LOOPBACK, 0) as a,
+            open_libp2p_host(seed("heard-b"), LOOPBACK, 0) as b,
+        ):
+            assert not b.heard_from(a.peer_id, 60)
+            sub = await b.subscribe(topic)
+            await a.subscribe(topic)
+            await a.connect(loopback_addr(b))
+            await a.wait_for_mesh_peer(topic, b.peer_id, 5)
+            assert await a.publish(topic, b"hello")
+            await sub.receive()
+            assert b.heard_from(a.peer_id, 1)
+            await trio.sleep(0.3)
+            assert not b.heard_from(a.peer_id, 0.1)
+            await a.disconnect(b.peer_id)
+            await next_event(b, "disconnected", a.peer_id)
+            assert not b.heard_from(a.peer_id, 60)
