@@ -244,10 +244,7 @@ class SyncEngine(Ledger):
         incoming.last_activity = now.monotonic
         if message.ranges == (_IN_SYNC,):
             return self._complete_incoming(peer, state, now)
-        for reply in message.ranges:
-            if isinstance(reply, protocol.ItemsRange):
-                for item in reply.items:
-                    state.differs[item.origin] = item.count()
+        self._note_holdings(state, message.ranges)
         questions, claims = follow_up(self._index, incoming.pending, message.ranges)
         actions: list[Action] = [
             _send(peer, protocol.Recon(message.round, 0, group), MessageKind.RECON)
@@ -264,6 +261,18 @@ class SyncEngine(Ledger):
             actions.append(_send(peer, want, MessageKind.WANT))
         incoming.want_final_sent = final
         return actions
+
+    def _note_holdings(self, state: PeerState, answers: Sequence[protocol.Range]) -> None:
+        """Remember what the peer holds where it differs from us (`peer_claims`)."""
+        for reply in answers:
+            if isinstance(reply, protocol.ItemsRange):
+                theirs = {item.origin: item.count() for item in reply.items}
+                for ours in self._index.items(reply.lower, reply.upper):
+                    theirs.setdefault(ours.origin, 0)  # an origin they hold none of
+                state.differs.update(theirs)
+            elif isinstance(reply, protocol.DoneRange) and state.differs:
+                for origin in [o for o in state.differs if reply.lower <= o < reply.upper]:
+                    del state.differs[origin]
 
     def _on_want(
         self, peer: str, state: PeerState, message: protocol.Want, now: Now

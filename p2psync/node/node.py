@@ -111,8 +111,13 @@ class Node:
         self.attach_transport(Transport())
 
     def _round_finished(self, finished: RoundFinished) -> None:
-        if finished.ok and not self.own_head_settled.is_set():
-            self.own_head_settled.set()
+        if not finished.ok or self.own_head_settled.is_set():
+            return
+        restored = (self.config.data_dir / UNSYNCED_NAME).exists()
+        if restored and not self.engine.peer_claims().get(finished.peer, {}).get(self.engine.me):
+            return  # this peer holds none of our log: it cannot tell us our head
+        self.own_head_settled.set()
+        if restored:
             with contextlib.suppress(OSError):
                 (self.config.data_dir / UNSYNCED_NAME).unlink(missing_ok=True)
 
