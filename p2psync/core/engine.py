@@ -282,7 +282,7 @@ class SyncEngine(Ledger):
             return []
         out.last_activity = now.monotonic
         actions: list[Action] = []
-        forked = {origin: proof.seq for origin, proof in self._forks.items()}
+        forked = self.forked_origins()
         for origin in add_lacking(out.lacking, message.claims, self._progress, forked):
             proof = self._forks[origin]
             fork_message = protocol.ForkProofMsg(proof.first, proof.second)

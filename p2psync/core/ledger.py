@@ -186,23 +186,18 @@ class Ledger:
         actions: list[Action] = []
         if verdict.accepted:
             next_own = self.next_own_seq()
-            new_by_origin: dict[bytes, list[int]] = {}
+            new_by_origin: dict[bytes, dict[int, bytes]] = {}  # origin -> {seq: hash}
             for accepted in verdict.accepted:
                 entry = accepted.entry
-                new_by_origin.setdefault(entry.origin, []).append(entry.seq)
+                new_by_origin.setdefault(entry.origin, {})[entry.seq] = accepted.entry_hash()
                 self._clock.observe(entry.hlc, now.wall_ms)
                 if entry.origin == self.me and entry.seq >= next_own:
                     # Our own entries coming back (restored from a peer after data loss).
                     next_own = entry.seq + 1
                     self._head_hash = accepted.entry_hash()
-            hashes: dict[bytes, dict[int, bytes]] = {}
-            for accepted in verdict.accepted:
-                hashes.setdefault(accepted.entry.origin, {})[accepted.entry.seq] = (
-                    accepted.entry_hash()
-                )
-            for origin, seqs in new_by_origin.items():
-                self._progress.add(origin, seqs)
-                self._index.refresh(origin, hashes[origin])
+            for origin, hashes in new_by_origin.items():
+                self._progress.add(origin, list(hashes))
+                self._index.refresh(origin, hashes)
             progress = {origin: BitMap64(self._progress.held(origin)) for origin in new_by_origin}
             actions.append(Persist(tuple(verdict.accepted), progress, source, peer))
         actions.extend(verdict.rejected)

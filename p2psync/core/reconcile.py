@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 from pyroaring import BitMap64
 
@@ -41,6 +42,7 @@ LEAF_ITEMS = 32  # a range with at most this many items is answered with its ite
 FANOUT = 16  # a larger range is split into this many
 MAX_ANSWER_ITEMS = 8_000  # items in one answer, whatever was asked (~1 MB)
 _MESSAGE_ROOM = protocol.MAX_MESSAGE_BYTES - 64
+_Part = TypeVar("_Part", Range, Claim)
 
 
 def whole_range(index: ItemIndex) -> FingerprintRange:
@@ -170,33 +172,25 @@ def claim_for(ours: Item | None, theirs: Item) -> Claim | None:
 
 
 def pack_ranges(ranges: Sequence[Range]) -> list[tuple[Range, ...]]:
-    """Cut ranges into groups that each fit one RECON message."""
-    groups: list[tuple[Range, ...]] = []
-    current: list[Range] = []
-    size = 0
-    for r in ranges:
-        length = len(encode_range(r))
-        if current and size + length > _MESSAGE_ROOM:
-            groups.append(tuple(current))
-            current, size = [], 0
-        current.append(r)
-        size += length
-    if current or not groups:
-        groups.append(tuple(current))
-    return groups
+    """Cut ranges into groups that each fit one RECON message (at least one group)."""
+    return _pack(ranges, encode_range) or [()]
 
 
 def pack_claims(claims: Sequence[Claim]) -> list[tuple[Claim, ...]]:
-    """Cut claims into groups that each fit one WANT message."""
-    groups: list[tuple[Claim, ...]] = []
-    current: list[Claim] = []
+    """Cut claims into groups that each fit one WANT message (none for no claims)."""
+    return _pack(claims, encode_claim)
+
+
+def _pack(parts: Sequence[_Part], encode: Callable[[_Part], bytes]) -> list[tuple[_Part, ...]]:
+    groups: list[tuple[_Part, ...]] = []
+    current: list[_Part] = []
     size = 0
-    for claim in claims:
-        length = len(encode_claim(claim))
+    for part in parts:
+        length = len(encode(part))
         if current and size + length > _MESSAGE_ROOM:
             groups.append(tuple(current))
             current, size = [], 0
-        current.append(claim)
+        current.append(part)
         size += length
     if current:
         groups.append(tuple(current))
