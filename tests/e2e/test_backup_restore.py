@@ -6,9 +6,7 @@ The restored node is the same peer with the same recipes. Loopback only,
 
 from __future__ import annotations
 
-import signal
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +14,6 @@ import pytest
 from tests.e2e.helpers import NodeProcess, run_cli, start_node
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[NodeProcess]]:
-    started: list[NodeProcess] = []
-    yield started
-    for node in started:
-        node.stop(signal.SIGKILL)
 
 
 def test_backup_while_running_then_restore_into_a_fresh_data_dir(

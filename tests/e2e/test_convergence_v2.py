@@ -9,8 +9,7 @@ entries of keys that belong to no node.
 from __future__ import annotations
 
 import secrets
-import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +31,6 @@ pytestmark = pytest.mark.e2e
 
 FORKS = "p2psync_forks_detected_total"
 OVERSIZED = dropped("oversized")
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[NodeProcess]]:
-    started: list[NodeProcess] = []
-    yield started
-    for node in started:
-        node.stop(signal.SIGKILL)
 
 
 @pytest.fixture
