@@ -6,9 +6,14 @@ place, so a refusal half way through a batch leaves no trace.
 
 Per batch: entries are grouped by origin; two different entries for one seq
 in the same batch is a fork. Each origin's entries are split into contiguous
-runs; a run is authenticated by its hash links plus ONE signature (its last
-entry's), or by a held successor that links to it; live entries are checked
-one signature each. Held neighbours must link to the run, or it is a fork.
+runs; a run is authenticated by its hash links plus the signatures of its
+checkpoints (`forks.is_checkpoint`, one seq in 16) and of its last entry,
+unless a held successor links to it; live entries are checked one signature
+each. So every entry we hold is at most `MAX_CHAIN` links from one whose
+signature we checked, which keeps any fork provable in a short proof. Held
+neighbours must link to the run, or it is a fork. An entry `MAX_AHEAD` or
+more past the origin's held prefix is refused for now (it comes later, in
+order), so no origin's held-beyond bitmap can outgrow a message.
 """
 
 from __future__ import annotations
@@ -22,9 +27,15 @@ from pyroaring import BitMap64
 from p2psync.core.actions import Accepted, Rejected
 from p2psync.core.entry import Entry, decode_entry, entry_hash, verify_signature
 from p2psync.core.errors import RemoteError
-from p2psync.core.forks import ForkProof, make_fork_proof
+from p2psync.core.forks import (
+    MAX_CHAIN,
+    ForkProof,
+    authentic_chain,
+    is_checkpoint,
+    make_fork_proof,
+)
 from p2psync.core.ops import Op, decode_op
-from p2psync.core.progress import Progress
+from p2psync.core.progress import MAX_AHEAD, Progress, contiguous_prefix
 from p2psync.core.reasons import Reason
 from p2psync.core.recipes import is_by_author
 from p2psync.core.store import LogReader
@@ -40,11 +51,13 @@ class Verdict:
 
 
 class _Fork(RemoteError):
-    """A run differs from what we hold at one seq: both entries are at hand."""
+    """A run differs from what we hold at one seq: both sides are at hand."""
 
-    def __init__(self, message: str, held_raw: bytes | None, received: Entry) -> None:
+    def __init__(
+        self, message: str, held: tuple[Entry, ...] | None, received: tuple[Entry, ...]
+    ) -> None:
         super().__init__(message, reason=Reason.FORK)
-        self.held_raw = held_raw
+        self.held = held  # our chain from the forked seq to a signed entry, if we have one
         self.received = received
 
 
@@ -92,7 +105,12 @@ def check_entries(
         if past_fork:
             detail = f"origin is proven forked at seq {fork}"
             verdict.rejected.append(Rejected(peer, Reason.FORKED, len(past_fork), detail))
-        ordered = sorted((e for e in entries.values() if e.seq < fork), key=lambda e: e.seq)
+        limit = min(fork, contiguous_prefix(held_seqs) + MAX_AHEAD)
+        ahead = [e for e in entries.values() if limit <= e.seq < fork]
+        if ahead:
+            detail = f"seq {min(e.seq for e in ahead)} is too far past the held prefix; later"
+            verdict.rejected.append(Rejected(peer, Reason.AHEAD, len(ahead), detail))
+        ordered = sorted((e for e in entries.values() if e.seq < limit), key=lambda e: e.seq)
         for run in _contiguous_runs(ordered):
             try:
                 new = _check_run(run, held_seqs, reader, verify_keys, verify_each)
@@ -155,20 +173,25 @@ def _check_run(
             first = next(
                 i for i, e in enumerate(run) if e.seq in links and links[e.seq][0] != hashes[i]
             )
-            raise _fork_at(reader, run[first], verify_keys)
+            raise _fork_at(reader, run[first:], verify_keys)
         return []
     links = reader.entry_links(origin, neighbours + already)
     # Two entries for one seq first: they make a proof anyone can check.
     for i, entry in enumerate(run):
         stored = links.get(entry.seq)
         if stored is not None and stored[0] != hashes[i]:
-            raise _fork_at(reader, entry, verify_keys)
+            raise _fork_at(reader, run[i:], verify_keys)
     # A held successor that links to this run authenticates it as well as a
     # signature would: it was itself authenticated when we took it.
     vouched = last + 1 in links and links[last + 1][1] == hashes[-1]
-    if not vouched:
-        for entry in run if verify_each else run[-1:]:
-            verify_signature(entry, verify_keys)
+    if verify_each:
+        signed = run
+    else:
+        signed = [e for e in run[:-1] if is_checkpoint(e.seq)]
+        if not vouched or is_checkpoint(last):
+            signed.append(run[-1])
+    for entry in signed:
+        verify_signature(entry, verify_keys)
     if first - 1 in links and links[first - 1][0] != run[0].prev:
         raise RemoteError("entry does not link to the one held before it", reason=Reason.FORK)
     if last + 1 in links and links[last + 1][1] != hashes[-1]:
@@ -176,19 +199,48 @@ def _check_run(
     return [(e, hashes[i]) for i, e in enumerate(run) if e.seq not in held]
 
 
-def _fork_at(reader: LogReader, received: Entry, verify_keys: dict[bytes, VerifyKey]) -> _Fork:
-    """A fork at `received`'s seq, if it is signed; a forgery is only a bad signature."""
-    verify_signature(received, verify_keys)
-    held_raw = reader.read_raw(received.origin, [received.seq]).get(received.seq)
-    return _Fork("entry differs from the one held", held_raw, received)
+def _fork_at(
+    reader: LogReader, received: list[Entry], verify_keys: dict[bytes, VerifyKey]
+) -> _Fork:
+    """A fork where `received` (a run from the differing entry on) meets what we hold.
+
+    The received side must be vouched for by a signature within MAX_CHAIN
+    entries, in the run or past it in our log; otherwise it is a forgery,
+    refused as a bad signature. Our side may lack a proof if we took it under
+    older rules; the fork is refused all the same.
+    """
+    start = received[0]
+    origin, seq = start.origin, start.seq
+    stored = reader.read_raw(origin, list(range(seq, seq + MAX_CHAIN)))
+    tail = _held_chain(stored, received[-1].seq + 1, seq + MAX_CHAIN)
+    chain = authentic_chain([*received[:MAX_CHAIN], *tail], verify_keys)
+    if chain is None:
+        raise RemoteError(
+            f"entry seq {seq} differs from the one held and no signature within"
+            f" {MAX_CHAIN} entries vouches for it",
+            reason=Reason.SIGNATURE,
+        )
+    held = authentic_chain(_held_chain(stored, seq, seq + MAX_CHAIN), verify_keys)
+    return _Fork("entry differs from the one held", held, chain)
+
+
+def _held_chain(stored: dict[int, bytes], first: int, end: int) -> list[Entry]:
+    """Our held entries from `first` on while they run on without a gap (before `end`)."""
+    entries: list[Entry] = []
+    for seq in range(first, end):
+        raw = stored.get(seq)
+        if raw is None:
+            break
+        entries.append(decode_entry(raw))
+    return entries
 
 
 def _proof_of(fork: _Fork, verify_keys: dict[bytes, VerifyKey]) -> ForkProof | None:
-    """The proof the two entries make, if both are validly signed (else none)."""
-    if fork.held_raw is None:
+    """The proof the two sides make, if both are vouched for (else none)."""
+    if fork.held is None:
         return None
     try:
-        return make_fork_proof(decode_entry(fork.held_raw), fork.received, verify_keys)
+        return make_fork_proof(fork.held, fork.received, verify_keys)
     except RemoteError:
         return None
 

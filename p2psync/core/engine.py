@@ -40,7 +40,7 @@ from p2psync.core.actions import (
 )
 from p2psync.core.entry import decode_entry
 from p2psync.core.errors import RemoteError
-from p2psync.core.forks import ForkProof, decode_fork_proof
+from p2psync.core.forks import ForkProof, decode_fork_proof, encode_side
 from p2psync.core.hlc import Now
 from p2psync.core.items import MAX_BOUND, MIN_BOUND
 from p2psync.core.ledger import EngineConfig, Ledger
@@ -130,8 +130,8 @@ class SyncEngine(Ledger):
         return self._start_round(peer, state, now, reply_wanted=True)
 
     def tick(self, now: Now) -> list[Action]:
-        """Time passed: fail stalled rounds, start periodic ones."""
-        actions: list[Action] = []
+        """Time passed: fail stalled rounds, start periodic ones, record a waiting fork."""
+        actions = self._due_rewrites(now)
         timeout = self.config.round_timeout
         for peer, state in self._peers.items():
             if not state.connected:
@@ -178,7 +178,7 @@ class SyncEngine(Ledger):
         if isinstance(message, protocol.Want):
             return self._on_want(peer, state, message, now)
         if isinstance(message, protocol.ForkProofMsg):
-            return self._on_fork_proof(peer, message)
+            return self._on_fork_proof(peer, message, now)
         if isinstance(message, protocol.Batch):
             return self._on_batch(peer, state, message, now)
         if isinstance(message, protocol.Ack):
@@ -285,28 +285,29 @@ class SyncEngine(Ledger):
         forked = self.forked_origins()
         for origin in add_lacking(out.lacking, message.claims, self._progress, forked):
             proof = self._forks[origin]
-            fork_message = protocol.ForkProofMsg(proof.first, proof.second)
+            fork_message = _proof_message(proof)
             actions.append(_send(peer, fork_message, MessageKind.FORK_PROOF))
         out.want_final = message.final
         actions.extend(self._pump(peer, state))
         return actions
 
-    def _on_fork_proof(self, peer: str, message: protocol.ForkProofMsg) -> list[Action]:
+    def _on_fork_proof(self, peer: str, message: protocol.ForkProofMsg, now: Now) -> list[Action]:
         try:
             proof = decode_fork_proof(message.first, message.second, self._verify_keys)
         except RemoteError as exc:
             return [Dropped(peer, exc.reason, str(exc))]
-        return self._learn_fork(proof, source=peer)
+        return self._learn_fork(proof, now, source=peer)
 
-    def _learn_fork(self, proof: ForkProof, *, source: str | None) -> list[Action]:
+    def _learn_fork(self, proof: ForkProof, now: Now, *, source: str | None) -> list[Action]:
         """Hold a checked proof, and pass it to every peer but the one it came from."""
-        actions = super()._learn_fork(proof, source=source)
-        if actions:
+        before = self._forks.get(proof.origin)
+        actions = super()._learn_fork(proof, now, source=source)
+        if self._forks.get(proof.origin) is not before:  # news: the fork is new or lower
             # Reconcile again soon with everyone: if the fork starts lower than
             # this proof, the next round proves where.
             for state in self._peers.values():
                 state.resync_wanted = state.connected
-            message = protocol.ForkProofMsg(proof.first, proof.second)
+            message = _proof_message(proof)
             for other in self.connected_peers():
                 if other != source:
                     actions.append(_send(other, message, MessageKind.FORK_PROOF))
@@ -416,3 +417,7 @@ class SyncEngine(Ledger):
 
 def _send(peer: str, message: protocol.Message, kind: MessageKind) -> SendTo:
     return SendTo(peer, protocol.encode(message), kind)
+
+
+def _proof_message(proof: ForkProof) -> protocol.ForkProofMsg:
+    return protocol.ForkProofMsg(encode_side(proof.first), encode_side(proof.second))

@@ -25,7 +25,13 @@ from pyroaring import BitMap64
 
 from p2psync.core.entry import MAX_SEQ, ZERO_HASH
 from p2psync.core.errors import RemoteError
-from p2psync.core.progress import Progress, contiguous_prefix, decode_bitmap, encode_bitmap
+from p2psync.core.progress import (
+    MAX_AHEAD,
+    Progress,
+    contiguous_prefix,
+    decode_bitmap,
+    encode_bitmap,
+)
 from p2psync.core.reasons import Reason
 from p2psync.core.store import LogReader
 
@@ -89,6 +95,8 @@ def decode_item(data: memoryview, offset: int) -> tuple[Item, int]:
         raise RemoteError(f"item claims {prefix} entries", reason=Reason.BITMAP)
     if prefix > forked_at or (beyond and (beyond.min() <= prefix or beyond.max() >= forked_at)):
         raise RemoteError("item bitmap overlaps its prefix or fork", reason=Reason.BITMAP)
+    if beyond and beyond.max() >= prefix + MAX_AHEAD:
+        raise RemoteError("item claims seqs too far past its prefix", reason=Reason.BITMAP)
     if (prefix == 0) != (head == ZERO_HASH):
         raise RemoteError("item head does not match its prefix", reason=Reason.MALFORMED)
     return Item(origin, prefix, head, beyond, forked_at), offset

@@ -27,6 +27,10 @@ from p2psync.core.progress import Progress
 from p2psync.core.reasons import Source
 from p2psync.core.store import LogReader
 
+# A lower fork proof of an already forked origin rewrites the author's recipes;
+# no more than one such rewrite per this many seconds (see Ledger._learn_fork).
+FORK_REWRITE_INTERVAL = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
@@ -72,6 +76,8 @@ class Ledger:
         self._clock = HybridClock(max(min(last_hlc, ceiling), own_head_hlc))
         self._verify_keys: dict[bytes, VerifyKey] = {}
         self._forks: dict[bytes, ForkProof] = {proof.origin: proof for proof in forks}
+        self._rewrites_due: dict[bytes, ForkProof] = {}  # lower proofs not yet recorded
+        self._next_rewrite = float("-inf")
         self._index = ItemIndex(progress, reader)
         for proof in self._forks.values():
             self._index.set_forked(proof.origin, proof.seq)
@@ -202,17 +208,37 @@ class Ledger:
             actions.append(Persist(tuple(verdict.accepted), progress, source, peer))
         actions.extend(verdict.rejected)
         for proof in verdict.proofs:
-            actions.extend(self._learn_fork(proof, source=None))
+            actions.extend(self._learn_fork(proof, now, source=None))
         return actions
 
-    def _learn_fork(self, proof: ForkProof, *, source: str | None) -> list[Action]:
-        """Hold a checked proof: record it and hide the origin from its seq on."""
+    def _learn_fork(self, proof: ForkProof, now: Now, *, source: str | None) -> list[Action]:
+        """Hold a checked proof: hide the origin from its seq on, and record it.
+
+        Recording rewrites the author's recipes from its log, a cost the
+        origin chooses (its log's length). A first proof is recorded at once;
+        a lower proof of an origin already forked (an origin can sign a new
+        one for every seq) is recorded at most once per FORK_REWRITE_INTERVAL,
+        all origins together, the lowest waiting proof of each origin last in.
+        Acceptance and items follow the lowest proof at once either way.
+        """
         known = self._forks.get(proof.origin)
         if known is not None and known.seq <= proof.seq:
             return []
         self._forks[proof.origin] = proof
         self._index.set_forked(proof.origin, proof.seq)
-        return [RecordFork(proof, new_origin=known is None)]
+        if known is None:
+            return [RecordFork(proof, new_origin=True)]
+        self._rewrites_due[proof.origin] = proof
+        return self._due_rewrites(now)
+
+    def _due_rewrites(self, now: Now) -> list[Action]:
+        """The one waiting lower proof to record now, if the interval allows."""
+        if not self._rewrites_due or now.monotonic < self._next_rewrite:
+            return []
+        origin = next(iter(self._rewrites_due))
+        proof = self._rewrites_due.pop(origin)
+        self._next_rewrite = now.monotonic + FORK_REWRITE_INTERVAL
+        return [RecordFork(proof, new_origin=False)]
 
     def _own_head(self) -> tuple[bytes, int]:
         """Hash and hlc of the last entry of our own log (zero hash, 0 if none)."""

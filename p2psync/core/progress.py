@@ -22,6 +22,11 @@ from p2psync.core.errors import RemoteError
 from p2psync.core.reasons import Reason
 
 MAX_BITMAP_BYTES = 256 * 1024
+# Seqs held beyond an origin's contiguous prefix stay within this window, so
+# the bitmap of them, however scattered, serializes to at most 17 roaring
+# containers of 8 KiB: well inside MAX_BITMAP_BYTES. An entry further ahead
+# is refused and comes later, in order, by backfill.
+MAX_AHEAD = 1 << 20
 
 
 def contiguous_prefix(held: BitMap64) -> int:

@@ -1,4 +1,4 @@
-"""Wire messages of the sync protocol, version 2 (see docs/PROTOCOL.md).
+"""Wire messages of the sync protocol, version 3 (see docs/PROTOCOL.md).
 
 Every message starts with two bytes: protocol version, message kind. The rest
 is a fixed binary layout; entries travel as their raw signed bytes so that a
@@ -6,7 +6,10 @@ receiver hashes exactly what the origin signed. Decoding checks sizes before
 anything else and raises RemoteError (the peer is to blame) on any defect.
 
 Version 2 replaced the flat per-origin SUMMARY of version 1 with range-based
-set reconciliation (RECON), the initiator's WANT, and FORK_PROOF.
+set reconciliation (RECON), the initiator's WANT, and FORK_PROOF. Version 3
+made each side of a FORK_PROOF a short signed chain (a held entry may be
+vouched for by a signed successor rather than its own signature), and bounds
+how far ahead of its held prefix an item may claim seqs (`MAX_AHEAD`).
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ from pyroaring import BitMap64
 
 from p2psync.core.entry import MAX_ENTRY_BYTES
 from p2psync.core.errors import RemoteError
+from p2psync.core.forks import MAX_SIDE_BYTES
 from p2psync.core.items import MAX_BOUND, MIN_BOUND, Item, decode_item
 from p2psync.core.progress import decode_bitmap, encode_bitmap
 from p2psync.core.query import Query, QueryReply, decode_recipes, encode_recipes
 from p2psync.core.reasons import Reason
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAX_MESSAGE_BYTES = 1024 * 1024 - 1024  # gossipsub drops > 1 MiB at the sender
 MAX_BATCH_ENTRIES = 10_000
 
@@ -134,7 +138,10 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class ForkProofMsg:
-    """Two entries one origin signed for one seq (checked by the engine)."""
+    """Two chains one origin signed that differ at one seq (checked by the engine).
+
+    Each side is encoded by `forks.encode_side`.
+    """
 
     first: bytes
     second: bytes
@@ -248,8 +255,8 @@ def decode(data: bytes) -> Message:
         (query_id,) = _QUERY.unpack_from(body)
         return QueryReply(query_id, decode_recipes(bytes(body[_QUERY.size :])))
     if kind == FORK_PROOF:
-        first, offset = _decode_blob(body, 0)
-        second, offset = _decode_blob(body, offset)
+        first, offset = _decode_blob(body, 0, MAX_SIDE_BYTES)
+        second, offset = _decode_blob(body, offset, MAX_SIDE_BYTES)
         if offset != len(body):
             raise RemoteError("fork proof has trailing bytes", reason=Reason.MALFORMED)
         return ForkProofMsg(first, second)
@@ -261,12 +268,14 @@ def _need(body: memoryview, size: int) -> None:
         raise RemoteError("message is truncated", reason=Reason.MALFORMED)
 
 
-def _decode_blob(body: memoryview, offset: int) -> tuple[bytes, int]:
+def _decode_blob(
+    body: memoryview, offset: int, max_bytes: int = MAX_ENTRY_BYTES
+) -> tuple[bytes, int]:
     _need(body, offset + _LEN.size)
     (length,) = _LEN.unpack_from(body, offset)
     offset += _LEN.size
-    if length > MAX_ENTRY_BYTES:
-        raise RemoteError(f"entry of {length} bytes is too large", reason=Reason.OVERSIZED)
+    if length > max_bytes:
+        raise RemoteError(f"blob of {length} bytes is too large", reason=Reason.OVERSIZED)
     _need(body, offset + length)
     return bytes(body[offset : offset + length]), offset + length
 

@@ -48,6 +48,7 @@ class Reason(StrEnum):
     FORKED = "forked"  # an entry of a proven-forked origin at or past the fork
     BAD_PROOF = "bad_proof"  # a fork proof that proves nothing
     STALLED = "stalled"  # a round that made no progress while the peer had more
+    AHEAD = "ahead"  # a seq MAX_AHEAD or more past the origin's held prefix: later, in order
 
 
 class Blame(StrEnum):
@@ -84,6 +85,7 @@ BLAME_OF: dict[Reason, Blame] = {
     Reason.FORKED: Blame.ORIGIN,
     Reason.BAD_PROOF: Blame.DELIVERER,
     Reason.STALLED: Blame.NOBODY,
+    Reason.AHEAD: Blame.NOBODY,
 }
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pyroaring import BitMap64
 
 from p2psync.core import protocol
+from p2psync.core.forks import is_checkpoint
 from p2psync.core.reconcile import Pending
 from p2psync.core.store import LogReader
 
@@ -62,32 +63,57 @@ class PeerState:
 def take_batch(
     lacking: dict[bytes, BitMap64], reader: LogReader, batch_size: int, max_bytes: int
 ) -> list[bytes]:
-    """Take up to `batch_size` entries (and about `max_bytes`) off `lacking`, in order."""
+    """Take up to `batch_size` entries (and about `max_bytes`) off `lacking`, in order.
+
+    Where the batch cuts a run short, it ends the run at a checkpoint
+    (`forks.is_checkpoint`) if it can: the receiver authenticates a run by
+    its last entry's signature, and we checked the checkpoints' signatures
+    but not necessarily the one of an entry inside a run we took.
+    """
     raws: list[bytes] = []
     size = 0
     for origin in list(lacking):
         seqs_left = lacking[origin]
         seqs = list(itertools.islice(seqs_left, batch_size - len(raws)))
         stored = reader.read_raw(origin, seqs)
+        taken: list[tuple[int, bytes]] = []
         done: list[int] = []
         full = False
         for seq in seqs:
             raw = stored.get(seq)
             if raw is not None:
-                if raws and size + len(raw) > max_bytes:
+                if (raws or taken) and size + len(raw) > max_bytes:
                     full = True
                     break
-                raws.append(raw)
+                taken.append((seq, raw))
                 size += len(raw) + 4
             # A seq held in memory but not stored is a local commit in flight
             # (or one that failed): skip it; the next round offers it again.
             done.append(seq)
+        cut = full or len(raws) + len(taken) >= batch_size
+        if cut and taken:
+            kept = _end_at_checkpoint(taken, seqs_left)
+            # Tiny batches (tests) would shrink to nothing: they go uncut.
+            if kept < len(taken) and (raws or kept > len(taken) // 2):
+                done = [seq for seq in done if seq <= taken[kept - 1][0]] if kept else []
+                taken = taken[:kept]
+        raws.extend(raw for _, raw in taken)
         seqs_left.difference_update(BitMap64(done))
         if not seqs_left:
             del lacking[origin]
-        if full or len(raws) >= batch_size:
+        if cut:
             break
     return raws
+
+
+def _end_at_checkpoint(taken: list[tuple[int, bytes]], lacking: BitMap64) -> int:
+    """How many of `taken` to send so the last one ends a run or is a checkpoint."""
+    for i in range(len(taken), 0, -1):
+        seq = taken[i - 1][0]
+        ends_run = i == len(taken) and seq + 1 not in lacking
+        if ends_run or is_checkpoint(seq) or (i < len(taken) and taken[i][0] != seq + 1):
+            return i
+    return 0
 
 
 def pump_batches(

@@ -64,6 +64,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
         ) WITHOUT ROWID""",
         "CREATE INDEX recipes_author ON recipes (author)",
     ),
+    # 3 -> 4: protocol v3 proofs hold a short chain per side (forks.encode_side);
+    # rows stored before hold one raw entry per side (chained = 0).
+    ("ALTER TABLE forks ADD COLUMN chained INTEGER NOT NULL DEFAULT 0",),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -32,7 +32,7 @@ import orjson
 from pyroaring import BitMap64
 
 from p2psync.core.actions import Persist
-from p2psync.core.forks import ForkProof
+from p2psync.core.forks import ForkProof, decode_side, encode_side
 from p2psync.core.hlc import LOGICAL_MASK, pack, wall_ms_of
 from p2psync.core.ops import RecipeFields
 from p2psync.core.progress import encode_bitmap
@@ -268,8 +268,9 @@ class SqliteStore:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute(
-                    "INSERT OR REPLACE INTO forks (origin, seq, first, second) VALUES (?, ?, ?, ?)",
-                    (proof.origin, proof.seq, proof.first, proof.second),
+                    "INSERT OR REPLACE INTO forks (origin, seq, first, second, chained)"
+                    " VALUES (?, ?, ?, ?, 1)",
+                    (proof.origin, proof.seq, encode_side(proof.first), encode_side(proof.second)),
                 )
                 raws = [
                     raw
@@ -301,8 +302,13 @@ class SqliteStore:
 
     def load_forks(self) -> list[ForkProof]:
         with self._lock:
-            rows = self._conn.execute("SELECT origin, seq, first, second FROM forks").fetchall()
-        return [ForkProof(origin, seq, first, second) for origin, seq, first, second in rows]
+            rows = self._conn.execute(
+                "SELECT origin, seq, first, second, chained FROM forks"
+            ).fetchall()
+        return [
+            ForkProof(origin, seq, *(decode_side(b) if chained else (b,) for b in (first, second)))
+            for origin, seq, first, second, chained in rows
+        ]
 
     # ------------------------------------------------------------ reads
 

@@ -19,7 +19,7 @@ import trio
 from nacl.signing import SigningKey
 
 from p2psync.core import protocol
-from p2psync.core.entry import ZERO_HASH, Entry
+from p2psync.core.entry import ZERO_HASH, Entry, decode_entry
 from p2psync.core.ids import make_recipe_id, peer_id_from_public_key, public_key_from_peer_id
 from p2psync.core.ops import Op, RecipeFields
 from tests.e2e.helpers import NodeProcess, listen_addr, run_cli, start_node
@@ -44,8 +44,12 @@ async def start(nodes: list[NodeProcess], root: Path, *args: str) -> NodeProcess
     return await trio.to_thread.run_sync(lambda: start_node(nodes, root, *args))
 
 
-def chain(key: SigningKey, names: list[str]) -> list[Entry]:
-    """A create at seq 0, then updates of that recipe: one contiguous branch."""
+def chain(key: SigningKey, names: list[str], *, spoil_inner: bool = False) -> list[Entry]:
+    """A create at seq 0, then updates of that recipe: one contiguous branch.
+
+    `spoil_inner`: every signature but the last is garbage; a backfill run is
+    authenticated by its last one (and its checkpoints), so nodes keep it.
+    """
     recipe_id = make_recipe_id(bytes(key.verify_key), 0)
     entries: list[Entry] = []
     prev = ZERO_HASH
@@ -57,6 +61,8 @@ def chain(key: SigningKey, names: list[str]) -> list[Entry]:
             else Op("update", recipe_id, 0, fields)
         )
         entry = signed_entry(key, seq, prev, op)
+        if spoil_inner and seq < len(names) - 1:
+            entry = decode_entry(entry.signed_part + bytes(64))
         entries.append(entry)
         prev = entry.hash()
     return entries
@@ -74,10 +80,17 @@ async def statuses(apis: list[NodeApi]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- 1. equivocation
 
 
+@pytest.mark.parametrize("spoiled", [False, True], ids=["signed", "spoiled-inner-signatures"])
 async def test_equivocating_origin_is_proven_forked_on_both_sides(
-    tmp_path: Path, nodes: list[NodeProcess], client: httpx.AsyncClient
+    tmp_path: Path, nodes: list[NodeProcess], client: httpx.AsyncClient, spoiled: bool
 ) -> None:
-    """In version 1 summaries compared counts only: each node kept its branch, digests differed."""
+    """In version 1 summaries compared counts only: each node kept its branch, digests differed.
+
+    Spoiled: one branch's inner signatures are garbage. In version 2 a proof
+    needed two validly signed entries, so this fork could not be proven and
+    the digests differed for good; version 3 proofs carry the short chain to
+    the signature that vouches for the entry.
+    """
     a = await start(nodes, tmp_path / "a")
     b = await start(nodes, tmp_path / "b", "--peer", listen_addr(a))
     api_a, api_b = NodeApi(client, a.api), NodeApi(client, b.api)
@@ -92,7 +105,7 @@ async def test_equivocating_origin_is_proven_forked_on_both_sides(
 
     evil = SigningKey(secrets.token_bytes(32))
     evil_id = peer_id_from_public_key(bytes(evil.verify_key))
-    one = chain(evil, ["Branch one", "Branch one v2", "Branch one v3"])
+    one = chain(evil, ["Branch one", "Branch one v2", "Branch one v3"], spoil_inner=spoiled)
     two = chain(evil, ["Branch two", "Branch two v2", "Branch two v3"])
     assert one[0].raw != two[0].raw and one[0].seq == two[0].seq == 0
 

@@ -14,6 +14,7 @@ from p2psync.core.engine import SyncEngine
 from p2psync.core.entry import Entry
 from p2psync.core.hlc import Now
 from p2psync.core.ops import Op
+from p2psync.core.reasons import Source
 
 
 class FakeTime:
@@ -60,6 +61,11 @@ class TimedEngine:
 
     def live_received(self, peer: str, data: bytes) -> list[Action]:
         return self.inner.live_received(peer, data, self.time.instant())
+
+    def backfill_received(self, peer: str, raws: list[bytes]) -> list[Action]:
+        """Entries as a backfill batch from `peer` brings them (runs checked by signature)."""
+        now = self.time.instant()
+        return self.inner._accept(raws, peer, now, source=Source.BACKFILL, verify_each=False)
 
     def append_one(self, make_op: Callable[[int], Op]) -> tuple[Entry, Op, list[Action]]:
         """Append the op `make_op` builds for the next own seq; its entry, op and actions."""

@@ -18,6 +18,7 @@ from pyroaring import BitMap64
 import p2psync.core.recipe_book as recipe_book
 from p2psync.core.actions import Accepted, Persist
 from p2psync.core.entry import decode_entry, entry_hash
+from p2psync.core.forks import ForkProof
 from p2psync.core.hlc import MAX_HLC, wall_ms_of
 from p2psync.core.ops import decode_op
 from p2psync.core.reasons import Source
@@ -328,3 +329,24 @@ def test_acknowledged_batches_survive_kill_9(tmp_path: Path, run: int) -> None:
     acknowledged = max([acknowledged, *(int(x) for x in rest.split())])
     assert child.returncode == -signal.SIGKILL
     _check_crash_survivor(path, acknowledged, seed)
+
+
+def test_a_version_3_fork_proof_row_loads_as_one_entry_sides(tmp_path: Path) -> None:
+    """Schema 4 stores proof sides as chains; rows written before hold one raw entry."""
+    path = tmp_path / "v3.db"
+    with sqlite3.connect(path) as conn:
+        for step in MIGRATIONS[:3]:
+            for statement in step:
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO forks (origin, seq, first, second) VALUES (?, ?, ?, ?)",
+            (b"o" * 32, 4, b"first raw entry", b"second raw entry"),
+        )
+        conn.execute("PRAGMA user_version = 3")
+    conn.close()
+    with SqliteStore.open(path) as store:
+        (old,) = store.load_forks()
+        assert (old.first, old.second) == ((b"first raw entry",), (b"second raw entry",))
+        chained = ForkProof(b"p" * 32, 2, (b"a1", b"a2"), (b"b1",))
+        store.record_fork(chained)
+        assert set(store.load_forks()) == {old, chained}

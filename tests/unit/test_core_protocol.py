@@ -1,4 +1,4 @@
-"""Wire messages (protocol v2): round trips, and refusal of malformed or hostile bytes."""
+"""Wire messages (protocol v3): round trips, and refusal of malformed or hostile bytes."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pyroaring import BitMap64
 from p2psync.core import protocol
 from p2psync.core.entry import MAX_ENTRY_BYTES, MAX_SEQ, ZERO_HASH
 from p2psync.core.errors import RemoteError
+from p2psync.core.forks import MAX_SIDE_BYTES
 from p2psync.core.items import MAX_BOUND, MIN_BOUND, NOT_FORKED, Item
-from p2psync.core.progress import MAX_BITMAP_BYTES, encode_bitmap
+from p2psync.core.progress import MAX_AHEAD, MAX_BITMAP_BYTES, encode_bitmap
 from p2psync.core.protocol import (
     ACK,
     BATCH,
@@ -83,7 +84,11 @@ def items_of(draw: st.DrawFn, origin: bytes) -> Item:
         st.one_of(st.integers(0, min(forked_at, 200)), st.integers(0, min(forked_at, MAX_SEQ + 1)))
     )
     head = ZERO_HASH if prefix == 0 else draw(hashes)
-    room = [s for s in draw(st.lists(seqs, max_size=12)) if prefix < s < forked_at]
+    room = [
+        s
+        for s in draw(st.lists(seqs, max_size=12))
+        if prefix < s < min(forked_at, prefix + MAX_AHEAD)
+    ]
     return Item(origin, prefix, head, BitMap64(room), forked_at)
 
 
@@ -174,7 +179,7 @@ def test_recon_round_trip(message: Recon) -> None:
 
 def test_round_trip_covers_every_range_kind_and_edge_values() -> None:
     a, b, c = (bytes([n]) * 32 for n in (1, 2, 3))
-    item = Item(b, 5, b"\x07" * 32, BitMap64([7, MAX_SEQ - 1]), MAX_SEQ)
+    item = Item(b, 5, b"\x07" * 32, BitMap64([7, 5 + MAX_AHEAD - 1]), MAX_SEQ)
     recon = Recon(
         2**32 - 1,
         REPLY_WANTED | FROM_RESPONDER,
@@ -251,7 +256,7 @@ def test_mutated_messages_raise_only_remote_error(
         assert exc.reason in {"malformed", "oversized", "bitmap", "unknown_kind"}
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, 255])
+@pytest.mark.parametrize("version", [0, 1, 2, 4, 255])
 def test_unknown_version(version: int) -> None:
     error = _refused(_head(ACK, version) + struct.pack(">II", 1, 2), "version")
     assert "upgrade" in str(error)
@@ -323,12 +328,13 @@ def test_oversized_batch_count_and_entry() -> None:
     _refused(data + b"x" * (MAX_ENTRY_BYTES + 1), "oversized")
 
 
-def test_oversized_fork_proof_entry() -> None:
-    too_big = b"x" * (MAX_ENTRY_BYTES + 1)
+def test_oversized_fork_proof_side() -> None:
+    too_big = b"x" * (MAX_SIDE_BYTES + 1)
     _refused(encode(ForkProofMsg(too_big, b"y")), "oversized")
     _refused(encode(ForkProofMsg(b"y", too_big)), "oversized")
-    ok = ForkProofMsg(b"x" * MAX_ENTRY_BYTES, b"y" * MAX_ENTRY_BYTES)
+    ok = ForkProofMsg(b"x" * MAX_SIDE_BYTES, b"y" * MAX_SIDE_BYTES)
     assert decode(encode(ok)) == ok
+    assert len(encode(ok)) <= MAX_MESSAGE_BYTES  # a full proof still fits one message
 
 
 @pytest.mark.parametrize(
@@ -445,6 +451,7 @@ def test_item_at_its_lower_bound_is_inside() -> None:
         pytest.param(_item(A, 5, BitMap64([9]), forked_at=9), "bitmap", id="beyond-at-fork"),
         pytest.param(_item(A, 5, forked_at=4), "bitmap", id="prefix-past-fork"),
         pytest.param(_item(A, 5, BitMap64([MAX_SEQ + 1])), "bitmap", id="beyond-max-seq"),
+        pytest.param(_item(A, 5, BitMap64([5 + MAX_AHEAD])), "bitmap", id="beyond-max-ahead"),
         pytest.param(_item(A, MAX_SEQ + 2), "bitmap", id="prefix-past-max-seq"),
         pytest.param(
             struct.pack(">32sQ32sQI", A, 3, ZERO_HASH, NOT_FORKED, 0), "malformed", id="no-head"

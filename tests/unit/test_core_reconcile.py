@@ -33,7 +33,7 @@ from p2psync.core.items import (
     ItemIndex,
 )
 from p2psync.core.ops import Op, RecipeFields, encode_op
-from p2psync.core.progress import Progress, contiguous_prefix
+from p2psync.core.progress import MAX_AHEAD, Progress, contiguous_prefix
 from p2psync.core.protocol import (
     FROM_RESPONDER,
     MAX_MESSAGE_BYTES,
@@ -435,7 +435,7 @@ def _shape(rng: random.Random) -> BitMap64:
         held.add_range(0, prefix)
     held.update(prefix + rng.randint(1, 60) for _ in range(rng.choice([0, 0, 0, 1, 3])))
     if rng.random() < 0.1:
-        held.add(2**40 + prefix)
+        held.add(prefix + MAX_AHEAD // 2)  # far past the prefix, as a holding may be
     return held
 
 
@@ -550,7 +550,7 @@ def test_one_difference_among_thousands_takes_few_rounds(
     elif difference == "a-has-a-new-origin":
         a_held[_origin(10**6)] = BitMap64([0])
     elif difference == "b-has-a-far-seq":
-        b_held[target].add(2**40)
+        b_held[target].add(5 + MAX_AHEAD - 1)  # the furthest past its prefix a holding reaches
     else:
         forks[target] = 4  # B's entry 4 of `target` is another one than A's
     a, b = synthetic_index(a_held), synthetic_index(b_held, forks)

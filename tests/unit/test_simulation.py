@@ -14,6 +14,7 @@ from p2psync.core import protocol
 from p2psync.core.actions import Persist
 from p2psync.core.engine import EngineConfig
 from p2psync.core.entry import ZERO_HASH, decode_entry, sign_entry
+from p2psync.core.forks import MAX_CHAIN, is_checkpoint
 from p2psync.core.ids import make_recipe_id
 from p2psync.core.ops import Op, RecipeFields, encode_op
 from p2psync.core.recipes import digest
@@ -265,27 +266,33 @@ def test_penalties_go_to_the_deliverer_of_broken_bytes_only() -> None:
 
 
 def _branches(
-    key: SigningKey, common: int, left: int, right: int
+    key: SigningKey, common: int, left: int, right: int, *, forge_left: bool = False
 ) -> tuple[list[bytes], list[bytes]]:
-    """Two logs of one origin that agree on `common` entries, then fork."""
+    """Two logs of one origin that agree on `common` entries, then fork.
+
+    `forge_left`: the origin spoils the signature of every left entry but its
+    last and its checkpoints, the most a backfill run lets it get away with.
+    """
     origin = bytes(key.verify_key)
 
-    def entries(start: int, count: int, prev: bytes, name: str) -> list[bytes]:
+    def entries(start: int, count: int, prev: bytes, name: str, forge: bool) -> list[bytes]:
         raws = []
         for seq in range(start, start + count):
             op = Op(
                 "create", make_recipe_id(origin, seq), None, RecipeFields(f"{name}{seq}", "", "")
             )
             entry = sign_entry(key, seq, prev, (1_800_000_000_000 << 16) + seq, encode_op(op))
+            if forge and seq < start + count - 1 and not is_checkpoint(seq):
+                entry = decode_entry(entry.signed_part + bytes(64))
             prev = entry.hash()
             raws.append(entry.raw)
         return raws
 
-    shared = entries(0, common, ZERO_HASH, "shared")
+    shared = entries(0, common, ZERO_HASH, "shared", False)
     prev = decode_entry(shared[-1]).hash() if shared else ZERO_HASH
     return (
-        shared + entries(common, left, prev, "left"),
-        shared + entries(common, right, prev, "right"),
+        shared + entries(common, left, prev, "left", forge_left),
+        shared + entries(common, right, prev, "right", False),
     )
 
 
@@ -385,3 +392,56 @@ def test_a_long_fork_is_proven_where_it_starts_without_waiting_for_periodic_roun
     for node in sim.nodes.values():
         assert node.engine.forked_origins() == {origin: 2}
     assert sim.time.now - started < 30, "the fork was walked down one periodic round a seq"
+
+
+@pytest.mark.parametrize(("common", "left"), [(0, 3), (3, 20), (14, 2), (5, 40)])
+def test_a_fork_against_entries_with_spoiled_signatures_is_still_proven(
+    common: int, left: int
+) -> None:
+    """The origin spoils the inner signatures of one branch and hands it out by
+    backfill (each run checked at its checkpoints and end); the other branch is
+    validly signed. Before fork proofs carried chains, the spoiled side could not
+    be proven: the nodes disagreed for good."""
+    config = EngineConfig(batch_size=50, window=2, sync_interval=1000.0, round_timeout=3.0)
+    sim = Simulator(4, seed=common + left, config=config)
+    ids = sim.ids
+    key = SigningKey(b"\x5a" * 32)
+    spoiled, clean = _branches(key, common, left, 3, forge_left=True)
+    assert any(decode_entry(raw).signature == bytes(64) for raw in spoiled)
+    for at in ids[:2]:
+        sim.inject_backfill(at, spoiled)
+    for at in ids[2:]:
+        sim.inject(at, clean)
+    assert sim.nodes[ids[0]].engine.held_count(bytes(key.verify_key)) == common + left
+    for a, b in _connected_edges(4, [], chain=True):
+        sim.connect(ids[a], ids[b])
+    sim.run_until_quiet(max_time=300)
+    assert sim.converged()
+    origin = bytes(key.verify_key)
+    for node in sim.nodes.values():
+        assert node.engine.forked_origins() == {origin: common}
+        (proof,) = node.store.load_forks()
+        assert max(len(proof.first), len(proof.second)) <= MAX_CHAIN
+        assert node.store.digest() == digest(node.store.visible_recipes())
+
+
+def test_a_chain_with_spoiled_inner_signatures_is_relayed_whole() -> None:
+    """No fork at all: the origin spoils inner signatures, one node takes the chain
+    by backfill and must pass it on. A batch that cut the chain at a spoiled entry
+    would be refused (and taken only rounds later, once a successor vouches for
+    it); batches end runs at checkpoints instead, so nothing is refused."""
+    config = EngineConfig(batch_size=20, window=2, sync_interval=5.0, round_timeout=3.0)
+    sim = Simulator(3, seed=7, config=config)
+    a, b, c = sim.ids
+    key = SigningKey(b"\x5b" * 32)
+    spoiled, _ = _branches(key, 0, 45, 1, forge_left=True)
+    sim.inject_backfill(a, spoiled)
+    sim.connect(a, b)
+    sim.connect(b, c)
+    sim.run_until_quiet(max_time=120)
+    origin = bytes(key.verify_key)
+    for node in sim.nodes.values():
+        assert node.engine.held_count(origin) == 45
+        assert not node.engine.forked_origins()
+        assert not node.rejected
+    assert sim.converged()
