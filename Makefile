@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench bench-quick netns-tools clean
+.PHONY: run test lint typecheck unit bench bench-quick netns-tools browser-tools clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 2; }
@@ -29,7 +29,18 @@ netns-tools:
 		echo "iptables unavailable: packet-loss tests will be skipped"; \
 	fi
 
-test: lint netns-tools
+# The dashboard test drives Debian's headless Chromium through its chromedriver
+# (Selenium never downloads one); as root on Debian, fetch them if missing
+# (the test skips without them otherwise).
+browser-tools:
+	@if [ "$$(id -u)" = 0 ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium and chromium-driver for the dashboard test"; \
+		(apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1)) || \
+		echo "chromium unavailable: the dashboard browser test will be skipped"; \
+	fi
+
+test: lint netns-tools browser-tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -59,6 +59,7 @@ def _apply(messages: list[bytes], workdir: Path) -> dict[str, float]:
             clock.instant(),
             EngineConfig(),
         )
+        engine.peer_connected("peer", clock.instant())  # batches come within a session
         engine_s = commit_s = 0.0
         applied = 0
         for data in messages:

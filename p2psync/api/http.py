@@ -1,26 +1,33 @@
-"""The HTTP JSON API and the Prometheus endpoint (SPEC §4), as plain ASGI apps.
+"""The HTTP JSON API, the dashboard and the Prometheus endpoint (SPEC §4).
 
-Hand-written rather than a framework: a dozen routes do not justify the
-dependency, and owning the body reader is what lets us cap request size while
-reading instead of after buffering.
+Starlette apps (Starlette runs on trio through anyio) served by hypercorn's
+trio worker. What the framework does not decide for us is kept here, in one
+place: every error is `{"error": "one line"}` (never a stack trace), request
+bodies are capped while they are read, and `--api-token` guards every route
+(`TokenGate`). The dashboard's routes and its live event stream are in
+`dashboard.py`.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from functools import partial
+from functools import partial, wraps
 from typing import Any, Protocol, cast
-from urllib.parse import parse_qs
 
 import orjson
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
+from p2psync.api.dashboard import dashboard_routes
+from p2psync.api.gate import TokenGate
 from p2psync.api.metrics import Metrics
 from p2psync.node.service import NodeService, UserError
 
@@ -29,11 +36,11 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_REMOTE_TIMEOUT = 5.0
 MAX_REMOTE_TIMEOUT = 60.0
+RECIPE_FIELDS = ("name", "ingredients", "instructions")
 
-Scope = Mapping[str, Any]
-Receive = Callable[[], Awaitable[Mapping[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Params = dict[str, str]
+# The API app and the metrics-only app are both plain Starlette apps.
+RouterApp = Starlette
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class PortStatus(Protocol):
@@ -44,194 +51,97 @@ class PortStatus(Protocol):
     def started(self, value: int) -> None: ...
 
 
-@dataclass(slots=True)
-class Response:
-    status: int
-    body: bytes = b""
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-
-
 class HttpError(Exception):
     """Ends a request with a 4xx answer; the message is the one-line error shown."""
 
-    def __init__(
-        self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
-        self.headers = headers or []
-
-
-class ClientGone(Exception):
-    """The client disconnected before sending its whole body; nobody to answer."""
-
-
-@dataclass(slots=True)
-class Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: Mapping[bytes, bytes]
-    receive: Receive
-
-    async def body(self, limit: int = MAX_BODY_BYTES) -> bytes:
-        declared = self.headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise HttpError(413, f"request body over {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            # Chunked uploads declare no length: count as we go so a huge body
-            # is refused before it is held in memory.
-            if size > limit:
-                raise HttpError(413, f"request body over {limit} bytes")
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        return b"".join(chunks)
-
-    async def json_object(self) -> dict[str, Any]:
-        try:
-            value = orjson.loads(await self.body())
-        except orjson.JSONDecodeError as exc:
-            raise HttpError(400, "malformed JSON body") from exc
-        if not isinstance(value, dict):
-            raise HttpError(400, "JSON body must be an object")
-        return value
+        self.headers = dict(headers or {})
 
 
 def json_response(value: Any, status: int = 200) -> Response:
-    return Response(status, orjson.dumps(value), [(b"content-type", b"application/json")])
+    return Response(orjson.dumps(value), status, media_type="application/json")
 
 
-def error_response(
-    status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
-) -> Response:
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     # One line, always: the REPL and scripts print it as is.
     one_line = " ".join(message.split()) or "error"
     response = json_response({"error": one_line}, status)
-    response.headers.extend(headers or [])
+    response.headers.update(headers or {})
     return response
 
 
-Handler = Callable[[Request, Params], Awaitable[Response]]
+def guarded(endpoint: Endpoint) -> Endpoint:
+    """Turn what an endpoint raises into the SPEC's error shape."""
 
-
-@dataclass(slots=True)
-class Route:
-    pattern: tuple[str, ...]  # "{name}" segments capture one path segment
-    handlers: dict[str, Handler]
-
-    def match(self, segments: list[str]) -> Params | None:
-        if len(segments) != len(self.pattern):
-            return None
-        params: Params = {}
-        for want, got in zip(self.pattern, segments, strict=True):
-            if want.startswith("{"):
-                if not got:
-                    return None
-                params[want[1:-1]] = got
-            elif want != got:
-                return None
-        return params
-
-
-def split_path(path: str) -> list[str]:
-    # Strict on purpose: "/api/v0/recipes/" leaves an empty segment and so no route.
-    return path.removeprefix("/").split("/")
-
-
-def resolve(routes: list[Route], method: str, path: str) -> tuple[Handler, Params]:
-    segments = split_path(path)
-    for route in routes:
-        params = route.match(segments)
-        if params is None:
-            continue
-        handler = route.handlers.get(method)
-        if handler is None:
-            allow = ", ".join(sorted(route.handlers)).encode()
-            raise HttpError(405, f"method {method} not allowed", [(b"allow", allow)])
-        return handler, params
-    raise HttpError(404, f"no route {path}")
-
-
-class RouterApp:
-    """ASGI plumbing shared by the API and the metrics-only app."""
-
-    def __init__(self, routes: list[Route], token: str | None = None) -> None:
-        self._routes = routes
-        self._token = token.encode() if token else None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-        elif scope["type"] == "http":
-            await self._http(scope, receive, send)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = _request(scope, receive)
+    @wraps(endpoint)
+    async def run(request: Request) -> Response:
         try:
-            response = await self._dispatch(request)
-        except ClientGone:
-            return
-        await send(
-            {"type": "http.response.start", "status": response.status, "headers": response.headers}
-        )
-        await send({"type": "http.response.body", "body": response.body})
-
-    async def _dispatch(self, request: Request) -> Response:
-        try:
-            self._authorize(request)
-            handler, params = resolve(self._routes, request.method, request.path)
-            return await handler(request, params)
+            return await endpoint(request)
         except HttpError as exc:
             return error_response(exc.status, str(exc), exc.headers)
         except UserError as exc:
             return error_response(exc.status, str(exc))
-        except ClientGone:
-            raise
+        except ClientDisconnect:
+            return error_response(400, "client disconnected")  # nobody reads it
         except Exception:
-            log.exception("unexpected error answering %s %s", request.method, request.path)
+            log.exception("unexpected error answering %s %s", request.method, request.url.path)
             return error_response(500, "internal error")
 
-    def _authorize(self, request: Request) -> None:
-        if self._token is None:
-            return
-        scheme, _, credential = request.headers.get(b"authorization", b"").partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), self._token):
-            raise HttpError(401, "missing or wrong API token", [(b"www-authenticate", b"Bearer")])
+    return run
 
 
-def _request(scope: Scope, receive: Receive) -> Request:
-    headers = {name.lower(): value for name, value in scope.get("headers", [])}
-    query_string = scope.get("query_string", b"").decode("utf-8", "replace")
-    return Request(
-        method=scope["method"],
-        path=scope["path"],
-        query=parse_qs(query_string),
-        headers=headers,
-        receive=receive,
-    )
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    # Starlette's own 404 (no route) and 405 (route, wrong method).
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        methods = sorted({m.strip() for m in allowed.split(",") if m.strip()} - {"HEAD"})
+        return error_response(
+            405, f"method {request.method} not allowed", {"allow": ", ".join(methods)}
+        )
+    if exc.status_code == 404:
+        return error_response(404, f"no route {request.url.path}")
+    return error_response(exc.status_code, str(exc.detail), exc.headers)
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
-    # Nothing to set up, but answering lifespan keeps hypercorn from logging
-    # that the app "does not support" it on every start.
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+def _app(routes: list[BaseRoute], token: str | None) -> Starlette:
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
+    # Strict on purpose: "/api/v0/recipes/" is no route, not a redirect.
+    app.router.redirect_slashes = False
+    if token:
+        app.add_middleware(TokenGate, token=token)
+    return app
 
 
-# --- handlers -------------------------------------------------------------
+# --- request bodies -------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HttpError(413, f"request body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        # Chunked uploads declare no length: count as we go so a huge body
+        # is refused before it is held in memory.
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    try:
+        value = orjson.loads(await read_body(request))
+    except orjson.JSONDecodeError as exc:
+        raise HttpError(400, "malformed JSON body") from exc
+    if not isinstance(value, dict):
+        raise HttpError(400, "JSON body must be an object")
+    return value
 
 
 def _text_field(body: Mapping[str, Any], name: str) -> str:
@@ -242,7 +152,7 @@ def _text_field(body: Mapping[str, Any], name: str) -> str:
 
 
 def _query_float(request: Request, name: str, default: float, maximum: float) -> float:
-    values = request.query.get(name)
+    values = request.query_params.getlist(name)
     if not values:
         return default
     try:
@@ -254,48 +164,62 @@ def _query_float(request: Request, name: str, default: float, maximum: float) ->
     return value
 
 
+# --- handlers -------------------------------------------------------------
+
+
 class ApiHandlers:
     def __init__(self, node: NodeService) -> None:
         self.node = node
 
-    async def status(self, request: Request, params: Params) -> Response:
+    async def status(self, request: Request) -> Response:
         return json_response(self.node.status().to_json())
 
-    async def peers(self, request: Request, params: Params) -> Response:
+    async def peers(self, request: Request) -> Response:
         return json_response([peer.to_json() for peer in self.node.list_peers()])
 
-    async def sync(self, request: Request, params: Params) -> Response:
+    async def sync(self, request: Request) -> Response:
         return json_response(self.node.sync_progress())
 
-    async def list_recipes(self, request: Request, params: Params) -> Response:
+    async def list_recipes(self, request: Request) -> Response:
         return json_response([recipe.to_json() for recipe in self.node.list_recipes()])
 
-    async def create_recipe(self, request: Request, params: Params) -> Response:
-        body = await request.json_object()
-        recipe = await self.node.create_recipe(
-            _text_field(body, "name"),
-            _text_field(body, "ingredients"),
-            _text_field(body, "instructions"),
-        )
+    async def create_recipe(self, request: Request) -> Response:
+        body = await json_object(request)
+        recipe = await self.node.create_recipe(*(_text_field(body, name) for name in RECIPE_FIELDS))
         return json_response(recipe.to_json(), 201)
 
-    async def get_recipe(self, request: Request, params: Params) -> Response:
-        recipe_id = params["id"]
+    async def get_recipe(self, request: Request) -> Response:
+        recipe_id = request.path_params["id"]
         for recipe in self.node.list_recipes():
             if recipe.id == recipe_id:
                 return json_response(recipe.to_json())
         raise HttpError(404, f"no recipe {recipe_id}")
 
-    async def publish_recipe(self, request: Request, params: Params) -> Response:
-        recipe = await self.node.publish_recipe(params["id"])
+    async def update_recipe(self, request: Request) -> Response:
+        body = await json_object(request)
+        unknown = sorted(set(body) - set(RECIPE_FIELDS))
+        if unknown:
+            raise HttpError(400, f"unknown field {unknown[0]!r}")
+        if not body:
+            raise HttpError(400, "nothing to change: give name, ingredients or instructions")
+        changes = {name: _text_field(body, name) for name in RECIPE_FIELDS if name in body}
+        recipe = await self.node.update_recipe(request.path_params["id"], **changes)
         return json_response(recipe.to_json())
 
-    async def delete_recipe(self, request: Request, params: Params) -> Response:
-        await self.node.delete_recipe(params["id"])
-        return Response(204)
+    async def publish_recipe(self, request: Request) -> Response:
+        recipe = await self.node.publish_recipe(request.path_params["id"])
+        return json_response(recipe.to_json())
 
-    async def remote(self, request: Request, params: Params) -> Response:
-        prefixes = request.query.get("peer")
+    async def unpublish_recipe(self, request: Request) -> Response:
+        recipe = await self.node.unpublish_recipe(request.path_params["id"])
+        return json_response(recipe.to_json())
+
+    async def delete_recipe(self, request: Request) -> Response:
+        await self.node.delete_recipe(request.path_params["id"])
+        return Response(status_code=204)
+
+    async def remote(self, request: Request) -> Response:
+        prefixes = request.query_params.getlist("peer")
         timeout = _query_float(request, "timeout", DEFAULT_REMOTE_TIMEOUT, MAX_REMOTE_TIMEOUT)
         answers = await self.node.remote_published(prefixes[-1] if prefixes else None, timeout)
         return json_response(
@@ -303,34 +227,64 @@ class ApiHandlers:
         )
 
 
-async def _metrics_handler(metrics: Metrics, request: Request, params: Params) -> Response:
+async def _metrics_handler(metrics: Metrics, request: Request) -> Response:
     body, content_type = metrics.render()
-    return Response(200, body, [(b"content-type", content_type.encode())])
+    return Response(body, headers={"content-type": content_type})
 
 
 def _metrics_route(metrics: Metrics) -> Route:
-    return Route(("metrics",), {"GET": partial(_metrics_handler, metrics)})
+    return Route("/metrics", guarded(partial(_metrics_handler, metrics)), methods=["GET"])
 
 
-def make_api_app(node: NodeService, metrics: Metrics, *, token: str | None = None) -> RouterApp:
-    """The `--api-port` app: SPEC §4 routes plus /metrics, behind the token if one is given."""
+def make_api_app(node: NodeService, metrics: Metrics, *, token: str | None = None) -> Starlette:
+    """The `--api-port` app: SPEC §4 routes, the dashboard at `/` and /metrics,
+    all behind the token if one is given."""
     h = ApiHandlers(node)
-    routes = [
-        Route(("api", "v0", "status"), {"GET": h.status}),
-        Route(("api", "v0", "peers"), {"GET": h.peers}),
-        Route(("api", "v0", "sync"), {"GET": h.sync}),
-        Route(("api", "v0", "recipes"), {"GET": h.list_recipes, "POST": h.create_recipe}),
-        Route(("api", "v0", "recipes", "{id}"), {"GET": h.get_recipe, "DELETE": h.delete_recipe}),
-        Route(("api", "v0", "recipes", "{id}", "publish"), {"POST": h.publish_recipe}),
-        Route(("api", "v0", "remote"), {"GET": h.remote}),
+    recipe = "/api/v0/recipes/{id}"
+
+    def route(path: str, endpoint: Endpoint, *methods: str) -> Route:
+        return Route(path, guarded(endpoint), methods=list(methods))
+
+    routes: list[BaseRoute] = [
+        route("/api/v0/status", h.status, "GET"),
+        route("/api/v0/peers", h.peers, "GET"),
+        route("/api/v0/sync", h.sync, "GET"),
+        Route(
+            "/api/v0/recipes",
+            guarded(_by_method({"GET": h.list_recipes, "POST": h.create_recipe})),
+            methods=["GET", "POST"],
+        ),
+        Route(
+            recipe,
+            guarded(
+                _by_method(
+                    {"GET": h.get_recipe, "PATCH": h.update_recipe, "DELETE": h.delete_recipe}
+                )
+            ),
+            methods=["GET", "PATCH", "DELETE"],
+        ),
+        route(f"{recipe}/publish", h.publish_recipe, "POST"),
+        route(f"{recipe}/unpublish", h.unpublish_recipe, "POST"),
+        route("/api/v0/remote", h.remote, "GET"),
         _metrics_route(metrics),
+        *dashboard_routes(node, metrics, guarded),
     ]
-    return RouterApp(routes, token)
+    return _app(routes, token)
 
 
-def make_metrics_app(metrics: Metrics) -> RouterApp:
+def _by_method(handlers: dict[str, Endpoint]) -> Endpoint:
+    """One path, several methods: Starlette answers the others with 405 itself."""
+
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return dispatch
+
+
+def make_metrics_app(metrics: Metrics) -> Starlette:
     """The `--metrics-port` app: only GET /metrics, no token (scrapers rarely carry one)."""
-    return RouterApp([_metrics_route(metrics)])
+    return _app([_metrics_route(metrics)], None)
 
 
 # --- serving --------------------------------------------------------------
@@ -354,11 +308,13 @@ def _hypercorn_config(host: str, port: int) -> Config:
     # Route hypercorn's own messages through our logging so --log-level governs them.
     config.errorlog = logging.getLogger("p2psync.api.hypercorn")
     config.include_server_header = False
+    # Open dashboards hold an event stream: do not wait for them on shutdown.
+    config.graceful_timeout = 0.5
     return config
 
 
 async def serve_http(
-    app: RouterApp,
+    app: Starlette,
     host: str,
     port: int,
     *,
@@ -368,7 +324,7 @@ async def serve_http(
     (the real one when `port` is 0) through `task_status` once listening."""
     config = _hypercorn_config(host, port)
     async with trio.open_nursery() as nursery:
-        # hypercorn types apps against its TypedDict events; ours reads plain mappings.
+        # hypercorn types apps against its own TypedDict events.
         asgi_app = cast(Any, app)
         binds: list[str] = await nursery.start(partial(serve, asgi_app, config, mode="asgi"))
         task_status.started(_port_of(binds[0]))

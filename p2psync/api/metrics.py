@@ -16,6 +16,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from p2psync.core.budgets import BudgetKind
 from p2psync.core.reasons import Drop, Reason
 
 # `*_created` series double the exposition for no use on a dashboard.
@@ -102,9 +103,30 @@ class Metrics:
             "Origins proven to have signed two different entries for one seq",
             registry=reg,
         )
+        self._budget_exceeded = Counter(
+            "p2psync_budget_exceeded",
+            "Messages or entries refused because their peer spent its budget, by kind",
+            ["kind"],
+            registry=reg,
+        )
+        self._store_bytes = Gauge(
+            "p2psync_store_bytes", "Size of the local store's data in bytes", registry=reg
+        )
+        self._store_budget_bytes = Gauge(
+            "p2psync_store_budget_bytes",
+            "--max-store-mb in bytes; 0 when there is no limit",
+            registry=reg,
+        )
+        self._store_budget_hit = Gauge(
+            "p2psync_store_budget_hit",
+            "1 while the store is past --max-store-mb and other origins' entries are refused",
+            registry=reg,
+        )
         self._precreate_labels()
 
     def _precreate_labels(self) -> None:
+        for budget in BudgetKind:
+            self._budget_exceeded.labels(kind=budget)
         for kind in ORIGIN_KINDS:
             self._entries.labels(origin_kind=kind)
         for reason in REJECT_REASONS:
@@ -147,6 +169,14 @@ class Metrics:
 
     def fork_detected(self) -> None:
         self._forks.inc()
+
+    def budget_exceeded(self, kind: str) -> None:
+        self._budget_exceeded.labels(kind=kind).inc()
+
+    def set_store_size(self, size_bytes: int, limit_bytes: int | None, budget_hit: bool) -> None:
+        self._store_bytes.set(size_bytes)
+        self._store_budget_bytes.set(limit_bytes or 0)
+        self._store_budget_hit.set(1 if budget_hit else 0)
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""

@@ -183,6 +183,21 @@ RUN_FLAGS = (
         Path,
         "PATH",
     ),
+    Flag(
+        "--max-store-mb",
+        "past this database size in MiB, refuse other origins' entries (own writes go on;"
+        " default: no limit)",
+        values.store_megabytes,
+        "N",
+    ),
+    Flag(
+        "--new-origins-per-hour",
+        "origins new to us that one peer may introduce per hour, after a first burst of as"
+        f" many (default {_D.new_origins_per_hour}; 0: no limit, e.g. for a network with"
+        " many thousands of authors)",
+        values.non_negative_int,
+        "N",
+    ),
     Flag("--no-repl", "do not read commands from stdin"),
     Flag(
         "--log-level",
@@ -284,6 +299,8 @@ def node_settings(options: argparse.Namespace) -> dict[str, Any]:
         "seed": options.seed,
         "api_token": options.api_token,
         "log_level": options.log_level,
+        "max_store_mb": options.max_store_mb,
+        "new_origins_per_hour": options.new_origins_per_hour,
     }
     settings = {name: value for name, value in settings.items() if value is not None}
     settings["peers"] = tuple(dict.fromkeys(options.peer or ()))

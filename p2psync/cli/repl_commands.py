@@ -27,7 +27,7 @@ class ListSyncProgress:
 
 @dataclass(frozen=True, slots=True)
 class ListRecipes:
-    pass
+    mine: bool = False  # `ls r mine`: only this node's own recipes
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,19 @@ class CreateRecipe:
 
 @dataclass(frozen=True, slots=True)
 class PublishRecipe:
+    recipe_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class EditRecipe:
+    recipe_id: str
+    name: str | None  # None: keep the current value
+    ingredients: str | None
+    instructions: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UnpublishRecipe:
     recipe_id: str
 
 
@@ -69,7 +82,9 @@ Command = (
     | ListRecipes
     | ListRemoteRecipes
     | CreateRecipe
+    | EditRecipe
     | PublishRecipe
+    | UnpublishRecipe
     | DeleteRecipe
     | Status
     | Quit
@@ -81,15 +96,19 @@ commands:
   ls p                                    connected and known peers
   ls sp                                   sync progress per peer and origin
   ls r                                    recipes in the local store
+  ls r mine                               only your own recipes
   ls r all                                published recipes of every connected peer
   ls r PEER                               published recipes of one peer (id or unique prefix)
   create r NAME|INGREDIENTS|INSTRUCTIONS  create a recipe (not yet published)
+  edit r ID NAME|INGREDIENTS|INSTRUCTIONS change one of your recipes (empty field: keep it)
   publish r ID                            publish one of your recipes
+  unpublish r ID                          unpublish it again
   delete r ID                             delete one of your recipes
   status                                  peer id, addresses, peers, entries, digest
   quit                                    stop the node"""
 
-_LS_USAGE = "usage: ls p | ls sp | ls r [all | PEER]"
+_LS_USAGE = "usage: ls p | ls sp | ls r [all | mine | PEER]"
+_EDIT_USAGE = "usage: edit r ID NAME|INGREDIENTS|INSTRUCTIONS (an empty field keeps its value)"
 _CREATE_USAGE = "usage: create r NAME|INGREDIENTS|INSTRUCTIONS"
 
 
@@ -116,11 +135,15 @@ def parse_command(line: str) -> Command | None:
         return _parse_ls(arguments)
     if verb == "create":
         return _parse_create(line)
-    if verb in ("publish", "delete"):
+    if verb == "edit":
+        return _parse_edit(line)
+    if verb in ("publish", "unpublish", "delete"):
         if len(arguments) != 2 or arguments[0].lower() != "r":
             raise ParseError(f"usage: {verb} r ID")
         recipe_id = arguments[1]
-        return PublishRecipe(recipe_id) if verb == "publish" else DeleteRecipe(recipe_id)
+        if verb == "publish":
+            return PublishRecipe(recipe_id)
+        return UnpublishRecipe(recipe_id) if verb == "unpublish" else DeleteRecipe(recipe_id)
     raise ParseError(f"unknown command {words[0]!r}; type help for the list")
 
 
@@ -140,6 +163,8 @@ def _parse_ls(arguments: Sequence[str]) -> Command:
             return ListRecipes()
         if len(arguments) == 2:
             target = arguments[1]
+            if target.lower() == "mine":
+                return ListRecipes(mine=True)
             return ListRemoteRecipes(None if target.lower() == "all" else target)
     raise ParseError(_LS_USAGE)
 
@@ -159,11 +184,26 @@ def _parse_create(line: str) -> CreateRecipe:
     return CreateRecipe(name, ingredients, instructions)
 
 
+def _parse_edit(line: str) -> EditRecipe:
+    # "edit r ID fields": the fields keep their inner spacing; an empty one keeps its value.
+    parts = line.strip().split(None, 3)
+    if len(parts) < 4 or parts[1].lower() != "r":
+        raise ParseError(_EDIT_USAGE)
+    fields = [field.strip() for field in parts[3].split("|")]
+    if len(fields) != 3:
+        raise ParseError(f"{_EDIT_USAGE}; exactly three fields separated by |")
+    if not any(fields):
+        raise ParseError("nothing to change: every field is empty")
+    name, ingredients, instructions = (field or None for field in fields)
+    return EditRecipe(parts[2], name, ingredients, instructions)
+
+
 __all__ = [
     "HELP_TEXT",
     "Command",
     "CreateRecipe",
     "DeleteRecipe",
+    "EditRecipe",
     "Help",
     "ListPeers",
     "ListRecipes",
@@ -173,5 +213,6 @@ __all__ = [
     "PublishRecipe",
     "Quit",
     "Status",
+    "UnpublishRecipe",
     "parse_command",
 ]

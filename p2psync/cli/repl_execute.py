@@ -15,6 +15,7 @@ from p2psync.cli.repl_commands import (
     Command,
     CreateRecipe,
     DeleteRecipe,
+    EditRecipe,
     Help,
     ListPeers,
     ListRecipes,
@@ -23,14 +24,16 @@ from p2psync.cli.repl_commands import (
     PublishRecipe,
     Quit,
     Status,
+    UnpublishRecipe,
 )
-from p2psync.node.service import NodeService, PeerView, RecipeView, UserError
+from p2psync.node.service import NodeService, PeerView, RecipeView, StatusView, UserError
 
 REMOTE_RECIPES_TIMEOUT_SECONDS = 3.0
 # The service enforces the timeout per peer; this only guards against it not doing so.
 _REMOTE_RECIPES_GRACE_SECONDS = 2.0
 SHORT_PEER_ID_CHARS = 14  # every Ed25519 peer id starts with "12D3KooW"; 6 more tell them apart
 _MAX_CELL_CHARS = 40
+STORE_BUDGET_HIT = "BUDGET HIT: entries of other origins are refused, own writes still work"
 
 
 async def execute(service: NodeService, command: Command, out: Callable[[str], None]) -> bool:
@@ -51,8 +54,8 @@ async def _execute(service: NodeService, command: Command, out: Callable[[str], 
             out(HELP_TEXT)
         case Status():
             _show_status(service, out)
-        case ListRecipes():
-            _show_local_recipes(service, out)
+        case ListRecipes(mine=mine):
+            _show_local_recipes(service, out, mine=mine)
         case ListPeers():
             _show_peers(service.list_peers(), out, service.status().forked_origins)
         case ListSyncProgress():
@@ -62,9 +65,15 @@ async def _execute(service: NodeService, command: Command, out: Callable[[str], 
         case CreateRecipe(name, ingredients, instructions):
             recipe = await service.create_recipe(name, ingredients, instructions)
             out(f"created {recipe.id} {recipe.name!r} (not published; publish r {recipe.id})")
+        case EditRecipe(recipe_id, name, ingredients, instructions):
+            recipe = await service.update_recipe(recipe_id, name, ingredients, instructions)
+            out(f"updated {recipe.id} {recipe.name!r}")
         case PublishRecipe(recipe_id):
             recipe = await service.publish_recipe(recipe_id)
             out(f"published {recipe.id} {recipe.name!r}")
+        case UnpublishRecipe(recipe_id):
+            recipe = await service.unpublish_recipe(recipe_id)
+            out(f"unpublished {recipe.id} {recipe.name!r}")
         case DeleteRecipe(recipe_id):
             await service.delete_recipe(recipe_id)
             out(f"deleted {recipe_id}")
@@ -91,16 +100,35 @@ def _show_status(service: NodeService, out: Callable[[str], None]) -> None:
         f"digest:    {status.digest}",
         f"forked:    {status.forked_origins} origin{'s' if status.forked_origins != 1 else ''}"
         + (" (see ls sp)" if status.forked_origins else ""),
+        f"store:     {_store_line(status)}",
     ]
     out("\n".join(lines))
 
 
-def _show_local_recipes(service: NodeService, out: Callable[[str], None]) -> None:
+def _store_line(status: StatusView) -> str:
+    size = "-" if status.store_bytes is None else _mib(status.store_bytes)
+    if status.max_store_bytes is None:
+        return f"{size} (no --max-store-mb)"
+    line = f"{size} of {_mib(status.max_store_bytes)} (--max-store-mb)"
+    if status.store_budget_hit:
+        line += f"; {STORE_BUDGET_HIT}"
+    return line
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.2f} MiB"
+
+
+def _show_local_recipes(
+    service: NodeService, out: Callable[[str], None], *, mine: bool = False
+) -> None:
     recipes = service.list_recipes()
-    if not recipes:
-        out("no recipes yet; create r NAME|INGREDIENTS|INSTRUCTIONS")
-        return
     own_peer_id = service.status().peer_id
+    if mine:
+        recipes = [recipe for recipe in recipes if recipe.author == own_peer_id]
+    if not recipes:
+        out(f"no {'own ' if mine else ''}recipes yet; create r NAME|INGREDIENTS|INSTRUCTIONS")
+        return
     rows = [
         [
             recipe.id,
@@ -142,9 +170,25 @@ def _show_peers(
 
 def _show_sync_progress(service: NodeService, out: Callable[[str], None]) -> None:
     progress = service.sync_progress()
+    status = service.status()
     if not progress:
         out("no sync progress yet")
-        return
+    else:
+        _sync_progress_table(service, progress, out)
+    if status.store_budget_hit and status.max_store_bytes is not None:
+        size = "-" if status.store_bytes is None else _mib(status.store_bytes)
+        out(
+            f"store budget hit ({size} of {_mib(status.max_store_bytes)}, --max-store-mb):"
+            " entries of other origins are refused, so their held counts stop growing;"
+            " own writes still work"
+        )
+
+
+def _sync_progress_table(
+    service: NodeService,
+    progress: dict[str, dict[str, dict[str, int]]],
+    out: Callable[[str], None],
+) -> None:
     last_sync = {peer.peer_id: peer.last_sync for peer in service.list_peers()}
     rows: list[list[str]] = []
     # This node's own counts first: they are what the peers are measured against.

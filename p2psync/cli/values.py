@@ -18,6 +18,7 @@ from p2psync.net.topics import check_network_name
 from p2psync.node.profiles import InvalidProfileName, check_profile_name
 
 MAX_BATCH_SIZE = 10_000
+MIB = 1 << 20
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -59,6 +60,19 @@ def positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"seconds must be a positive number, got {text!r}")
+    return value
+
+
+def store_megabytes(text: str) -> float:
+    """--max-store-mb: a positive number of MiB (1 MiB = 1048576 bytes), decimals allowed."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of MiB: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"MiB must be a positive number, got {text!r}")
+    if value * MIB >= 2**63:
+        raise argparse.ArgumentTypeError(f"MiB must be below {2**63 // MIB}, got {text!r}")
     return value
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pyroaring import BitMap64
 
+from p2psync.core.budgets import BudgetKind
 from p2psync.core.entry import Entry, entry_hash
 from p2psync.core.forks import ForkProof
 from p2psync.core.ops import Op
@@ -117,6 +118,14 @@ class QueryReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetExceeded:
+    """`peer` asked for more than its budget of `kind`: count it, score the peer down."""
+
+    peer: str
+    kind: BudgetKind
+
+
+@dataclass(frozen=True, slots=True)
 class QueryAnswered:
     peer: str
     reply: QueryReply
@@ -133,4 +142,5 @@ Action = (
     | RestartSession
     | QueryReceived
     | QueryAnswered
+    | BudgetExceeded
 )

@@ -30,6 +30,7 @@ from nacl.signing import SigningKey
 from p2psync.core import protocol
 from p2psync.core.actions import (
     Action,
+    BudgetExceeded,
     Dropped,
     Persist,
     QueryAnswered,
@@ -38,7 +39,7 @@ from p2psync.core.actions import (
     RoundFinished,
     SendTo,
 )
-from p2psync.core.entry import decode_entry
+from p2psync.core.budgets import BudgetKind
 from p2psync.core.errors import RemoteError
 from p2psync.core.forks import ForkProof, decode_fork_proof, encode_side
 from p2psync.core.hlc import Now
@@ -82,6 +83,7 @@ class SyncEngine(Ledger):
         super().__init__(signing_key, progress, reader, now, config, last_hlc=last_hlc, forks=forks)
         self._peers: dict[str, PeerState] = {}
         self._first_round = (now.wall_ms // 1000) % (1 << 31)
+        self._round_counter = 0  # one sequence for all peers: a reconnect never reuses one
 
     def peer_claims(self) -> dict[str, dict[bytes, int]]:
         """What each connected peer holds as far as we know, as counts per origin."""
@@ -107,18 +109,14 @@ class SyncEngine(Ledger):
         return self._start_round(peer, state, now, reply_wanted=True)
 
     def peer_disconnected(self, peer: str, now: Now) -> list[Action]:
-        state = self._peers.get(peer)
+        """Forget the peer: its rounds, claims and timers; a reconnect starts afresh."""
+        state = self._peers.pop(peer, None)
         if state is None:
             return []
         state.connected = False
-        actions: list[Action] = []
         if state.incoming is not None:
-            actions.append(
-                self._finish_incoming(peer, state, now, ok=False, detail="peer disconnected")
-            )
-        state.outgoing = None
-        state.resync_wanted = False
-        return actions
+            return [self._finish_incoming(peer, state, now, ok=False, detail="peer disconnected")]
+        return []
 
     def request_sync(self, peer: str, now: Now) -> list[Action]:
         state = self._peers.get(peer)
@@ -170,10 +168,14 @@ class SyncEngine(Ledger):
             message = protocol.decode(data)
         except RemoteError as exc:
             return [Dropped(peer, exc.reason, str(exc))]
-        state = self._peers.setdefault(peer, PeerState())
+        state = self._peers.get(peer)
+        if state is None:  # no session (it ended while this was in flight): no state for it
+            return [Dropped(peer, Reason.UNEXPECTED, "sync message from a peer with no session")]
         if isinstance(message, protocol.Recon):
             if message.flags & protocol.FROM_RESPONDER:
                 return self._on_answer(peer, state, message, now)
+            if not self._budgets.spend(peer, BudgetKind.RECON, now.monotonic):
+                return _over_budget(peer, BudgetKind.RECON, "reconciliation question")
             return self._on_question(peer, state, message, now)
         if isinstance(message, protocol.Want):
             return self._on_want(peer, state, message, now)
@@ -184,6 +186,8 @@ class SyncEngine(Ledger):
         if isinstance(message, protocol.Ack):
             return self._on_ack(peer, state, message, now)
         if isinstance(message, Query):
+            if not self._budgets.spend(peer, BudgetKind.QUERY, now.monotonic):
+                return _over_budget(peer, BudgetKind.QUERY, "query")
             return [QueryReceived(peer, message.query_id)]
         if isinstance(message, QueryReply):
             return [QueryAnswered(peer, message)]
@@ -197,11 +201,12 @@ class SyncEngine(Ledger):
             return [Dropped(peer, exc.reason, str(exc))]
         if not isinstance(message, protocol.Live):
             return [Dropped(peer, Reason.UNEXPECTED, "non-live message on the live topic")]
+        if not self._budgets.spend(peer, BudgetKind.LIVE, now.monotonic):
+            return _over_budget(peer, BudgetKind.LIVE, "live entry")
         actions = self._accept([message.entry], peer, now, source=Source.LIVE, verify_each=True)
-        try:
-            entry = decode_entry(message.entry)
-        except RemoteError:
-            return actions
+        if not actions or not isinstance(actions[0], Persist):
+            return actions  # refused (or held already): a forgery starts no round
+        entry = actions[0].entries[0].entry
         if entry.seq > 0 and not self._progress.has(entry.origin, entry.seq - 1):
             # A gap: we missed earlier live entries. Ask the author if it is a
             # direct peer, else any direct peer (gossip relays across hops).
@@ -382,15 +387,15 @@ class SyncEngine(Ledger):
     ) -> list[Action]:
         # Round numbers start from the wall clock in each life of the engine, so a
         # restarted peer's rounds are not taken for its previous life's.
-        state.round_counter = max(state.round_counter + 1, self._first_round)
-        incoming = Incoming(state.round_counter, now.monotonic, now.monotonic)
+        self._round_counter = max(self._round_counter + 1, self._first_round)
+        incoming = Incoming(self._round_counter, now.monotonic, now.monotonic)
         question = whole_range(self._index)
         incoming.pending.add(question.lower, question.upper)
         state.incoming = incoming
         state.last_round_started = now.monotonic
         state.resync_wanted = False
         flags = protocol.ROUND_START | (protocol.REPLY_WANTED if reply_wanted else 0)
-        recon = protocol.Recon(state.round_counter, flags, (question,))
+        recon = protocol.Recon(self._round_counter, flags, (question,))
         return [_send(peer, recon, MessageKind.RECON)]
 
     def _finish_incoming(
@@ -421,3 +426,8 @@ def _send(peer: str, message: protocol.Message, kind: MessageKind) -> SendTo:
 
 def _proof_message(proof: ForkProof) -> protocol.ForkProofMsg:
     return protocol.ForkProofMsg(encode_side(proof.first), encode_side(proof.second))
+
+
+def _over_budget(peer: str, kind: BudgetKind, what: str) -> list[Action]:
+    detail = f"{what} past the peer's {kind} budget"
+    return [Dropped(peer, Reason.BUDGET, detail), BudgetExceeded(peer, kind)]

@@ -104,8 +104,6 @@ def verify_signature(entry: Entry, key_cache: dict[bytes, VerifyKey] | None = No
             raise RemoteError(
                 "entry origin is not an Ed25519 key", reason=Reason.SIGNATURE
             ) from exc
-        if key_cache is not None and len(key_cache) < 100_000:
-            key_cache[entry.origin] = key
     try:
         key.verify(entry.signed_part, entry.signature)
     except BadSignatureError as exc:
@@ -113,3 +111,6 @@ def verify_signature(entry: Entry, key_cache: dict[bytes, VerifyKey] | None = No
             f"bad signature on entry seq {entry.seq} of origin {entry.origin.hex()[:16]}",
             reason=Reason.SIGNATURE,
         ) from exc
+    # Cached only once it verified something: a forger's random origins cost nothing.
+    if key_cache is not None and len(key_cache) < 100_000:
+        key_cache.setdefault(entry.origin, key)

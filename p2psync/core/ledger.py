@@ -7,15 +7,24 @@ verdict on received entries. `SyncEngine` (engine.py) adds the peers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from nacl.signing import SigningKey, VerifyKey
 from pyroaring import BitMap64
 
 from p2psync.core import protocol
 from p2psync.core.acceptance import check_entries
-from p2psync.core.actions import Accepted, Action, Persist, PublishLive, RecordFork
+from p2psync.core.actions import (
+    Accepted,
+    Action,
+    BudgetExceeded,
+    Persist,
+    PublishLive,
+    RecordFork,
+    Rejected,
+)
+from p2psync.core.budgets import DEFAULT_BUDGETS, BudgetKind, BudgetRate, PeerBudgets
 from p2psync.core.entry import ZERO_HASH, decode_entry, sign_entry
 from p2psync.core.errors import LocalError, OwnLogForked
 from p2psync.core.forks import ForkProof
@@ -24,7 +33,7 @@ from p2psync.core.ids import make_recipe_id
 from p2psync.core.items import ItemIndex
 from p2psync.core.ops import Op, encode_op
 from p2psync.core.progress import Progress
-from p2psync.core.reasons import Source
+from p2psync.core.reasons import Reason, Source
 from p2psync.core.store import LogReader
 
 # A lower fork proof of an already forked origin rewrites the author's recipes;
@@ -41,6 +50,8 @@ class EngineConfig:
     round_timeout: float = 15.0  # a round with no progress for this long fails
     # A closed network accepts entries of these origins only (ours always); None: any.
     allowed_origins: frozenset[bytes] | None = None
+    # What one peer may make us do (budgets.DEFAULT_BUDGETS); a kind left out is unlimited.
+    budgets: Mapping[BudgetKind, BudgetRate] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
 
 
 class Ledger:
@@ -77,6 +88,8 @@ class Ledger:
         self._verify_keys: dict[bytes, VerifyKey] = {}
         self._forks: dict[bytes, ForkProof] = {proof.origin: proof for proof in forks}
         self._rewrites_due: dict[bytes, ForkProof] = {}  # lower proofs not yet recorded
+        self._budgets = PeerBudgets(dict(self.config.budgets))
+        self._store_full = False
         self._next_rewrite = float("-inf")
         self._index = ItemIndex(progress, reader)
         for proof in self._forks.values():
@@ -190,6 +203,7 @@ class Ledger:
             verify_each=verify_each,
         )
         actions: list[Action] = []
+        verdict.accepted = self._admit(verdict.accepted, peer, now, actions)
         if verdict.accepted:
             next_own = self.next_own_seq()
             new_by_origin: dict[bytes, dict[int, bytes]] = {}  # origin -> {seq: hash}
@@ -210,6 +224,56 @@ class Ledger:
         for proof in verdict.proofs:
             actions.extend(self._learn_fork(proof, now, source=None))
         return actions
+
+    def set_store_full(self, full: bool) -> None:
+        """The driver measured the store against --max-store-mb: past it, entries of
+        other origins are refused (`store_full`) until it is below again."""
+        self._store_full = full
+
+    @property
+    def store_full(self) -> bool:
+        return self._store_full
+
+    def _admit(
+        self, accepted: list[Accepted], peer: str, now: Now, actions: list[Action]
+    ) -> list[Accepted]:
+        """Authentic entries the store budget and the peer's new-origins budget let in.
+
+        The refused wait: anti-entropy offers them again later (or another peer does).
+        """
+        if not accepted:
+            return accepted
+        refused: dict[Reason, int] = {}
+        kept: list[Accepted] = []
+        admitted: dict[bytes, bool] = {}
+        for item in accepted:
+            origin = item.entry.origin
+            if origin == self.me:
+                kept.append(item)
+                continue
+            if self._store_full:
+                refused[Reason.STORE_FULL] = refused.get(Reason.STORE_FULL, 0) + 1
+                continue
+            ok = admitted.get(origin)
+            if ok is None:
+                new = self._progress.get(origin) is None
+                ok = admitted[origin] = not new or self._budgets.spend(
+                    peer, BudgetKind.NEW_ORIGINS, now.monotonic
+                )
+            if ok:
+                kept.append(item)
+            else:
+                refused[Reason.BUDGET] = refused.get(Reason.BUDGET, 0) + 1
+        if Reason.STORE_FULL in refused:
+            count = refused[Reason.STORE_FULL]
+            detail = "the store is past --max-store-mb: only our own entries are kept"
+            actions.append(Rejected(peer, Reason.STORE_FULL, count, detail))
+        if Reason.BUDGET in refused:
+            count = refused[Reason.BUDGET]
+            detail = f"{count} entries of origins new to us, past the peer's new-origins budget"
+            actions.append(Rejected(peer, Reason.BUDGET, count, detail))
+            actions.append(BudgetExceeded(peer, BudgetKind.NEW_ORIGINS))
+        return kept
 
     def _learn_fork(self, proof: ForkProof, now: Now, *, source: str | None) -> list[Action]:
         """Hold a checked proof: hide the origin from its seq on, and record it.

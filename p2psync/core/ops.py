@@ -15,8 +15,8 @@ import orjson
 from p2psync.core.errors import LocalError, RemoteError
 from p2psync.core.reasons import Reason
 
-OpKind = Literal["create", "update", "publish", "delete"]
-OP_KINDS: frozenset[str] = frozenset({"create", "update", "publish", "delete"})
+OpKind = Literal["create", "update", "publish", "unpublish", "delete"]
+OP_KINDS: frozenset[str] = frozenset({"create", "update", "publish", "unpublish", "delete"})
 
 MAX_NAME_CHARS = 200
 MAX_INGREDIENTS_CHARS = 4000

@@ -81,12 +81,11 @@ class Progress:
         return iter(self._held)
 
     def held(self, origin: bytes) -> BitMap64:
-        """The held seqs of `origin` (created empty if none). Read it; change it
-        only through add() and discard(), which keep the total."""
+        """The held seqs of `origin` (a new empty bitmap if none: reading creates
+        no state, so an origin costs nothing until one of its entries is taken).
+        Read it; change it only through add() and discard(), which keep the total."""
         bitmap = self._held.get(origin)
-        if bitmap is None:
-            bitmap = self._held[origin] = BitMap64()
-        return bitmap
+        return BitMap64() if bitmap is None else bitmap
 
     def get(self, origin: bytes) -> BitMap64 | None:
         """The held seqs of `origin`, or None; unlike held() it creates nothing."""
@@ -109,7 +108,7 @@ class Progress:
         return 0 if not bitmap else int(bitmap.max()) + 1
 
     def add(self, origin: bytes, seqs: list[int]) -> None:
-        held = self.held(origin)
+        held = self._held.setdefault(origin, BitMap64())
         before = len(held)
         held.update(seqs)
         self._total += len(held) - before

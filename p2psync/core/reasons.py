@@ -49,6 +49,8 @@ class Reason(StrEnum):
     BAD_PROOF = "bad_proof"  # a fork proof that proves nothing
     STALLED = "stalled"  # a round that made no progress while the peer had more
     AHEAD = "ahead"  # a seq MAX_AHEAD or more past the origin's held prefix: later, in order
+    BUDGET = "budget"  # the delivering peer spent its budget (BudgetExceeded scores it down)
+    STORE_FULL = "store_full"  # --max-store-mb reached: other origins' entries wait
 
 
 class Blame(StrEnum):
@@ -86,6 +88,8 @@ BLAME_OF: dict[Reason, Blame] = {
     Reason.BAD_PROOF: Blame.DELIVERER,
     Reason.STALLED: Blame.NOBODY,
     Reason.AHEAD: Blame.NOBODY,
+    Reason.BUDGET: Blame.NOBODY,  # the penalty comes with BudgetExceeded, once
+    Reason.STORE_FULL: Blame.NOBODY,
 }
 
 

@@ -2,7 +2,8 @@
 
 Only a recipe's author writes it (checked before merge, see ops.py), so the
 author's own HLC order decides: fields are last-writer-wins by (hlc, seq),
-published is a flag that once set stays set, and delete is a tombstone that
+published is last-writer-wins by seq among publish and unpublish ops (one
+author's ops are ordered by its seq), and delete is a tombstone that
 hides the recipe for good. Each rule is a max or an or, hence commutative,
 associative and idempotent: any arrival order, with any duplicates, gives the
 same state, which is what lets every node converge.
@@ -34,6 +35,7 @@ class RecipeState:
     published: bool
     deleted: bool
     updated: int  # greatest hlc of any op merged
+    published_seq: int = -1  # seq of the publish/unpublish op that set `published`; -1: none
 
     @property
     def visible(self) -> bool:
@@ -73,11 +75,15 @@ def merge(state: RecipeState | None, entry: Entry, op: Op) -> RecipeState:
     fields, version = state.fields, state.fields_version
     if op.fields is not None and (entry.hlc, entry.seq) > version:
         fields, version = op.fields, (entry.hlc, entry.seq)
+    published, published_seq = state.published, state.published_seq
+    if op.kind in ("publish", "unpublish") and entry.seq > published_seq:
+        published, published_seq = op.kind == "publish", entry.seq
     return replace(
         state,
         fields=fields,
         fields_version=version,
-        published=state.published or op.kind == "publish",
+        published=published,
+        published_seq=published_seq,
         deleted=state.deleted or op.kind == "delete",
         updated=max(state.updated, entry.hlc),
     )

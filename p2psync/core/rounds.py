@@ -57,7 +57,6 @@ class PeerState:
     resync_wanted: bool = False
     failed_rounds: int = 0  # in a row: a connected session that makes no progress
     last_round_started: float = float("-inf")
-    round_counter: int = 0
 
 
 def take_batch(

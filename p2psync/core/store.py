@@ -59,6 +59,11 @@ class Store(LogReader, Protocol):
 
     def entry_count(self) -> int: ...
 
+    def size_bytes(self) -> int:
+        """About how many bytes the store's data takes (for --max-store-mb); cheap
+        enough to call after commits."""
+        ...
+
     def last_hlc(self, ceiling_ms: int) -> int:
         """The greatest hlc held whose wall part is at most `ceiling_ms`; 0 if none.
 

@@ -42,6 +42,13 @@ _MAX_SENDER_NAMES = 10_000
 class Received(NamedTuple):
     sender: str  # origin peer id (base58), authenticated by its signature
     data: bytes
+    forwarder: str  # the peer whose stream handed it to us (the sender, or a relay)
+
+
+# A topic validator: (forwarder peer id, origin peer id, payload) -> keep it?
+# It runs in the router before delivery and before forwarding: False means
+# neither. It must be cheap and must not block (no awaits).
+Validator = Callable[[str, str, bytes], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +95,10 @@ class Gossip:
         self._drops: Counter[str] = Counter()
         self._subs: dict[str, trio.MemorySendChannel[Received]] = {}
         self._sender_names: dict[bytes, str] = {}
+        # Forwarder of each message between its validation and its delivery
+        # (both happen in one pass of libp2p's push_msg): libp2p hands the
+        # subscriber only the message, not the peer that sent it to us.
+        self._forwarders: dict[tuple[bytes, bytes], str] = {}
         self._closing = False
         self.router = new_gossipsub(on_drop=self._count_router_drop)
         self.pubsub = RoutedPubsub(
@@ -102,24 +113,28 @@ class Gossip:
         )
 
     async def subscribe(
-        self, topic: str, *, buffer: int = 1024
+        self, topic: str, *, buffer: int = 1024, validator: Validator | None = None
     ) -> trio.MemoryReceiveChannel[Received]:
         """Join ``topic``; messages from others arrive on the returned channel.
 
         One reader per topic. The channel ends when ``unsubscribe(topic)`` is
         called or the host shuts down. A reader that lags more than ``buffer``
         messages loses the excess (counted as ``recv_buffer_full``).
+        ``validator`` vets each message in the router: a refused one is
+        neither delivered nor forwarded to other peers.
         """
         if topic in self._subs:
             raise ValueError(f"already subscribed to {topic}")
         send, receive = trio.open_memory_channel[Received](buffer)
         self._subs[topic] = send
+        self.pubsub.set_topic_validator(topic, self._router_validator(validator), False)
         try:
             await self.pubsub.subscribe(topic)
         except BaseException:
             # Cancelled (or failed) half way: leave no stale record behind, or
             # the next subscribe to this topic would be refused.
             self._subs.pop(topic, None)
+            self.pubsub.remove_topic_validator(topic)
             send.close()
             raise
         return receive
@@ -128,7 +143,32 @@ class Gossip:
         send = self._subs.pop(topic, None)
         if send is not None:
             send.close()
+        self.pubsub.remove_topic_validator(topic)
         await self.pubsub.unsubscribe(topic)
+
+    def _router_validator(
+        self, validator: Validator | None
+    ) -> Callable[[ID, rpc_pb2.Message], bool]:
+        def validate(forwarder: ID, msg: rpc_pb2.Message) -> bool:
+            if msg.from_id == self._my_id_bytes:
+                return True  # our own publication
+            name = forwarder.to_base58()
+            if validator is not None and not validator(name, self._name_of(msg.from_id), msg.data):
+                return False  # the validator counts and blames
+            if len(self._forwarders) >= _MAX_SENDER_NAMES:
+                self._forwarders.clear()  # undelivered leftovers: forget rather than grow
+            self._forwarders[(msg.from_id, msg.seqno)] = name
+            return True
+
+        return validate
+
+    def _name_of(self, from_id: bytes) -> str:
+        sender = self._sender_names.get(from_id)
+        if sender is None:
+            sender = ID(from_id).to_base58()
+            if len(self._sender_names) < _MAX_SENDER_NAMES:
+                self._sender_names[from_id] = sender
+        return sender
 
     async def publish(self, topic: str, data: bytes, *, timeout: float = 2.0) -> PublishResult:
         """Queue ``data`` for ``topic``'s peers, waiting up to ``timeout`` for room.
@@ -201,19 +241,18 @@ class Gossip:
         self._on_bad_peer(peer, reason)
 
     def _deliver(self, msg: rpc_pb2.Message) -> None:
+        forwarder = self._forwarders.pop((msg.from_id, msg.seqno), None)
         if msg.from_id == self._my_id_bytes:
             return
-        sender = self._sender_names.get(msg.from_id)
-        if sender is None:
-            sender = ID(msg.from_id).to_base58()
-            if len(self._sender_names) < _MAX_SENDER_NAMES:
-                self._sender_names[msg.from_id] = sender
+        sender = self._name_of(msg.from_id)
+        if forwarder is None:
+            forwarder = sender
         for topic in msg.topicIDs:
             channel = self._subs.get(topic)
             if channel is None:
                 continue
             try:
-                channel.send_nowait(Received(sender, msg.data))
+                channel.send_nowait(Received(sender, msg.data, forwarder))
             except trio.WouldBlock:
                 self._drops["recv_buffer_full"] += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError):

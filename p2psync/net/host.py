@@ -69,7 +69,7 @@ from libp2p.pubsub.rpc_queue import DefaultMaxMessageSize
 from libp2p.tools.anyio_service import background_trio_service
 
 from p2psync.net.addresses import tcp_multiaddr, with_peer_id
-from p2psync.net.gossip import ENVELOPE_HEADROOM, Gossip, PublishResult, Received
+from p2psync.net.gossip import ENVELOPE_HEADROOM, Gossip, PublishResult, Received, Validator
 from p2psync.net.libp2p_fixes import (
     YAMUX_ONLY,
     disable_auto_connector,
@@ -236,10 +236,10 @@ class Libp2pHost:
     # -- gossipsub (gossip.py) -----------------------------------------------
 
     async def subscribe(
-        self, topic: str, *, buffer: int = 1024
+        self, topic: str, *, buffer: int = 1024, validator: Validator | None = None
     ) -> trio.MemoryReceiveChannel[Received]:
         """Join ``topic``; see ``Gossip.subscribe``."""
-        return await self._gossip.subscribe(topic, buffer=buffer)
+        return await self._gossip.subscribe(topic, buffer=buffer, validator=validator)
 
     async def unsubscribe(self, topic: str) -> None:
         await self._gossip.unsubscribe(topic)

@@ -27,5 +27,14 @@ class NodeConfig:
     seed: int | None = None
     api_token: str | None = None
     allow_peers: frozenset[str] = field(default_factory=frozenset)
+    max_store_mb: float | None = None  # MiB; past it, other origins' entries are refused
+    new_origins_per_hour: int = 1000  # per peer; 0: no limit (budgets.NEW_ORIGINS)
     repl: bool = True
     log_level: str = "WARNING"
+
+    @property
+    def max_store_bytes(self) -> int | None:
+        """--max-store-mb in bytes (1 MiB = 1048576 bytes), None when there is no limit."""
+        if self.max_store_mb is None:
+            return None
+        return int(self.max_store_mb * (1 << 20))

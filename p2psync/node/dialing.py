@@ -1,135 +1,126 @@
-"""Whom to dial and when: discovered peers, static peers, and peers that vanished.
+"""Carries out the peer policy on the libp2p host: the one place that runs its actions.
 
-Three loops share one peer table. Discovered peers are dialed once (the
-smaller peer id first, so two nodes that find each other at once do not
-both dial); static peers are kept connected with capped, jittered backoff;
-a peer whose health check failed is re-dialed for a few minutes.
+The policy (`core/peer_policy.py`) decides whom to dial, refuse, ban and
+sync with; `PeerDriver` feeds it the time, ticks it every `TICK_SECONDS`,
+and turns its actions into dials, disconnects, log lines, metrics and
+session starts and stops (the latter through the callbacks the network
+service hands in).
 """
 
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import trio
 
-from p2psync.net.addresses import has_peer_id, peer_id_of
+from p2psync.core.peer_policy import (
+    Ban,
+    Dial,
+    Disconnect,
+    Notice,
+    PeerPolicy,
+    PolicyAction,
+    StartSession,
+    StopSession,
+)
+from p2psync.core.reasons import Drop
+from p2psync.net.addresses import has_peer_id
 from p2psync.net.host import ConnectError, Libp2pHost
-from p2psync.node.peers import PeerTable
+from p2psync.node.observer import Observer
 
 log = logging.getLogger(__name__)
 
-BACKOFF_BASE = 0.5
-BACKOFF_MAX = 30.0
-TIE_BREAK_DELAY = 2.0
+TICK_SECONDS = 0.5
 DIAL_TIMEOUT = 5.0
-LOST_PEER_REDIALS = 12
-STATIC_CHECK_SECONDS = 1.0
+DISCONNECT_TIMEOUT = 5.0
 
 
-def backoff_delay(failures: int, rng: random.Random) -> float:
-    """Exponential, capped, with full jitter on the upper half."""
-    ceiling = min(BACKOFF_MAX, BACKOFF_BASE * (2 ** min(failures, 16)))
-    return float(ceiling / 2 + rng.random() * ceiling / 2)
-
-
-class Dialer:
+class PeerDriver:
     def __init__(
         self,
         host: Libp2pHost,
-        table: PeerTable,
+        policy: PeerPolicy,
+        observer: Observer,
+        nursery: trio.Nursery,
         *,
-        allowed: Callable[[str], bool],
-        has_session: Callable[[str], bool],
-        rng: random.Random | None = None,
+        start_session: Callable[[str], None],
+        stop_session: Callable[[str], None],
     ) -> None:
         self.host = host
-        self.table = table
-        self._allowed = allowed
-        self._has_session = has_session
-        self._rng = rng or random.Random()
-        self._dialing: set[str] = set()
+        self.policy = policy
+        self.observer = observer
+        self.nursery = nursery
+        self._start_session = start_session
+        self._stop_session = stop_session
+        self._disconnecting: dict[str, trio.Event] = {}
 
-    def _banned(self, peer_id: str) -> bool:
-        return self.table.banned(peer_id, trio.current_time())
+    @staticmethod
+    def now() -> float:
+        return trio.current_time()
 
-    def discovered(
-        self, nursery: trio.Nursery, peer_id: str, addrs: list[str], source: str
-    ) -> None:
-        """A discovery mechanism saw `peer_id`: dial it unless we already are."""
-        if peer_id == self.host.peer_id or not self._allowed(peer_id) or self._banned(peer_id):
-            return
-        record = self.table.learn(peer_id, addrs, source)
-        if record.connected or peer_id in self._dialing:
-            log.debug("discovered %s again (%s)", peer_id, record.state)
-            return
-        # Both sides usually discover each other at once; the smaller id dials
-        # first and the other only if nothing happened after a short delay.
-        delay = 0.0 if self.host.peer_id < peer_id else TIE_BREAK_DELAY
-        self._dialing.add(peer_id)
-        nursery.start_soon(self._dial_discovered, peer_id, delay)
+    def run(self, actions: Iterable[PolicyAction]) -> None:
+        """Carry out the policy's actions, in order, without waiting."""
+        for action in actions:
+            if isinstance(action, Dial):
+                self.nursery.start_soon(self._dial, action)
+            elif isinstance(action, Disconnect):
+                if action.refused:
+                    log.info("refused a connection from %s (%s)", action.peer_id, action.reason)
+                    self.observer.dropped(Drop.PEER_REFUSED)
+                self.nursery.start_soon(self._disconnect, action.peer_id)
+            elif isinstance(action, Ban):
+                log.warning(
+                    "peer %s misbehaves (%d bad messages in %g s, last: %s); banned for %g s",
+                    action.peer_id, action.strikes, action.window, action.reason, action.seconds,
+                )  # fmt: skip
+                self.observer.dropped(Drop.PEER_BANNED)
+            elif isinstance(action, StartSession):
+                self._start_session(action.peer_id)
+            elif isinstance(action, StopSession):
+                self._stop_session(action.peer_id)
+            elif isinstance(action, Notice):
+                log.log(logging.WARNING if action.warning else logging.INFO, "%s", action.message)
 
-    async def _dial_discovered(self, peer_id: str, delay: float) -> None:
-        try:
-            await trio.sleep(delay)
-            record = self.table.get(peer_id)
-            if record is None or record.connected or record.state == "backing_off":
-                return
-            for addr in [a for a in record.addrs if has_peer_id(a)]:
-                if self._has_session(peer_id):
-                    return
-                self.table.set_state(peer_id, "connecting")
-                log.info("dialing %s at %s", peer_id, addr)
-                try:
-                    await self.host.connect(addr, timeout=DIAL_TIMEOUT)
-                    log.info("connected to %s", peer_id)
-                    return
-                except (ConnectError, ValueError) as exc:
-                    log.info("dial %s failed: %s", addr, exc)
-            self.table.set_state(peer_id, "failed")
-        finally:
-            self._dialing.discard(peer_id)
-
-    async def redial_lost(self, peer_id: str) -> None:
-        """Try to get a vanished peer back, with backoff, for a few minutes."""
-        for failures in range(LOST_PEER_REDIALS):
-            await trio.sleep(backoff_delay(failures, self._rng))
-            record = self.table.get(peer_id)
-            if record is None or record.connected or self._has_session(peer_id):
-                return
-            if self._banned(peer_id):
-                continue
-            for addr in [a for a in record.addrs if has_peer_id(a)]:
-                try:
-                    await self.host.connect(addr, timeout=DIAL_TIMEOUT)
-                    return
-                except (ConnectError, ValueError) as exc:
-                    log.debug("redial %s failed: %s", addr, exc)
-
-    async def keep_static_peer(self, multiaddr: str) -> None:
-        """Keep one static peer connected, re-dialing with backoff."""
-        peer_id = peer_id_of(multiaddr)
-        if not self._allowed(peer_id):
-            log.warning("not dialing %s: it is not in the allow list", multiaddr)
-            return
-        self.table.learn(peer_id, [multiaddr], "static")
-        failures = 0
+    async def run_ticks(self) -> None:
         while True:
-            record = self.table.get(peer_id)
-            if (record is not None and record.connected) or self._banned(peer_id):
-                if record is not None and record.connected:
-                    failures = 0
-                await trio.sleep(STATIC_CHECK_SECONDS)
-                continue
-            self.table.set_state(peer_id, "connecting")
+            self.run(self.policy.tick(self.now()))
+            await trio.sleep(TICK_SECONDS)
+
+    async def _disconnect(self, peer_id: str) -> None:
+        done = self._disconnecting.setdefault(peer_id, trio.Event())
+        try:
+            with trio.move_on_after(DISCONNECT_TIMEOUT):
+                await self.host.disconnect(peer_id)
+        finally:
+            done.set()
+            if self._disconnecting.get(peer_id) is done:
+                del self._disconnecting[peer_id]
+
+    async def _dial(self, dial: Dial) -> None:
+        """Each address in turn until one connects; the outcome goes back to the policy."""
+        peer_id, ok = dial.peer_id, False
+        if (disconnecting := self._disconnecting.get(peer_id)) is not None:
+            await disconnecting.wait()  # else connect() may return the dying connection
+        for addr in [a for a in dial.addrs if has_peer_id(a)]:
+            record = self.policy.get(peer_id)
+            if record is not None and record.connected:
+                ok = True  # it dialed us meanwhile
+                break
+            log.info("dialing %s at %s", peer_id, addr)
             try:
-                await self.host.connect(multiaddr, timeout=DIAL_TIMEOUT)
-                failures = 0
-                await trio.sleep(STATIC_CHECK_SECONDS)
-                continue
+                await self.host.connect(addr, timeout=DIAL_TIMEOUT)
             except (ConnectError, ValueError) as exc:
-                failures += 1
-                log.info("static peer %s unreachable: %s", multiaddr, exc)
-            self.table.set_state(peer_id, "backing_off")
-            await trio.sleep(backoff_delay(failures, self._rng))
+                log.info("dial %s failed: %s", addr, exc)
+                continue
+            log.info("connected to %s", peer_id)
+            ok = True
+            break
+        if not ok:
+            self.run(self.policy.dial_failed(peer_id, self.now()))
+            return
+        self.run(self.policy.dial_succeeded(peer_id, self.now()))
+        record = self.policy.get(peer_id)
+        if (record is None or not record.connected) and peer_id in self.host.connected_peers():
+            # Already connected before our dial: no new "connected" event comes.
+            self.run(self.policy.connected(peer_id, None, self.now()))

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from p2psync.core.actions import (
     Action,
+    BudgetExceeded,
     Dropped,
     Persist,
     PublishLive,
@@ -174,6 +175,10 @@ class Executor:
             effects.query_received(action.peer, action.query_id)
         elif isinstance(action, QueryAnswered):
             effects.query_answered(action.peer, action.reply)
+        elif isinstance(action, BudgetExceeded):
+            log.info("peer %s is past its %s budget", action.peer, action.kind)
+            observer.budget_exceeded(action.kind)
+            effects.penalize(action.peer, f"budget_{action.kind}")
         elif isinstance(action, RestartSession):
             log.warning("sync with %s makes no progress; restarting its session", action.peer)
             effects.restart_session(action.peer)

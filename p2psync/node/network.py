@@ -8,7 +8,7 @@ Task tree (all under the nursery of `serve_network`):
       ├─ query reader        `ls r all` requests -> answer on the pair topic
       ├─ peer events         connect / disconnect -> start / cancel sessions
       ├─ session per peer    pair-topic reader + sender + health check
-      ├─ static dialers      one per --peer, exponential backoff with jitter (dialing.py)
+      ├─ peer policy tick    dials, session resumes (core/peer_policy.py via dialing.py)
       ├─ local discovery     <data root>/run/<network>/*.json
       └─ mDNS                zeroconf, unless --no-mdns
 
@@ -21,27 +21,30 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
 
-from p2psync.core import protocol
-from p2psync.core.errors import RemoteError
-from p2psync.core.ids import InvalidPeerId, public_key_from_peer_id
-from p2psync.core.query import Query, QueryReply
+from p2psync.core.peer_policy import CUT_UNRESPONSIVE, PeerPolicy, PolicyAction
+from p2psync.core.query import QueryReply
 from p2psync.core.reasons import Drop, Reason
+from p2psync.net.addresses import peer_id_of
+from p2psync.net.gossip import Validator
 from p2psync.net.host import Libp2pHost, PeerEvent, open_libp2p_host
 from p2psync.net.local import serve_local_discovery
 from p2psync.net.topics import live_topic, query_topic, sync_topic
 from p2psync.node.config import NodeConfig
-from p2psync.node.dialing import Dialer
+from p2psync.node.dialing import PeerDriver
 from p2psync.node.node import Node
 from p2psync.node.observer import Observer
-from p2psync.node.peers import BAN_SECONDS, STRIKE_WINDOW, PeerTable
+from p2psync.node.peers import peer_views
 from p2psync.node.queries import RecipeQueries
 from p2psync.node.service import PeerView, RecipeView
 from p2psync.node.transport import Transport
+from p2psync.node.validation import TopicChecks
 
 if TYPE_CHECKING:
     # trio.TaskStatus itself: libp2p installs trio-typing, whose stubs shadow
@@ -57,7 +60,6 @@ HEALTH_INTERVAL = 2.0
 HEALTH_TIMEOUT = 3.0
 HEALTH_FAILURES = 2
 PUBLISH_TIMEOUT = 5.0
-SESSION_RESUME_DELAY = 0.5
 
 
 @dataclass
@@ -86,11 +88,16 @@ class NetworkTransport(Transport):
         self.config = config
         self.observer = observer
         self.nursery = nursery
-        self.table = PeerTable()
+        self.policy = PeerPolicy(host.peer_id, random.Random(), allow=config.allow_peers)
         self.sessions: dict[str, _Session] = {}
         self.live_send, self.live_receive = trio.open_memory_channel[bytes](LIVE_OUTBOX_SIZE)
-        self.dialer = Dialer(
-            host, self.table, allowed=self._allowed, has_session=self.sessions.__contains__
+        self.driver = PeerDriver(
+            host,
+            self.policy,
+            observer,
+            nursery,
+            start_session=self._start_session,
+            stop_session=self._stop_session,
         )
         self.queries = RecipeQueries(
             host,
@@ -98,6 +105,7 @@ class NetworkTransport(Transport):
             send=self.send,
             published=node.list_recipes,
             observer=observer,
+            version=node.store.digest,  # changes with every visible recipe change
         )
 
     # ------------------------------------------------------------ Effects and views
@@ -109,7 +117,7 @@ class NetworkTransport(Transport):
         return _offer(session.outbox_send, data)
 
     def publish_live(self, data: bytes) -> bool:
-        if not self.table.connected_ids():
+        if not self.policy.connected_ids():
             return False
         return _offer(self.live_send, data)
 
@@ -117,7 +125,7 @@ class NetworkTransport(Transport):
         return self.host.listen_addrs()
 
     def peers(self) -> list[PeerView]:
-        return self.table.views()
+        return peer_views(self.policy)
 
     def query_received(self, peer: str, query_id: int) -> None:
         self.queries.answer(peer, query_id)
@@ -126,7 +134,8 @@ class NetworkTransport(Transport):
         self.queries.answered(peer, reply)
 
     def round_finished(self, peer: str, ok: bool, seconds: float) -> None:
-        self.table.round_finished(peer, ok, seconds)
+        wall_ms = self.node.now().wall_ms
+        self._policy_event(self.policy.round_finished, peer, ok, seconds, wall_ms)
 
     def restart_session(self, peer: str) -> None:
         session = self.sessions.get(peer)
@@ -135,29 +144,26 @@ class NetworkTransport(Transport):
 
     def penalize(self, peer: str, reason: str) -> None:
         """Score a peer down; too many offences in a short time get it banned."""
-        if self.table.offence(peer, trio.current_time()):
-            log.warning(
-                "peer %s misbehaves (too many bad messages in %g s, last: %s); banned for %g s",
-                peer, STRIKE_WINDOW, reason, BAN_SECONDS,
-            )  # fmt: skip
-            self.observer.dropped(Drop.PEER_BANNED)
-            self.nursery.start_soon(self.host.disconnect, peer)
+        self._policy_event(self.policy.offence, peer, reason)
 
     async def remote_published(
         self, peer_prefix: str | None, timeout: float
     ) -> dict[str, list[RecipeView]]:
-        connected = [p for p in self.table.connected_ids() if p in self.sessions]
+        connected = [p for p in self.policy.connected_ids() if p in self.sessions]
         return await self.queries.ask(connected, peer_prefix, timeout)
 
-    def _allowed(self, peer_id: str) -> bool:
-        allow = self.config.allow_peers
-        return not allow or peer_id in allow
+    # ------------------------------------------------------------ the peer policy
 
-    def _banned(self, peer_id: str) -> bool:
-        return self.table.banned(peer_id, trio.current_time())
+    def _policy_event(self, event: Callable[..., list[PolicyAction]], *args: object) -> None:
+        """Hand the policy one event, stamped with the time, and carry out its answer."""
+        self.driver.run(event(*args, self.driver.now()))
+        self.observer.set_peers_connected(len(self.policy.connected_ids()))
 
     def discovered(self, peer_id: str, addrs: list[str], source: str) -> None:
-        self.dialer.discovered(self.nursery, peer_id, addrs, source)
+        self._policy_event(self.policy.discovered, peer_id, addrs, source)
+
+    def add_static_peer(self, multiaddr: str) -> None:
+        self._policy_event(self.policy.add_static, peer_id_of(multiaddr), multiaddr)
 
     # ------------------------------------------------------------ sessions
 
@@ -172,32 +178,20 @@ class NetworkTransport(Transport):
             log.warning(
                 "peer %s sent an unreadable stream (%s); reconnecting", peer, event.direction
             )
-            self.nursery.start_soon(self._reconnect, peer)
-            return
-        if event.kind == "connected":
-            if not self._allowed(peer) or not _is_ed25519(peer) or self._banned(peer):
-                self.observer.dropped(Drop.PEER_REFUSED)
-                self.nursery.start_soon(self.host.disconnect, peer)
-                return
-            self.table.learn(peer, [event.addr] if event.addr else [], "inbound")
-            self.table.set_state(peer, "connected")
-            if peer not in self.sessions:
-                self._start_session(peer)
-        else:
-            if peer in self.host.connected_peers():
-                return  # another connection to it is still up
-            self.table.set_state(peer, "known")
-            existing = self.sessions.get(peer)
-            if existing is not None:
-                existing.cancel.cancel()
-        self.observer.set_peers_connected(len(self.table.connected_ids()))
+            self._policy_event(self.policy.peer_lost, peer, "unreadable_stream")
+        elif event.kind == "connected":
+            self._policy_event(self.policy.connected, peer, event.addr)
+        elif peer not in self.host.connected_peers():  # else another connection is still up
+            self._policy_event(self.policy.disconnected, peer)
 
-    async def _reconnect(self, peer_id: str) -> None:
-        with trio.move_on_after(5):
-            await self.host.disconnect(peer_id)
-        await self.dialer.redial_lost(peer_id)
+    def _stop_session(self, peer: str) -> None:
+        session = self.sessions.get(peer)
+        if session is not None:
+            session.cancel.cancel()
 
     def _start_session(self, peer: str) -> None:
+        if peer in self.sessions:
+            return  # the old one is winding down; its end resumes one (policy)
         send, receive = trio.open_memory_channel[bytes](OUTBOX_SIZE)
         topic = sync_topic(self.config.network, self.host.peer_id, peer)
         session = _Session(peer, topic, send, receive)
@@ -210,7 +204,9 @@ class NetworkTransport(Transport):
         try:
             with session.cancel:
                 try:
-                    receive = await self.host.subscribe(session.topic)
+                    receive = await self.host.subscribe(
+                        session.topic, validator=self._validator(TopicChecks().pair, peer)
+                    )
                     with trio.move_on_after(MESH_WAIT_SECONDS):
                         await self.host.wait_for_mesh_peer(session.topic, peer, MESH_WAIT_SECONDS)
                     session.ready = True
@@ -237,24 +233,11 @@ class NetworkTransport(Transport):
             if self.sessions.get(peer) is session:
                 del self.sessions[peer]
             node.run_actions(node.engine.peer_disconnected(peer, node.now()))
-            self.observer.set_peers_connected(len(self.table.connected_ids()))
-            # The peer may have reconnected while this session was winding
-            # down (its "connected" event found the old session and did
-            # nothing): give the new connection a session of its own.
+            # The policy resumes a session shortly if the peer is still (or
+            # again) connected: its "connected" event may have found this one.
             shutting_down = trio.current_effective_deadline() == float("-inf")
             if not shutting_down:
-                self.nursery.start_soon(self._resume_session, peer)
-
-    async def _resume_session(self, peer: str) -> None:
-        # A short pause bounds the rate should a session keep failing at once.
-        await trio.sleep(SESSION_RESUME_DELAY)
-        if (
-            peer not in self.sessions
-            and peer in self.host.connected_peers()
-            and self._allowed(peer)
-            and not self._banned(peer)
-        ):
-            self._start_session(peer)
+                self._policy_event(self.policy.session_ended, peer)
 
     async def _session_sender(self, session: _Session) -> None:
         async for data in session.outbox_receive:
@@ -277,12 +260,9 @@ class NetworkTransport(Transport):
             failures = 0 if alive else failures + 1
             if failures >= HEALTH_FAILURES:
                 log.info("peer %s stopped answering pings; disconnecting", session.peer_id)
-                self.table.set_state(session.peer_id, "failed")
-                # Disconnect before cancelling the session: this task lives
-                # inside the session's scope and would be cancelled with it.
-                with trio.move_on_after(5):
-                    await self.host.disconnect(session.peer_id)
-                self.nursery.start_soon(self.dialer.redial_lost, session.peer_id)
+                # Disconnects in the service's nursery, stops this session and
+                # re-dials a while: all through the policy.
+                self._policy_event(self.policy.peer_lost, session.peer_id, CUT_UNRESPONSIVE)
                 session.cancel.cancel()
                 return
 
@@ -290,9 +270,12 @@ class NetworkTransport(Transport):
 
     async def run_live_reader(self) -> None:
         node = self.node
-        receive = await self.host.subscribe(live_topic(self.config.network))
+        validator = self._validator(TopicChecks().live)
+        receive = await self.host.subscribe(live_topic(self.config.network), validator=validator)
         async for received in receive:
-            node.run_actions(node.engine.live_received(received.sender, received.data, node.now()))
+            # The forwarder delivered it: budgets and blame are its, not the signer's.
+            actions = node.engine.live_received(received.forwarder, received.data, node.now())
+            node.run_actions(actions)
 
     async def run_live_sender(self) -> None:
         topic = live_topic(self.config.network)
@@ -302,18 +285,33 @@ class NetworkTransport(Transport):
                 self.observer.dropped(f"publish_{result.reason}")
 
     async def run_query_reader(self) -> None:
-        receive = await self.host.subscribe(query_topic(self.config.network))
+        node = self.node
+        validator = self._validator(TopicChecks().query)
+        receive = await self.host.subscribe(query_topic(self.config.network), validator=validator)
         async for received in receive:
-            try:
-                message = protocol.decode(received.data)
-            except RemoteError as exc:
-                self.observer.dropped(exc.reason)
-                continue
-            if not isinstance(message, Query):
-                self.observer.dropped(Reason.UNEXPECTED)
-                continue
             if received.sender in self.sessions:
-                self.queries.answer(received.sender, message.query_id)
+                # Through the engine, which holds the asker to its query budget.
+                node.run_actions(
+                    node.engine.message_received(received.sender, received.data, node.now())
+                )
+
+    def _validator(
+        self, check: Callable[[bytes], Reason | None], pair_peer: str | None = None
+    ) -> Validator:
+        """A router validator: `check` the payload (and, on a pair topic, that it
+        comes from that peer); a refusal is counted and blamed on the forwarder."""
+
+        def validate(forwarder: str, sender: str, data: bytes) -> bool:
+            # On a pair topic only the pair's other peer may sign or hand us anything.
+            wrong_sender = pair_peer is not None and (sender, forwarder) != (pair_peer, pair_peer)
+            reason: str | None = Drop.WRONG_SENDER if wrong_sender else check(data)
+            if reason is None:
+                return True
+            self.observer.dropped(reason)
+            self.penalize(forwarder, reason)
+            return False
+
+        return validate
 
     async def run_drop_counter(self) -> None:
         """Export the drops that happen inside the libp2p wrapper."""
@@ -333,14 +331,6 @@ def _offer(outbox: trio.MemorySendChannel[bytes], data: bytes) -> bool:
     try:
         outbox.send_nowait(data)
     except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-        return False
-    return True
-
-
-def _is_ed25519(peer_id: str) -> bool:
-    try:
-        public_key_from_peer_id(peer_id)
-    except InvalidPeerId:
         return False
     return True
 
@@ -373,7 +363,8 @@ async def serve_network(
             nursery.start_soon(transport.run_query_reader)
             nursery.start_soon(transport.run_drop_counter)
             for multiaddr in config.peers:
-                nursery.start_soon(transport.dialer.keep_static_peer, multiaddr)
+                transport.add_static_peer(multiaddr)
+            nursery.start_soon(transport.driver.run_ticks)
             if config.data_root is not None:
                 await nursery.start(
                     functools.partial(

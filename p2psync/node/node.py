@@ -9,6 +9,7 @@ before anyone is told about it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ import trio
 from nacl.signing import SigningKey
 
 from p2psync.core.actions import Action, Persist, RoundFinished
+from p2psync.core.budgets import DEFAULT_BUDGETS, BudgetKind, BudgetRate
 from p2psync.core.engine import EngineConfig, SyncEngine
 from p2psync.core.errors import LocalError, OwnLogForked
 from p2psync.core.hlc import MAX_FORWARD_MS, Now
@@ -32,6 +34,8 @@ from p2psync.node.restore import UNSYNCED_NAME
 from p2psync.node.service import PeerView, RecipeView, StatusView, UserError
 from p2psync.node.transport import Transport
 
+log = logging.getLogger(__name__)
+
 OWN_HEAD_WAIT_SECONDS = 10.0  # a started node with static peers, or a connected peer
 RESTORED_WAIT_SECONDS = 60.0  # a restored node, before it has met any peer
 
@@ -41,6 +45,80 @@ class SystemClock:
 
     def now(self) -> Now:
         return Now(time.monotonic(), time.time_ns() // 1_000_000)
+
+
+# The store is measured after commits, at most once a second unless this many
+# entries arrived since (a backfill batch): ~20 us against a commit's milliseconds.
+STORE_MEASURE_SECONDS = 1.0
+STORE_MEASURE_ENTRIES = 256
+# Refusing starts at the limit and ends only below 95 % of it: no flapping.
+STORE_BUDGET_CLEAR_FRACTION = 0.95
+
+
+class StoreBudget:
+    """--max-store-mb: measures the store after commits and tells the engine
+    (`set_store_full`) when the size crosses the limit, in either direction."""
+
+    def __init__(
+        self, store: Store, engine: SyncEngine, observer: Observer, config: NodeConfig
+    ) -> None:
+        self.store, self.engine, self.observer = store, engine, observer
+        self.limit = config.max_store_bytes
+        self.limit_mb = config.max_store_mb
+        self.size: int | None = None  # bytes, as last measured
+        self._measured_at = float("-inf")
+        self._measured_entries = -1
+        self._dirty = True
+
+    @property
+    def hit(self) -> bool:
+        return self.engine.store_full
+
+    def after_commit(self, monotonic: float) -> None:
+        self._dirty = True
+        grown = self.engine.entry_count() - self._measured_entries
+        if grown >= STORE_MEASURE_ENTRIES or monotonic - self._measured_at >= STORE_MEASURE_SECONDS:
+            self.measure(monotonic)
+
+    def catch_up(self, monotonic: float) -> None:
+        """A commit not measured yet (rate limit) is measured once the second is over."""
+        if self._dirty and monotonic - self._measured_at >= STORE_MEASURE_SECONDS:
+            self.measure(monotonic)
+
+    def measure(self, monotonic: float) -> None:
+        self._measured_at, self._dirty = monotonic, False
+        self._measured_entries = self.engine.entry_count()
+        try:
+            self.size = size = self.store.size_bytes()
+        except StoreError as exc:
+            log.debug("could not measure the store: %s", exc)
+            return
+        limit = self.limit
+        if limit is not None:
+            if not self.engine.store_full and size >= limit:
+                self.engine.set_store_full(True)
+                log.warning(
+                    "store is past --max-store-mb %g (%s): entries of other origins are refused"
+                    " until it is below %s again (start with a larger --max-store-mb);"
+                    " own writes still work",
+                    self.limit_mb, _mib(size), _mib(self._clear_below(limit)),
+                )  # fmt: skip
+            elif self.engine.store_full and size < self._clear_below(limit):
+                self.engine.set_store_full(False)
+                log.info(
+                    "store is below --max-store-mb %g again (%s): entries of other origins"
+                    " are accepted again",
+                    self.limit_mb, _mib(size),
+                )  # fmt: skip
+        self.observer.set_store_size(size, limit, self.engine.store_full)
+
+    @staticmethod
+    def _clear_below(limit: int) -> int:
+        return int(limit * STORE_BUDGET_CLEAR_FRACTION)
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.2f} MiB"
 
 
 class Node:
@@ -70,6 +148,7 @@ class Node:
                 batch_size=config.batch_size,
                 sync_interval=config.sync_interval,
                 allowed_origins=allowed,
+                budgets=budgets_for(config.new_origins_per_hour),
             ),
             last_hlc=store.last_hlc(self.clock.now().wall_ms + MAX_FORWARD_MS),
             forks=store.load_forks(),
@@ -78,6 +157,7 @@ class Node:
         self.stop_requested = trio.Event()
         self.local_writes = trio.Lock()  # one local append (sign + durable commit) at a time
         self.changed = trio.Event()  # set after every commit, then replaced
+        self.commit_count = 0  # commits so far (wait_for_change)
         # Set once a round with a peer has finished: by then we know whether
         # peers hold more of our own log than we do (a restored old backup).
         self.own_head_settled = trio.Event()
@@ -90,6 +170,8 @@ class Node:
             on_commit=self._announce_change,
             on_round_finished=self._round_finished,
         )
+        self.store_budget = StoreBudget(store, self.engine, observer, config)
+        self.store_budget.measure(self.clock.now().monotonic)  # past it already at start?
 
     @property
     def store_error(self) -> str | None:
@@ -101,7 +183,9 @@ class Node:
         return self.clock.now()
 
     def run_actions(self, actions: list[Action]) -> None:
-        self.executor.run(actions, self.clock.now())
+        now = self.clock.now()
+        self.executor.run(actions, now)
+        self.store_budget.catch_up(now.monotonic)  # the ticker calls this every second
 
     def attach_transport(self, transport: Transport) -> None:
         self.transport = transport
@@ -146,6 +230,8 @@ class Node:
         self._head_wait_done = True
 
     def _announce_change(self) -> None:
+        self.store_budget.after_commit(self.clock.now().monotonic)
+        self.commit_count += 1
         self.changed.set()
         self.changed = trio.Event()
 
@@ -217,6 +303,9 @@ class Node:
             recipes=self.store.recipe_count(),
             digest=self.store.digest(),
             forked_origins=len(self.engine.forked_origins()),
+            store_bytes=self.store_budget.size,
+            max_store_bytes=self.store_budget.limit,
+            store_budget_hit=self.store_budget.hit,
         )
 
     def list_recipes(self) -> list[RecipeView]:
@@ -241,6 +330,46 @@ class Node:
             await self.wait_for_own_head()
             await self.append_ops([Op("publish", state.id, state.create_seq)])
         return recipe_view(self._stored_recipe(state.id))
+
+    async def update_recipe(
+        self,
+        recipe_id: str,
+        name: str | None = None,
+        ingredients: str | None = None,
+        instructions: str | None = None,
+    ) -> RecipeView:
+        state = self._own_recipe(recipe_id)
+        assert state.fields is not None  # _own_recipe returns visible recipes only
+        old = state.fields
+        try:
+            fields = validate_fields(
+                old.name if name is None else name,
+                old.ingredients if ingredients is None else ingredients,
+                old.instructions if instructions is None else instructions,
+            )
+        except LocalError as exc:
+            raise UserError(str(exc)) from exc
+        if fields == old:
+            return recipe_view(state)
+        async with self.local_writes:
+            await self.wait_for_own_head()
+            await self.append_ops([Op("update", state.id, state.create_seq, fields)])
+        return recipe_view(self._stored_recipe(state.id))
+
+    async def unpublish_recipe(self, recipe_id: str) -> RecipeView:
+        state = self._own_recipe(recipe_id)
+        if not state.published:
+            return recipe_view(state)
+        async with self.local_writes:
+            await self.wait_for_own_head()
+            await self.append_ops([Op("unpublish", state.id, state.create_seq)])
+        return recipe_view(self._stored_recipe(state.id))
+
+    async def wait_for_change(self, seen: int, timeout: float) -> int:
+        if self.commit_count == seen:
+            with trio.move_on_after(timeout):
+                await self.changed.wait()
+        return self.commit_count
 
     async def delete_recipe(self, recipe_id: str) -> None:
         state = self._own_recipe(recipe_id)
@@ -301,3 +430,14 @@ def recipe_view(state: RecipeState) -> RecipeView:
 
 def data_file(data_dir: Path) -> Path:
     return data_dir / "p2psync.db"
+
+
+def budgets_for(new_origins_per_hour: int) -> dict[BudgetKind, BudgetRate]:
+    """The engine's per-peer budgets, with --new-origins-per-hour (0: no limit)."""
+    budgets = dict(DEFAULT_BUDGETS)
+    if new_origins_per_hour <= 0:
+        del budgets[BudgetKind.NEW_ORIGINS]
+    else:
+        n = float(new_origins_per_hour)
+        budgets[BudgetKind.NEW_ORIGINS] = BudgetRate(burst=n, per_second=n / 3600)
+    return budgets

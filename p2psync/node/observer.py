@@ -31,6 +31,13 @@ class Observer(Protocol):
 
     def fork_detected(self) -> None: ...
 
+    def budget_exceeded(self, kind: str) -> None: ...
+
+    def set_store_size(self, size_bytes: int, limit_bytes: int | None, budget_hit: bool) -> None:
+        """The store's measured size, --max-store-mb in bytes (None: no limit), and
+        whether other origins' entries are refused for it."""
+        ...
+
 
 class NullObserver:
     """Observes nothing: for drivers that do not export metrics."""
@@ -63,4 +70,10 @@ class NullObserver:
         pass
 
     def fork_detected(self) -> None:
+        pass
+
+    def budget_exceeded(self, kind: str) -> None:
+        pass
+
+    def set_store_size(self, size_bytes: int, limit_bytes: int | None, budget_hit: bool) -> None:
         pass

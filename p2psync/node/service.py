@@ -80,6 +80,9 @@ class StatusView:
     recipes: int
     digest: str
     forked_origins: int = 0  # origins proven to have signed two entries for one seq
+    store_bytes: int | None = None  # the store's last measured size
+    max_store_bytes: int | None = None  # --max-store-mb in bytes; None: no limit
+    store_budget_hit: bool = False  # past it: other origins' entries are refused
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +96,9 @@ class StatusView:
             "recipes": self.recipes,
             "digest": self.digest,
             "forked_origins": self.forked_origins,
+            "store_bytes": self.store_bytes,
+            "max_store_bytes": self.max_store_bytes,
+            "store_budget_hit": self.store_budget_hit,
         }
 
 
@@ -111,8 +117,28 @@ class NodeService(Protocol):
         """404 UserError if unknown, 403 if not ours."""
         ...
 
+    async def update_recipe(
+        self,
+        recipe_id: str,
+        name: str | None = None,
+        ingredients: str | None = None,
+        instructions: str | None = None,
+    ) -> RecipeView:
+        """Change the given fields (None keeps one). 404 if unknown, 403 if not
+        ours, 400 on bad fields."""
+        ...
+
+    async def unpublish_recipe(self, recipe_id: str) -> RecipeView:
+        """404 UserError if unknown, 403 if not ours."""
+        ...
+
     async def delete_recipe(self, recipe_id: str) -> None:
         """404 UserError if unknown, 403 if not ours."""
+        ...
+
+    async def wait_for_change(self, seen: int, timeout: float) -> int:
+        """The number of commits so far, once it differs from `seen` (at once
+        if it already does), or after `timeout` seconds."""
         ...
 
     def list_peers(self) -> list[PeerView]: ...

@@ -22,6 +22,7 @@ class MemoryStore:
         self._hlcs: dict[tuple[bytes, int], int] = {}
         self._totals = BookTotals()
         self.forks: dict[bytes, ForkProof] = {}
+        self._raw_bytes = 0  # of the entries in `log`: the size_bytes estimate
 
     def entry_links(self, origin: bytes, seqs: Iterable[int]) -> dict[int, tuple[bytes, bytes]]:
         found = {}
@@ -47,6 +48,8 @@ class MemoryStore:
         change = merge_entries(persist.entries, self.recipes, self._totals)
         for accepted in persist.entries:
             entry = accepted.entry
+            if (entry.origin, entry.seq) not in self.log:
+                self._raw_bytes += len(entry.raw)
             self.log[(entry.origin, entry.seq)] = (entry.raw, accepted.entry_hash(), entry.prev)
             self._last_hlc = max(self._last_hlc, entry.hlc)
             self._hlcs[(entry.origin, entry.seq)] = entry.hlc
@@ -85,6 +88,10 @@ class MemoryStore:
 
     def entry_count(self) -> int:
         return len(self.log)
+
+    def size_bytes(self) -> int:
+        """An estimate: the raw bytes of the stored entries, kept current by commit."""
+        return self._raw_bytes
 
     def last_hlc(self, ceiling_ms: int) -> int:
         if wall_ms_of(self._last_hlc) <= ceiling_ms:

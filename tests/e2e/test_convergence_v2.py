@@ -166,7 +166,8 @@ async def test_more_than_ten_thousand_origins_relay_down_a_chain(
         op = Op("create", recipe_id, None, RecipeFields(f"Dish {i}", "rice", "steam"))
         raws.append(signed_entry(key, 0, ZERO_HASH, op).raw)
 
-    a = await start(nodes, tmp_path / "a")
+    unlimited = ("--new-origins-per-hour", "0")  # 10,001 authors new to each node
+    a = await start(nodes, tmp_path / "a", *unlimited)
     api_a = NodeApi(client, a.api)
     status_a = await api_a.status()
     with trio.fail_after(90):
@@ -180,8 +181,8 @@ async def test_more_than_ten_thousand_origins_relay_down_a_chain(
 
             await wait_async(a_has_all, 60, "a to store every origin's entry")
 
-    b = await start(nodes, tmp_path / "b", "--peer", listen_addr(a))
-    c = await start(nodes, tmp_path / "c", "--peer", listen_addr(b))
+    b = await start(nodes, tmp_path / "b", "--peer", listen_addr(a), *unlimited)
+    c = await start(nodes, tmp_path / "c", "--peer", listen_addr(b), *unlimited)
     apis = [api_a, NodeApi(client, b.api), NodeApi(client, c.api)]
     seen: list[Any] = []
 

@@ -7,6 +7,7 @@ import hashlib
 import pytest
 import trio
 
+from p2psync.net.gossip import Received
 from p2psync.net.host import (
     ConnectError,
     Libp2pHost,
@@ -79,7 +80,7 @@ async def test_rejects_bad_arguments() -> None:
 
 async def test_gossip_connect_publish_disconnect_shutdown() -> None:
     topic = live_topic("test")
-    received: list[tuple[str, bytes]] = []
+    received: list[Received] = []
     with trio.fail_after(20):
         async with (
             open_libp2p_host(seed("a"), LOOPBACK, 0) as a,
@@ -112,11 +113,13 @@ async def test_gossip_connect_publish_disconnect_shutdown() -> None:
                 assert result, result
             received = []
             async for message in sub_b:
-                received.append(tuple(message))
+                received.append(message)
                 if len(received) == len(sent):
                     break
+            assert {m.forwarder for m in received} == {a.peer_id}
             relayed = []
             async for message in sub_c:  # c is not connected to a: b forwards
+                assert (message.sender, message.forwarder) == (a.peer_id, b.peer_id)
                 relayed.append(message.data)
                 if len(relayed) == len(sent):
                     break
@@ -153,8 +156,8 @@ async def test_gossip_connect_publish_disconnect_shutdown() -> None:
             await a.unsubscribe(topic)
             async for _ in sub_a:
                 raise AssertionError("no message expected after unsubscribe")
-    assert [data for _, data in received] == sent
-    assert {sender for sender, _ in received} == {a.peer_id}
+    assert [message.data for message in received] == sent
+    assert {m.sender for m in received} == {a.peer_id}
 
 
 async def test_every_message_is_delivered_or_counted() -> None:

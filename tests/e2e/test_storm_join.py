@@ -36,7 +36,11 @@ from tests.e2e.raw_peer import NodeApi, loopback_addr, raw_peer, signed_entry, w
 pytestmark = pytest.mark.e2e
 
 # INFO: health-check disconnects and session restarts show in a failure's logs.
-NODE_ARGS = ["--host", "127.0.0.1", "--sync-interval", "2", "--log-level", "INFO"]
+# 9,000 authors new to each node: past the default new-origins budget of one peer.
+NODE_ARGS = [
+    "--host", "127.0.0.1", "--sync-interval", "2", "--log-level", "INFO",
+    "--new-origins-per-hour", "0",
+]  # fmt: skip
 FLOOD = 9000
 # Keep at most this many entries ahead of what A has stored: the flood runs as
 # fast as A takes it, however slow the machine, and A's health check (and its

@@ -69,7 +69,14 @@ class Node:
         raw = entry.raw if isinstance(entry, Entry) else entry
         return self.run(self.engine.live_received(peer, protocol.encode(protocol.Live(raw))))
 
+    def session(self, peer: str) -> None:
+        """Open a session with `peer` (sync messages come within one); its first
+        RECON is dropped, as if lost."""
+        if peer not in self.engine.connected_peers():
+            self.engine.peer_connected(peer)
+
     def batch(self, raws, peer: str = PEER, round_no: int = 1, batch_no: int = 0, last=True):
+        self.session(peer)
         message = protocol.Batch(round_no, batch_no, last, tuple(raws))
         return self.run(self.engine.message_received(peer, protocol.encode(message)))
 
@@ -364,6 +371,7 @@ def test_flow_control_window_between_two_engines() -> None:
     assert a.store.entry_count() == 30
 
     # b connects and asks; a may have at most `window` batches unacknowledged.
+    a.session("b")
     queue: list[tuple[str, SendTo]] = [("b", s) for s in b.engine.peer_connected("a")]
     in_flight: set[int] = set()
     max_in_flight = 0
@@ -397,6 +405,7 @@ def test_flow_control_window_between_two_engines() -> None:
 
 def _ask_for_everything(node: Node, peer: str = "b", round_no: int = 1) -> list[Action]:
     """Play an initiator holding nothing: ask, then want all of X."""
+    node.session(peer)
     question = protocol.Recon(round_no, 0, (protocol.FingerprintRange(*_ALL, 0, 0),))
     answered = node.engine.message_received(peer, protocol.encode(question))
     assert sent(answered, "recon") and not _batch_entries(answered)
@@ -514,6 +523,7 @@ def test_want_bomb_sends_only_what_we_hold_and_returns_quickly() -> None:
         protocol.Claim(b"\x99" * 32, 2**48, BitMap64()),  # an origin we never saw
         protocol.Claim(other[0].origin, 0, BitMap64([1, 2**40])),  # lacks 0 and 2
     )
+    node.session("bomber")
     question = protocol.Recon(1, 0, (protocol.FingerprintRange(*_ALL, 12345, 2**31),))
     node.engine.message_received("bomber", protocol.encode(question))
     started = wallclock.perf_counter()

@@ -152,6 +152,7 @@ def test_ever_lower_fork_proofs_rewrite_the_recipes_once_per_interval() -> None:
         record(proof)
 
     node.store.record_fork = counting  # type: ignore[method-assign]
+    node.engine.peer_connected("peer")
     for seq in range(29, 0, -1):
         other = sign_entry(KEY, seq, b"\x09" * 32, seq, b"other")
         proof = make_fork_proof([held[seq]], [other])

@@ -57,7 +57,7 @@ def author_logs(draw):
         ("create", 0, draw(fields_st)) for _ in range(n_creates)
     ]
     for _ in range(draw(st.integers(0, 10))):
-        kind = draw(st.sampled_from(["update", "update", "publish", "delete"]))
+        kind = draw(st.sampled_from(["update", "update", "publish", "unpublish", "delete"]))
         target = draw(st.integers(0, n_creates - 1))  # creates sit at seqs 0..n-1
         ops.append((kind, target, draw(fields_st) if kind == "update" else None))
     steps = draw(st.lists(st.integers(0, 3), min_size=len(ops), max_size=len(ops)))
@@ -86,7 +86,10 @@ def test_merge_order_independent_and_idempotent(entries, rng, dup_picks) -> None
             assert state.fields == writers[-1][1].fields
         kinds = {op.kind for e, op in entries if op.recipe_id == rid}
         assert state.deleted == ("delete" in kinds)
-        assert state.published == ("publish" in kinds)
+        flags = [op.kind for e, op in entries if op.recipe_id == rid]
+        flags = [kind for kind in flags if kind in ("publish", "unpublish")]
+        # The last publish or unpublish (by seq) decides.
+        assert state.published == (bool(flags) and flags[-1] == "publish")
 
 
 def test_is_by_author() -> None:

@@ -249,7 +249,9 @@ async def test_unknown_ids_are_404(client: httpx.AsyncClient) -> None:
         assert "nope" in error_of(response)
 
 
-@pytest.mark.parametrize("path", ["/", "/api/v0/nothing", "/api/v1/status", "/api/v0/recipes/"])
+@pytest.mark.parametrize(
+    "path", ["/nothing", "/api/v0/nothing", "/api/v1/status", "/api/v0/recipes/", "/static/nope.js"]
+)
 async def test_unknown_routes_are_404(client: httpx.AsyncClient, path: str) -> None:
     response = await client.get(path)
     assert response.status_code == 404

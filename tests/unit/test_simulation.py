@@ -356,7 +356,10 @@ def test_equivocating_origins_are_proven_and_resolved_the_same_everywhere(
 
 
 def test_twenty_thousand_origins_reconcile() -> None:
-    config = EngineConfig(batch_size=1000, window=4, sync_interval=5.0, round_timeout=3.0)
+    # No new-origins budget: 20,500 origins from one peer is this test's point.
+    config = EngineConfig(
+        batch_size=1000, window=4, sync_interval=5.0, round_timeout=3.0, budgets={}
+    )
     sim = Simulator(3, seed=9, config=config)
     a, b, c = sim.ids
     raws = []
