@@ -19,7 +19,15 @@ from typing import Any
 
 from benchmarks.common import FULL, QUICK, REPO, Context, say
 
-SCENARIOS = ("cold_join", "live_latency", "in_sync_round", "relay", "footprint", "core")
+SCENARIOS = (
+    "cold_join",
+    "live_latency",
+    "in_sync_round",
+    "relay",
+    "footprint",
+    "core",
+    "scale",
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # What the table shows per scenario: (key, label, unit).
@@ -76,6 +84,18 @@ TABLE: dict[str, list[tuple[str, str, str]]] = {
         ("commit_per_s", "  SQLite commit part only", "entries/s"),
         ("summary_encode_us", "items encode (100k, 1% holes)", "us"),
         ("summary_decode_us", "items decode (100k, 1% holes)", "us"),
+    ],
+    "scale": [
+        ("nodes", "nodes in full mesh (N)", ""),
+        ("idle_cpu_pct", "idle CPU per node, mean", "% core"),
+        ("idle_cpu_pct_max", "idle CPU per node, max", "% core"),
+        ("raw_idle_cpu_pct", "raw gossipsub idle CPU per peer", "% core"),
+        ("burst_s", "burst 25/node -> all hold N*25", "s"),
+        ("raw_flood_s", "raw gossipsub flood, same msgs", "s"),
+        ("burst_ratio", "ratio burst / raw flood", ""),
+        ("rss_mb", "RSS per node, mean", "MB"),
+        ("raw_rss_mb", "raw gossipsub RSS per peer", "MB"),
+        ("loadavg_1m", "machine load (1 min) at idle window", ""),
     ],
 }
 

@@ -41,6 +41,13 @@ class Sizes:
     cold_join_timeout: float
     relay_timeout: float
     footprint_gen_timeout: float
+    # scale (issue 13): N nodes in full mesh, idle CPU/RSS and a burst per node
+    scale_nodes: tuple[int, ...] = (4,)
+    scale_burst: int = 25
+    scale_settle_s: float = 3.0  # after the mesh is up, before the idle window
+    scale_idle_window_s: float = 5.0
+    scale_mesh_timeout: float = 60.0
+    scale_burst_timeout: float = 60.0
 
 
 FULL = Sizes(
@@ -60,6 +67,11 @@ FULL = Sizes(
     cold_join_timeout=180.0,
     relay_timeout=150.0,
     footprint_gen_timeout=300.0,
+    scale_nodes=(4, 8, 16, 32),
+    scale_settle_s=10.0,
+    scale_idle_window_s=20.0,
+    scale_mesh_timeout=180.0,
+    scale_burst_timeout=120.0,
 )
 
 QUICK = Sizes(
@@ -79,6 +91,11 @@ QUICK = Sizes(
     cold_join_timeout=60.0,
     relay_timeout=60.0,
     footprint_gen_timeout=60.0,
+    scale_nodes=(4,),
+    scale_settle_s=3.0,
+    scale_idle_window_s=5.0,
+    scale_mesh_timeout=45.0,
+    scale_burst_timeout=30.0,
 )
 
 

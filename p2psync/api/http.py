@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from p2psync.api.dashboard import dashboard_routes
-from p2psync.api.gate import TokenGate
+from p2psync.api.gate import BrowserGuard, TokenGate
 from p2psync.api.metrics import Metrics
 from p2psync.node.service import NodeService, UserError
 
@@ -112,6 +112,8 @@ def _app(routes: list[BaseRoute], token: str | None) -> Starlette:
     app.router.redirect_slashes = False
     if token:
         app.add_middleware(TokenGate, token=token)
+    # Outermost: other web pages are turned away before anything else runs.
+    app.add_middleware(BrowserGuard, check_host=not token)
     return app
 
 

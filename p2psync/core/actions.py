@@ -119,10 +119,12 @@ class QueryReceived:
 
 @dataclass(frozen=True, slots=True)
 class BudgetExceeded:
-    """`peer` asked for more than its budget of `kind`: count it, score the peer down."""
+    """`peer` asked for more than its budget of `kind`: count it and, if
+    `penalize`, score the peer down (not when it only served what we asked for)."""
 
     peer: str
     kind: BudgetKind
+    penalize: bool = True
 
 
 @dataclass(frozen=True, slots=True)

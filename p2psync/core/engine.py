@@ -193,17 +193,27 @@ class SyncEngine(Ledger):
             return [QueryAnswered(peer, message)]
         return [Dropped(peer, Reason.UNEXPECTED, "live entry sent on a sync topic")]
 
-    def live_received(self, peer: str, data: bytes, now: Now) -> list[Action]:
-        """A message on the live topic, forwarded to us by `peer`."""
+    def live_received(
+        self, peer: str, data: bytes, now: Now, *, publisher: str | None = None
+    ) -> list[Action]:
+        """A message on the live topic, forwarded to us by `peer`, published into
+        the mesh by `publisher` (gossipsub's signed `from`; `peer` if not given).
+
+        Budgets are the publisher's: an honest relay forwards whatever passed
+        its validator, so a flood must not cost the relay its standing.
+        """
+        publisher = peer if publisher is None else publisher
         try:
             message = protocol.decode(data)
         except RemoteError as exc:
             return [Dropped(peer, exc.reason, str(exc))]
         if not isinstance(message, protocol.Live):
             return [Dropped(peer, Reason.UNEXPECTED, "non-live message on the live topic")]
-        if not self._budgets.spend(peer, BudgetKind.LIVE, now.monotonic):
-            return _over_budget(peer, BudgetKind.LIVE, "live entry")
-        actions = self._accept([message.entry], peer, now, source=Source.LIVE, verify_each=True)
+        if not self._budgets.spend(publisher, BudgetKind.LIVE, now.monotonic):
+            return _over_budget(publisher, BudgetKind.LIVE, "live entry")
+        actions = self._accept(
+            [message.entry], peer, now, source=Source.LIVE, verify_each=True, budget_of=publisher
+        )
         if not actions or not isinstance(actions[0], Persist):
             return actions  # refused (or held already): a forgery starts no round
         entry = actions[0].entries[0].entry

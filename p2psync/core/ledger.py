@@ -189,9 +189,21 @@ class Ledger:
     # ------------------------------------------------------------ received entries
 
     def _accept(
-        self, raws: Sequence[bytes], peer: str, now: Now, *, source: Source, verify_each: bool
+        self,
+        raws: Sequence[bytes],
+        peer: str,
+        now: Now,
+        *,
+        source: Source,
+        verify_each: bool,
+        budget_of: str | None = None,
     ) -> list[Action]:
-        """Check entries from a peer; the good new ones become one Persist, placed first."""
+        """Check entries from a peer; the good new ones become one Persist, placed first.
+
+        New origins are charged to `budget_of` (a live entry's publisher) and
+        an overrun scores it down; without it (backfill: the peer serves what
+        we asked for) they are charged to `peer` and an overrun only waits.
+        """
         verdict = check_entries(
             raws,
             peer,
@@ -203,7 +215,9 @@ class Ledger:
             verify_each=verify_each,
         )
         actions: list[Action] = []
-        verdict.accepted = self._admit(verdict.accepted, peer, now, actions)
+        verdict.accepted = self._admit(
+            verdict.accepted, budget_of or peer, now, actions, penalize=budget_of is not None
+        )
         if verdict.accepted:
             next_own = self.next_own_seq()
             new_by_origin: dict[bytes, dict[int, bytes]] = {}  # origin -> {seq: hash}
@@ -235,7 +249,13 @@ class Ledger:
         return self._store_full
 
     def _admit(
-        self, accepted: list[Accepted], peer: str, now: Now, actions: list[Action]
+        self,
+        accepted: list[Accepted],
+        peer: str,
+        now: Now,
+        actions: list[Action],
+        *,
+        penalize: bool,
     ) -> list[Accepted]:
         """Authentic entries the store budget and the peer's new-origins budget let in.
 
@@ -272,7 +292,7 @@ class Ledger:
             count = refused[Reason.BUDGET]
             detail = f"{count} entries of origins new to us, past the peer's new-origins budget"
             actions.append(Rejected(peer, Reason.BUDGET, count, detail))
-            actions.append(BudgetExceeded(peer, BudgetKind.NEW_ORIGINS))
+            actions.append(BudgetExceeded(peer, BudgetKind.NEW_ORIGINS, penalize=penalize))
         return kept
 
     def _learn_fork(self, proof: ForkProof, now: Now, *, source: str | None) -> list[Action]:

@@ -36,7 +36,7 @@ API::
         def heard_from(self, peer_id: str, within: float) -> bool
 
     PeerEvent(kind: "connected" | "disconnected" | "misbehaved", peer_id, addr, direction)
-    Received(sender, data)                             # a NamedTuple
+    Received(sender, data, forwarder)                  # forwarder: who handed it to us
     PublishResult(ok, reason, peers)                   # see its docstring
     ConnectError                                       # dial failed / timed out
 

@@ -178,7 +178,8 @@ class Executor:
         elif isinstance(action, BudgetExceeded):
             log.info("peer %s is past its %s budget", action.peer, action.kind)
             observer.budget_exceeded(action.kind)
-            effects.penalize(action.peer, f"budget_{action.kind}")
+            if action.penalize:
+                effects.penalize(action.peer, f"budget_{action.kind}")
         elif isinstance(action, RestartSession):
             log.warning("sync with %s makes no progress; restarting its session", action.peer)
             effects.restart_session(action.peer)

@@ -56,7 +56,10 @@ log = logging.getLogger(__name__)
 OUTBOX_SIZE = 64
 LIVE_OUTBOX_SIZE = 1024
 MESH_WAIT_SECONDS = 10.0
-HEALTH_INTERVAL = 2.0
+# Each ping is a new yamux stream with its own protocol negotiation: at 2 s it
+# cost ~0.8 % of a core per peer, nearly all of an idle node's CPU (see
+# docs/PERFORMANCE.md, "Scale"); every 3 s still notices a vanished peer in ~15 s.
+HEALTH_INTERVAL = 3.0
 HEALTH_TIMEOUT = 3.0
 HEALTH_FAILURES = 2
 PUBLISH_TIMEOUT = 5.0
@@ -255,6 +258,9 @@ class NetworkTransport(Transport):
         failures = 0
         while True:
             await trio.sleep(HEALTH_INTERVAL)
+            if self.host.heard_from(session.peer_id, HEALTH_INTERVAL):
+                failures = 0  # its data is news enough: no ping needed
+                continue
             rtt = await self.host.ping(session.peer_id, timeout=HEALTH_TIMEOUT)
             alive = rtt is not None or self.host.heard_from(session.peer_id, HEALTH_TIMEOUT)
             failures = 0 if alive else failures + 1
@@ -274,7 +280,9 @@ class NetworkTransport(Transport):
         receive = await self.host.subscribe(live_topic(self.config.network), validator=validator)
         async for received in receive:
             # The forwarder delivered it: budgets and blame are its, not the signer's.
-            actions = node.engine.live_received(received.forwarder, received.data, node.now())
+            actions = node.engine.live_received(
+                received.forwarder, received.data, node.now(), publisher=received.sender
+            )
             node.run_actions(actions)
 
     async def run_live_sender(self) -> None:

@@ -34,3 +34,18 @@ def test_quick_core_and_in_sync_round_write_their_keys(tmp_path: Path) -> None:
         assert in_sync[key] > 0, key
     assert in_sync["bytes_one_missing"] > in_sync["bytes"]
     assert "core" in done.stdout and "in_sync_round" in done.stdout  # the table
+
+
+def test_scale_reads_cpu_and_memory_from_proc() -> None:
+    """The scale scenario's /proc readers (its full runs spawn N nodes: too long for tests)."""
+    import os
+
+    from benchmarks.common import rss_mb
+    from benchmarks.scale import _summary, cpu_seconds, idle_cpu_pct
+
+    pid = os.getpid()
+    assert cpu_seconds(pid) > 0
+    (share,) = idle_cpu_pct([pid], 0.05)
+    assert share >= 0
+    assert rss_mb(pid) > 0
+    assert _summary([1.0, 3.0]) == {"mean": 2.0, "max": 3.0, "min": 1.0, "sum": 4.0}

@@ -165,3 +165,35 @@ def _own_recipe(node: Node, seq: int) -> str:
 
 def _config(rates: dict[BudgetKind, BudgetRate]) -> EngineConfig:
     return EngineConfig(batch_size=3, window=2, sync_interval=60, round_timeout=5, budgets=rates)
+
+
+def test_a_relayed_flood_is_charged_to_its_publisher_not_the_honest_relay() -> None:
+    """Every honest node forwards what passed its validator; charging the relay let
+    one flood of fresh-key entries get honest relays banned by their neighbours."""
+    rates = {BudgetKind.NEW_ORIGINS: BudgetRate(burst=5, per_second=0.0)}
+    node = Node(1, _config(rates))
+    penalised: list[tuple[str, str]] = []
+    node.executor.effects.penalize = lambda peer, reason: penalised.append((peer, reason))  # type: ignore[method-assign]
+    for i in range(12):
+        key = SigningKey(bytes([0x70 + i]) * 32)
+        raw = chain(key, 1)[0].raw
+        data = protocol.encode(protocol.Live(raw))
+        node.run(
+            node.engine.inner.live_received("relay", data, node.time.instant(), publisher="flooder")
+        )
+    assert penalised and {peer for peer, _ in penalised} == {"flooder"}
+    assert len(node.engine.held_counts()) == 5
+
+
+def test_a_sync_peer_past_the_new_origins_budget_is_not_scored_down() -> None:
+    """Backfill serves what we asked for: a join of many authors waits, it bans nobody."""
+    rates = {BudgetKind.NEW_ORIGINS: BudgetRate(burst=2, per_second=0.0)}
+    node = Node(1, _config(rates))
+    penalised: list[tuple[str, str]] = []
+    node.executor.effects.penalize = lambda peer, reason: penalised.append((peer, reason))  # type: ignore[method-assign]
+    for n in range(5):
+        keys = [SigningKey(bytes([0x80 + 5 * n + i]) * 32) for i in range(5)]
+        actions = node.batch([chain(k, 1)[0].raw for k in keys], peer="honest-sync-peer")
+        assert actions
+    assert not penalised
+    assert len(node.engine.held_counts()) == 2

@@ -245,3 +245,28 @@ async def test_token_gate_for_browsers(node: EditingNode) -> None:
             anonymous.cookies.clear()
             anonymous.cookies.set("p2psync_token", "wrong")
             assert (await anonymous.get("/api/v0/status")).status_code == 401
+
+
+async def test_other_web_pages_are_turned_away(client: httpx.AsyncClient) -> None:
+    """CSRF and DNS rebinding against the token-less loopback API: a page may post
+    a 'simple' request with no preflight, or rebind its domain to 127.0.0.1."""
+    evil_post = await client.post(
+        "/api/v0/recipes",
+        content=b'{"name": "x", "ingredients": "y", "instructions": "z"}',
+        headers={"origin": "https://evil.example", "content-type": "text/plain"},
+    )
+    assert evil_post.status_code == 403, evil_post.text
+    assert "cross-site" in evil_post.json()["error"]
+    rebound = await client.get("/api/v0/recipes", headers={"host": "rebind.evil.example"})
+    assert rebound.status_code == 403
+    own = f"http://{client.base_url.host}:{client.base_url.port}"
+    ok = await client.post(
+        "/api/v0/recipes",
+        json={"name": "x", "ingredients": "y", "instructions": "z"},
+        headers={"origin": own},
+    )
+    assert ok.status_code == 201, ok.text
+    script = await client.post(
+        "/api/v0/recipes", json={"name": "a", "ingredients": "b", "instructions": "c"}
+    )
+    assert script.status_code == 201

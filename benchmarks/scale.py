@@ -1,0 +1,502 @@
+"""Scale: N nodes in a full mesh — idle CPU and RSS per node, and a burst of creates.
+
+For each N of the run (quick: 4; full: 4, 8, 16 and 32), the same figures are
+taken for N `p2psync run --no-repl --no-mdns` processes and then, in the same
+run, for N raw py-libp2p gossipsub processes on one topic (the wrapper the
+daemon uses, p2psync.net.host, so the same gossipsub settings):
+
+- **Full mesh.** Identities and loopback ports are made up front, so every
+  process starts at once and process i dials (``--peer``) every process j < i.
+  The mesh is up when every node reports N-1 peers (the raw ones: N-1 topic
+  peers); then ``settle_s`` passes (heartbeats, the first anti-entropy round
+  with each peer) before anything is measured.
+- **Idle CPU** per process: utime+stime from /proc/<pid>/stat over
+  ``idle_window_s`` divided by the window and the clock tick, in % of one core.
+  The load average of the machine is recorded beside it (a shared machine).
+- **RSS** per process: VmRSS from /proc/<pid>/status after the idle window.
+- **Burst.** Every node gets ``burst`` creates (``POST /api/v0/recipes``, one
+  client thread per node, all released at the same moment); ``burst_s`` is
+  from that moment until every node holds N*burst entries (``/api/v0/status``
+  ``entries``, each node polled until it holds them all). The raw baseline
+  publishes ``burst`` messages from every process at the same moment (told on
+  stdin), each of the size of a live entry message of this run, and
+  ``raw_flood_s`` is until the last process has all (N-1)*burst others'.
+  ``burst_ratio`` = burst_s / raw_flood_s (issue 13: at most 2).
+
+Run as a child for the raw baseline::
+
+    python -m benchmarks.scale raw --seed HEX --port P [--peer ADDR]... --nodes N
+                                   --burst B --size S
+
+It prints ``READY`` once it sees N-1 peers on the topic, floods on a ``GO``
+line on stdin, and prints ``RESULT <json>`` when it has everyone's messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.common import REPO, BenchError, Context, Node, log_stats, rss_mb, wait_until
+
+KEYS = ("nodes", "idle_cpu_pct", "burst_s", "raw_flood_s", "burst_ratio", "rss_mb")
+TOPIC = "p2psync-bench/scale"
+_HEAD = struct.Struct(">HI")  # sender index, seq
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- /proc helpers
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far, in seconds."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # fields 14 and 15 of stat(5)
+
+
+def idle_cpu_pct(pids: list[int], window: float) -> list[float]:
+    """% of one core each process used over `window` seconds (sleeps that long)."""
+    before = [cpu_seconds(p) for p in pids]
+    t0 = time.monotonic()
+    time.sleep(window)
+    after = [cpu_seconds(p) for p in pids]
+    elapsed = time.monotonic() - t0
+    return [round(100 * (a - b) / elapsed, 2) for a, b in zip(after, before, strict=True)]
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _free_ports(count: int) -> list[int]:
+    """Listen ports below the kernel's ephemeral range, free right now.
+
+    Every process starts at once and dials the others, so a port picked from
+    the ephemeral range could meanwhile become some dial's source port.
+    """
+    low, _high = (
+        int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    )
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < count:
+        port = rng.randrange(max(1024, low - 12_000), low)
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+def _identity(data_dir: Path) -> str:
+    """Write a fresh identity seed into `data_dir`; return its peer id."""
+    from p2psync.core.ids import peer_id_from_seed
+
+    seed = secrets.token_bytes(32)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(data_dir / "identity.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(seed)
+    return peer_id_from_seed(seed)
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": round(sum(values) / len(values), 2),
+        "max": round(max(values), 2),
+        "min": round(min(values), 2),
+        "sum": round(sum(values), 2),
+    }
+
+
+# ---------------------------------------------------------------- p2psync side
+
+
+def _stop_all(nodes: list[Node]) -> None:
+    for node in nodes:  # SIGTERM to all first: they stop in parallel
+        if node.proc.poll() is None:
+            node.proc.send_signal(signal.SIGTERM)
+    for node in nodes:
+        node.stop()
+
+
+def _run_nodes(ctx: Context, n: int, base: Path, burst: int) -> dict[str, Any]:
+    sizes = ctx.sizes
+    ports = _free_ports(n)
+    ids = [_identity(base / f"n{i}") for i in range(n)]
+    addrs = [f"/ip4/127.0.0.1/tcp/{p}/p2p/{pid}" for p, pid in zip(ports, ids, strict=True)]
+    nodes: list[Node] = []
+    out: dict[str, Any] = {}
+    try:
+        t_spawn = time.monotonic()
+        for i in range(n):
+            peers = [x for a in addrs[:i] for x in ("--peer", a)]
+            nodes.append(Node(base / f"n{i}", ["--port", str(ports[i]), *peers], name=f"n{i}"))
+        for node in nodes:
+            node.wait_ready(60 + 2 * n)
+        try:
+            mesh_at = wait_until(
+                lambda: all(x.status()["peers"] >= n - 1 for x in nodes),
+                sizes.scale_mesh_timeout,
+                f"{n} nodes to reach {n - 1} peers each",
+                interval=0.5,
+            )
+            out["mesh_s"] = round(mesh_at - t_spawn, 1)
+        except BenchError:  # an overloaded machine: measure the mesh as it is, say so
+            out["mesh_s"] = None
+        out["peers_min_at_start"] = min(x.status()["peers"] for x in nodes)
+        time.sleep(sizes.scale_settle_s)
+        pids = [x.proc.pid for x in nodes]
+        out["idle_loadavg"] = loadavg()
+        cpu = idle_cpu_pct(pids, sizes.scale_idle_window_s)
+        out["idle_cpu_pct_each"] = cpu
+        out["idle_cpu"] = _summary(cpu)
+        rss = [rss_mb(p) for p in pids]
+        out["rss"] = _summary(rss)
+        out["peers_after_idle"] = min(x.status()["peers"] for x in nodes)
+
+        out["burst_loadavg"] = loadavg()
+        seconds, held, failed = _burst(nodes, burst, sizes.scale_burst_timeout)
+        out["burst_s"] = None if seconds is None else round(seconds, 3)
+        out["burst_min_held"] = held
+        out["burst_failed_posts"] = failed
+        entries, size = log_stats(base / "n0")
+        out["message_bytes"] = round(size / entries) + 2 if entries else 270
+        out["rss_after_burst"] = _summary([rss_mb(p) for p in pids])
+    finally:
+        _stop_all(nodes)
+    return out
+
+
+def _burst(nodes: list[Node], burst: int, timeout: float) -> tuple[float | None, int, int]:
+    """Creates on every node at once; (seconds until all hold all, min held, failed POSTs)."""
+    want = [x.entries() + burst * len(nodes) for x in nodes]
+    go = threading.Event()
+    failed = [0] * len(nodes)
+
+    def post_all(index: int) -> None:
+        node = nodes[index]
+        with httpx.Client(timeout=30) as client:
+            go.wait()
+            for i in range(burst):
+                body = {
+                    "name": f"scale soup {index}-{i}",
+                    "ingredients": "flour,egg,milk,butter,salt",
+                    "instructions": "whisk then fold then bake",
+                }
+                try:
+                    ok = client.post(node.api + "/api/v0/recipes", json=body).status_code == 201
+                except httpx.HTTPError:
+                    ok = False
+                failed[index] += not ok
+
+    threads = [threading.Thread(target=post_all, args=(i,), daemon=True) for i in range(len(nodes))]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)  # every client made
+    t0 = time.monotonic()
+    go.set()
+    pending = set(range(len(nodes)))
+    held = [0] * len(nodes)
+    done_at = t0
+    deadline = t0 + timeout
+    while pending and time.monotonic() < deadline:
+        for i in sorted(pending):
+            try:
+                held[i] = nodes[i].entries()
+            except httpx.HTTPError:
+                continue
+            if held[i] >= want[i]:
+                pending.discard(i)
+                done_at = time.monotonic()
+        if pending:
+            time.sleep(0.05)
+    for t in threads:
+        t.join(30)
+    base = [w - burst * len(nodes) for w in want]
+    min_held = min(h - b for h, b in zip(held, base, strict=True))
+    return (None if pending else done_at - t0), min_held, sum(failed)
+
+
+# ---------------------------------------------------------------- raw side (child)
+
+
+async def _raw_role(args: argparse.Namespace) -> None:
+    import trio
+
+    from p2psync.net.host import open_libp2p_host
+
+    expected = (args.nodes - 1) * args.burst
+    async with open_libp2p_host(bytes.fromhex(args.seed), "127.0.0.1", args.port) as host:
+        channel = await host.subscribe(TOPIC, buffer=max(4096, 2 * expected))
+        for addr in args.peer:  # the others start at the same time: retry a while
+            with trio.move_on_after(60):
+                while True:
+                    try:
+                        await host.connect(addr, timeout=5)
+                        break
+                    except Exception:
+                        await trio.sleep(0.2)
+        with trio.move_on_after(60):
+            while len(host.peers_in_topic(TOPIC)) < args.nodes - 1:
+                await trio.sleep(0.1)
+        print(f"READY {len(host.peers_in_topic(TOPIC))}", flush=True)
+        line = await trio.to_thread.run_sync(sys.stdin.readline)
+        if not line.startswith("GO"):
+            return
+        seen: set[tuple[int, int]] = set()
+        got_all = trio.Event()
+        last: list[float] = [0.0]
+
+        async def receive() -> None:
+            async for received in channel:
+                index, seq = _HEAD.unpack_from(received.data)
+                if index != args.index:
+                    seen.add((index, seq))
+                if len(seen) >= expected:
+                    last[0] = time.time()
+                    got_all.set()
+                    return
+
+        refused = 0
+        t_go = time.time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            pad = bytes(max(0, args.size - _HEAD.size))
+            for seq in range(args.burst):
+                result = await host.publish(TOPIC, _HEAD.pack(args.index, seq) + pad, timeout=10)
+                refused += not result
+            t_sent = time.time()
+            with trio.move_on_after(args.timeout):
+                await got_all.wait()
+            nursery.cancel_scope.cancel()
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    "last": last[0] or None,
+                    "go": t_go,
+                    "sent": t_sent,
+                    "received": len(seen),
+                    "refused": refused,
+                    "mesh": len(host.mesh_peers(TOPIC)),
+                }
+            ),
+            flush=True,
+        )
+        line = await trio.to_thread.run_sync(sys.stdin.readline)  # stay up until told
+
+
+class _RawChild:
+    def __init__(self, argv: list[str]) -> None:
+        self._stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed with the child)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.scale", *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            cwd=REPO,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.strip())
+
+    def tagged(self, tag: str) -> str | None:
+        for line in self.lines:
+            if line.startswith(tag + " "):
+                return line[len(tag) + 1 :]
+        return None
+
+    def tell(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(5)
+        finally:
+            self._stderr.close()
+
+
+def _run_raw(ctx: Context, n: int, burst: int, size: int) -> dict[str, Any]:
+    sizes = ctx.sizes
+    ports = _free_ports(n)
+    seeds = [secrets.token_bytes(32) for _ in range(n)]
+    from p2psync.core.ids import peer_id_from_seed
+
+    addrs = [
+        f"/ip4/127.0.0.1/tcp/{p}/p2p/{peer_id_from_seed(s)}"
+        for p, s in zip(ports, seeds, strict=True)
+    ]
+    children: list[_RawChild] = []
+    out: dict[str, Any] = {}
+    try:
+        t_spawn = time.monotonic()
+        for i in range(n):
+            argv = ["raw", "--index", str(i), "--seed", seeds[i].hex(), "--port", str(ports[i])]
+            argv += ["--nodes", str(n), "--burst", str(burst), "--size", str(size)]
+            argv += ["--timeout", str(sizes.scale_burst_timeout)]
+            argv += [x for a in addrs[:i] for x in ("--peer", a)]
+            children.append(_RawChild(argv))
+
+        def ready() -> bool:
+            for child in children:
+                if child.proc.poll() is not None:
+                    raise BenchError(f"raw child exited: {child.stderr()[-2000:]}")
+            return all(c.tagged("READY") is not None for c in children)
+
+        try:
+            wait_until(ready, sizes.scale_mesh_timeout, f"{n} raw peers to mesh", interval=0.2)
+            out["mesh_s"] = round(time.monotonic() - t_spawn, 1)
+        except BenchError:
+            out["mesh_s"] = None
+            if not all(c.tagged("READY") is not None for c in children):
+                raise
+        out["topic_peers_min"] = min(int(c.tagged("READY") or 0) for c in children)
+        time.sleep(sizes.scale_settle_s)
+        pids = [c.proc.pid for c in children]
+        out["idle_loadavg"] = loadavg()
+        cpu = idle_cpu_pct(pids, sizes.scale_idle_window_s)
+        out["idle_cpu_pct_each"] = cpu
+        out["idle_cpu"] = _summary(cpu)
+        out["rss"] = _summary([rss_mb(p) for p in pids])
+
+        out["burst_loadavg"] = loadavg()
+        t0 = time.time()
+        for child in children:
+            child.tell("GO")
+        wait_until(
+            lambda: all(c.tagged("RESULT") is not None for c in children),
+            sizes.scale_burst_timeout + 15,
+            f"{n} raw peers' flood results",
+            interval=0.05,
+        )
+        results = [json.loads(c.tagged("RESULT") or "{}") for c in children]
+        complete = all(r.get("last") for r in results)
+        out["flood_s"] = round(max(r["last"] for r in results) - t0, 3) if complete else None
+        out["flood_each"] = [  # seconds from GO: read it, published all, received all
+            [round((r.get(k) or t0) - t0, 3) for k in ("go", "sent", "last")] for r in results
+        ]
+        out["flood_min_received"] = min(r["received"] for r in results)
+        out["flood_refused"] = sum(r["refused"] for r in results)
+    finally:
+        for child in children:
+            child.kill()
+    return out
+
+
+# ---------------------------------------------------------------- scenario
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    sizes = ctx.sizes
+    burst = sizes.scale_burst
+    by_n: dict[str, Any] = {}
+    for n in sizes.scale_nodes:
+        ctx.log(f"scale: {n} nodes")
+        base = ctx.workdir / "scale" / f"n{n}"
+        figures: dict[str, Any] = {"nodes": n}
+        try:
+            figures["p2psync"] = _run_nodes(ctx, n, base, burst)
+            size = figures["p2psync"]["message_bytes"]
+            ctx.log(f"scale: {n} nodes: p2psync {figures['p2psync']['idle_cpu']}; raw next")
+            figures["raw"] = _run_raw(ctx, n, burst, size)
+        except (BenchError, httpx.HTTPError, OSError) as exc:  # keep the smaller Ns' figures
+            figures["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            ctx.log(f"scale: {n} nodes failed: {figures['error']}")
+        by_n[str(n)] = figures
+
+    def column(side: str, *path: str) -> list[Any]:
+        values = []
+        for figures in by_n.values():
+            value: Any = figures.get(side)
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            values.append(value)
+        return values
+
+    burst_s = column("p2psync", "burst_s")
+    flood_s = column("raw", "flood_s")
+    result: dict[str, Any] = {
+        "nodes": [int(n) for n in by_n],
+        "burst_per_node": burst,
+        "idle_window_s": sizes.scale_idle_window_s,
+        "idle_cpu_pct": column("p2psync", "idle_cpu", "mean"),
+        "idle_cpu_pct_max": column("p2psync", "idle_cpu", "max"),
+        "raw_idle_cpu_pct": column("raw", "idle_cpu", "mean"),
+        "burst_s": burst_s,
+        "raw_flood_s": flood_s,
+        "burst_ratio": [
+            round(b / f, 2) if b is not None and f else None
+            for b, f in zip(burst_s, flood_s, strict=True)
+        ],
+        "rss_mb": column("p2psync", "rss", "mean"),
+        "raw_rss_mb": column("raw", "rss", "mean"),
+        "loadavg_1m": [
+            (f.get("p2psync") or {}).get("idle_loadavg", [None])[0] for f in by_n.values()
+        ],
+        "by_n": by_n,
+    }
+    errors = [f"N={n}: {f['error']}" for n, f in by_n.items() if "error" in f]
+    if errors and len(errors) == len(by_n):
+        raise BenchError("; ".join(errors))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    import trio
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale")
+    sub = parser.add_subparsers(dest="role", required=True)
+    p = sub.add_parser("raw")
+    p.add_argument("--index", type=int, required=True)
+    p.add_argument("--seed", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--peer", action="append", default=[])
+    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--burst", type=int, required=True)
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--timeout", type=float, default=60)
+    args = parser.parse_args(argv)
+    trio.run(_raw_role, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
