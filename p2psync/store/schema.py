@@ -67,6 +67,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # 3 -> 4: protocol v3 proofs hold a short chain per side (forks.encode_side);
     # rows stored before hold one raw entry per side (chained = 0).
     ("ALTER TABLE forks ADD COLUMN chained INTEGER NOT NULL DEFAULT 0",),
+    # 4 -> 5: the seq of the publish or unpublish op that set `published`
+    # (protocol v3's unpublish: the author's latest such op wins). Rows written
+    # before hold -1: any later op of the author overrides them. Rows that
+    # packed it into `published` ((seq + 1) << 1 | flag) are unpacked.
+    (
+        "ALTER TABLE recipes ADD COLUMN published_seq INTEGER NOT NULL DEFAULT -1",
+        "UPDATE recipes SET published_seq = (published >> 1) - 1, published = published & 1",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

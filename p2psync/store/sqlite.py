@@ -59,14 +59,15 @@ _INSERT_LOG = (
 )
 _RECIPE_COLUMNS = (
     "id, author, create_seq, name, ingredients, instructions, fields_hlc, fields_seq, "
-    "published, deleted, updated"
+    "published, deleted, updated, published_seq"
 )
 _UPSERT_RECIPE = (
-    f"INSERT INTO recipes ({_RECIPE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    f"INSERT INTO recipes ({_RECIPE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (id) DO UPDATE SET name = excluded.name, ingredients = excluded.ingredients, "
     "instructions = excluded.instructions, fields_hlc = excluded.fields_hlc, "
     "fields_seq = excluded.fields_seq, published = excluded.published, "
-    "deleted = excluded.deleted, updated = excluded.updated"
+    "deleted = excluded.deleted, updated = excluded.updated, "
+    "published_seq = excluded.published_seq"
 )
 _UPSERT_PROGRESS = (
     "INSERT INTO progress (origin, bitmap) VALUES (?, ?) "
@@ -83,7 +84,7 @@ _U64 = 1 << 64
 _I64_MAX = (1 << 63) - 1
 
 _RecipeRow = tuple[
-    str, bytes, int, str | None, str | None, str | None, int | None, int | None, int, int, int
+    str, bytes, int, str | None, str | None, str | None, int | None, int | None, int, int, int, int
 ]
 
 
@@ -408,15 +409,16 @@ def _recipe_row(state: RecipeState) -> _RecipeRow:
         fields.instructions if fields is not None else None,
         _to_sql(hlc) if known else None,
         seq if known else None,
-        _published_to_sql(state.published, state.published_seq),
+        int(state.published),
         int(state.deleted),
         _to_sql(state.updated),
+        state.published_seq,
     )
 
 
 def _recipe_state(row: Any) -> RecipeState:
     (rid, author, create_seq, name, ingredients, instructions) = row[:6]
-    f_hlc, f_seq, published, deleted, updated = row[6:]
+    f_hlc, f_seq, published, deleted, updated, published_seq = row[6:]
     known = name is not None
     return RecipeState(
         id=rid,
@@ -424,18 +426,11 @@ def _recipe_state(row: Any) -> RecipeState:
         create_seq=create_seq,
         fields=RecipeFields(name, ingredients, instructions) if known else None,
         fields_version=(_from_sql(f_hlc), f_seq) if known else (-1, -1),
-        published=bool(published & 1),
+        published=bool(published),
         deleted=bool(deleted),
         updated=_from_sql(updated),
-        published_seq=(published >> 1) - 1,
+        published_seq=published_seq,
     )
-
-
-def _published_to_sql(published: bool, published_seq: int) -> int:
-    # One column, no migration: bit 0 is the flag, the rest the seq of the op
-    # that set it plus one. Rows written before unpublish existed hold 0 or 1:
-    # no seq (-1), so any publish or unpublish op of the author overrides them.
-    return ((published_seq + 1) << 1) | int(published)
 
 
 # Primary result codes (the low byte of extended codes) worth a plain sentence.

@@ -350,3 +350,26 @@ def test_a_version_3_fork_proof_row_loads_as_one_entry_sides(tmp_path: Path) -> 
         chained = ForkProof(b"p" * 32, 2, (b"a1", b"a2"), (b"b1",))
         store.record_fork(chained)
         assert set(store.load_forks()) == {old, chained}
+
+
+def test_migration_5_unpacks_the_published_seq(tmp_path: Path) -> None:
+    """Schema 4 rows held the flag in `published` (0/1) or, briefly, the seq packed
+    into it ((seq + 1) << 1 | flag); schema 5 keeps the seq in its own column."""
+    path = tmp_path / "v4.db"
+    with sqlite3.connect(path) as conn:
+        for step in MIGRATIONS[:4]:
+            for statement in step:
+                conn.execute(statement)
+        insert = (
+            "INSERT INTO recipes (id, author, create_seq, published, deleted, updated)"
+            " VALUES (?, ?, 0, ?, 0, 0)"
+        )
+        conn.execute(insert, ("old-flag", b"a" * 32, 1))
+        conn.execute(insert, ("packed", b"a" * 32, ((7 + 1) << 1) | 0))
+        conn.execute("PRAGMA user_version = 4")
+    conn.close()
+    with SqliteStore.open(path) as store:
+        rows = dict(store._conn.execute("SELECT id, published_seq FROM recipes").fetchall())
+        flags = dict(store._conn.execute("SELECT id, published FROM recipes").fetchall())
+    assert rows == {"old-flag": -1, "packed": 7}
+    assert flags == {"old-flag": 1, "packed": 0}
