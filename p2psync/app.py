@@ -37,7 +37,9 @@ from nacl.signing import SigningKey
 
 from p2psync.api.http import make_api_app, make_metrics_app, serve_http
 from p2psync.api.metrics import Metrics
-from p2psync.cli.repl import serve_repl
+from p2psync.cli.logs import flush_repeated, join_library_loggers
+from p2psync.cli.progress import watch_backfill
+from p2psync.cli.repl import PROMPT, serve_repl
 from p2psync.core.ids import peer_id_from_seed
 from p2psync.core.store import StoreError
 from p2psync.node.config import NodeConfig
@@ -79,6 +81,7 @@ async def run_node(config: NodeConfig, *, lock: DataDirLock) -> int:
     # module too, and need not load libp2p.
     from p2psync.node.network import NetworkStartError
 
+    join_library_loggers()  # py-libp2p, just imported, detached its logger
     try:
         seed = load_or_create_seed(config.data_dir)
         store = SqliteStore.open(data_file(config.data_dir))
@@ -114,6 +117,8 @@ async def _start_services(
 
     nursery.start_soon(_stop_on_signals, node)
     nursery.start_soon(_tick_forever, node)
+    prompt = PROMPT if config.repl and sys.stdin.isatty() else None
+    nursery.start_soon(functools.partial(watch_backfill, node.engine, prompt=prompt))
     addrs = await nursery.start(serve_network, node, config, metrics, seed)
     for addr in addrs:
         say(f"listening on {addr}")
@@ -148,6 +153,7 @@ async def _tick_forever(node: Node) -> None:
     while True:
         await trio.sleep(TICK_SECONDS)
         node.run_actions(node.engine.tick(node.now()))
+        flush_repeated()
 
 
 # --- backup and restore (the store's copy, the node's identity) ---------------

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from p2psync.cli.logs import configure_logging
 from p2psync.cli.options import (
     PROG,
     UsageError,
@@ -208,11 +209,7 @@ def _lock_location(options: argparse.Namespace, root: Path) -> tuple[str | None,
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(level)
 
 
 def _print_error(message: str) -> None:

@@ -56,7 +56,7 @@ from p2psync.core.reconcile import (
     pack_ranges,
     whole_range,
 )
-from p2psync.core.rounds import Incoming, Outgoing, PeerState, pump_batches
+from p2psync.core.rounds import Incoming, Outgoing, PeerState, note_acked, origin_of, pump_batches
 from p2psync.core.store import LogReader
 
 __all__ = ["EngineConfig", "SyncEngine"]
@@ -86,13 +86,15 @@ class SyncEngine(Ledger):
         self._round_counter = 0  # one sequence for all peers: a reconnect never reuses one
 
     def peer_claims(self) -> dict[str, dict[bytes, int]]:
-        """What each connected peer holds as far as we know, as counts per origin."""
+        """What each connected peer holds as far as we know, as counts per origin:
+        their counts at our last reconciliation plus the batches they acked
+        since, and never less of their own log than we hold (they wrote it)."""
         ours = self.held_counts()
-        return {
-            peer: {**ours, **state.differs}
-            for peer, state in self._peers.items()
-            if state.connected
-        }
+        claims = {p: {**ours, **s.differs} for p, s in self._peers.items() if s.connected}
+        for peer, theirs in claims.items():
+            if (own := origin_of(peer)) in ours:
+                theirs[own] = max(theirs.get(own, 0), ours[own])
+        return claims
 
     def round_active(self, peer: str) -> bool:
         state = self._peers.get(peer)
@@ -258,6 +260,7 @@ class SyncEngine(Ledger):
             return []  # an answer to an old round
         incoming.last_activity = now.monotonic
         if message.ranges == (_IN_SYNC,):
+            state.differs.clear()  # they hold just what we do
             return self._complete_incoming(peer, state, now)
         self._note_holdings(state, message.ranges)
         questions, claims = follow_up(self._index, incoming.pending, message.ranges)
@@ -386,7 +389,10 @@ class SyncEngine(Ledger):
         out = state.outgoing
         if out is None or out.round != message.round:
             return []
-        out.in_flight.discard(message.batch_no)
+        if message.batch_no in out.in_flight:
+            out.in_flight.discard(message.batch_no)
+            acked = out.sent_counts.pop(message.batch_no, {})
+            note_acked(state.differs, acked, self._progress.count)
         out.last_activity = now.monotonic
         return self._pump(peer, state)
 

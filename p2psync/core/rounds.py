@@ -8,12 +8,14 @@ stream what their summary lacks).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyroaring import BitMap64
 
 from p2psync.core import protocol
 from p2psync.core.forks import is_checkpoint
+from p2psync.core.ids import InvalidPeerId, public_key_from_peer_id
 from p2psync.core.reconcile import Pending
 from p2psync.core.store import LogReader
 
@@ -42,6 +44,9 @@ class Outgoing:
     want_final: bool = False  # their reconciliation is over: `last` once lacking is empty
     next_batch_no: int = 0
     in_flight: set[int] = field(default_factory=set)
+    # Per batch in flight, how many entries of each origin it carries: once
+    # acked, the peer holds them (`SyncEngine.peer_claims`).
+    sent_counts: dict[int, dict[bytes, int]] = field(default_factory=dict)
     last_activity: float = 0.0
     finished: bool = False
 
@@ -50,7 +55,8 @@ class Outgoing:
 class PeerState:
     connected: bool = True
     # Their counts for the origins where their items differed from ours when
-    # we last reconciled; for every other origin they held what we did.
+    # we last reconciled, raised by the batches we sent them and they acked;
+    # for every other origin they held what we did.
     differs: dict[bytes, int] = field(default_factory=dict)
     incoming: Incoming | None = None
     outgoing: Outgoing | None = None
@@ -60,7 +66,11 @@ class PeerState:
 
 
 def take_batch(
-    lacking: dict[bytes, BitMap64], reader: LogReader, batch_size: int, max_bytes: int
+    lacking: dict[bytes, BitMap64],
+    reader: LogReader,
+    batch_size: int,
+    max_bytes: int,
+    counts: dict[bytes, int] | None = None,
 ) -> list[bytes]:
     """Take up to `batch_size` entries (and about `max_bytes`) off `lacking`, in order.
 
@@ -68,6 +78,7 @@ def take_batch(
     (`forks.is_checkpoint`) if it can: the receiver authenticates a run by
     its last entry's signature, and we checked the checkpoints' signatures
     but not necessarily the one of an entry inside a run we took.
+    `counts`, if given, gets how many entries of each origin were taken.
     """
     raws: list[bytes] = []
     size = 0
@@ -97,6 +108,8 @@ def take_batch(
                 done = [seq for seq in done if seq <= taken[kept - 1][0]] if kept else []
                 taken = taken[:kept]
         raws.extend(raw for _, raw in taken)
+        if counts is not None and taken:
+            counts[origin] = counts.get(origin, 0) + len(taken)
         seqs_left.difference_update(BitMap64(done))
         if not seqs_left:
             del lacking[origin]
@@ -127,13 +140,39 @@ def pump_batches(
     while len(out.in_flight) < window and not out.finished:
         if not out.lacking and not out.want_final:
             break  # more claims may come
-        raws = take_batch(out.lacking, reader, batch_size, max_bytes)
+        counts: dict[bytes, int] = {}
+        raws = take_batch(out.lacking, reader, batch_size, max_bytes, counts)
         last = out.want_final and not out.lacking
         if not raws and not last:
             continue  # what was left is not stored (yet): skipped
         batch_no = out.next_batch_no
         out.next_batch_no += 1
         out.in_flight.add(batch_no)
+        if counts:
+            out.sent_counts[batch_no] = counts
         out.finished = last
         batches.append(protocol.Batch(out.round, batch_no, last, tuple(raws)))
     return batches
+
+
+def note_acked(
+    differs: dict[bytes, int], acked: dict[bytes, int], held: Callable[[bytes], int]
+) -> None:
+    """The peer acked a batch of `acked` entries per origin: it holds them now.
+
+    Only the origins in `differs` change: for the others, as far as we know,
+    it holds what we do. Capped at what we hold (`held`), since the answer of
+    a newer round may have counted them already.
+    """
+    for origin, n in acked.items():
+        before = differs.get(origin)
+        if before is not None:
+            differs[origin] = min(before + n, max(before, held(origin)))
+
+
+def origin_of(peer: str) -> bytes | None:
+    """The origin (public key) a peer id names, if it names an Ed25519 key."""
+    try:
+        return public_key_from_peer_id(peer)
+    except InvalidPeerId:
+        return None

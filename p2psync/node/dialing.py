@@ -99,7 +99,7 @@ class PeerDriver:
 
     async def _dial(self, dial: Dial) -> None:
         """Each address in turn until one connects; the outcome goes back to the policy."""
-        peer_id, ok = dial.peer_id, False
+        peer_id, ok, error = dial.peer_id, False, ""
         if (disconnecting := self._disconnecting.get(peer_id)) is not None:
             await disconnecting.wait()  # else connect() may return the dying connection
         for addr in [a for a in dial.addrs if has_peer_id(a)]:
@@ -112,11 +112,16 @@ class PeerDriver:
                 await self.host.connect(addr, timeout=DIAL_TIMEOUT)
             except (ConnectError, ValueError) as exc:
                 log.info("dial %s failed: %s", addr, exc)
+                error = str(exc)
                 continue
             log.info("connected to %s", peer_id)
             ok = True
             break
         if not ok:
+            record = self.policy.get(peer_id)
+            if error and record is not None and record.static:
+                # Asked for by name: news the user wants (repeats are counted, cli/logs.py).
+                log.warning("static peer %s unreachable: %s", peer_id, error)
             self.run(self.policy.dial_failed(peer_id, self.now()))
             return
         self.run(self.policy.dial_succeeded(peer_id, self.now()))

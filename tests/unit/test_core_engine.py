@@ -616,3 +616,93 @@ def test_own_edit_after_restart_with_wall_clock_set_back_is_not_lost() -> None:
     assert second.hlc > first.hlc  # our own log stays in hlc order
     recipe = node.store.recipe(rid)
     assert recipe is not None and recipe.fields == new_fields
+
+
+# ------------------------------------------------------------------ what peers hold
+
+
+def _exchange(a: Node, b: Node, queue: list[tuple[str, SendTo]]) -> None:
+    """Deliver messages between a ("a" to b) and b ("b" to a) until none is left."""
+    steps = 0
+    while queue:
+        steps += 1
+        assert steps < 500
+        src, action = queue.pop(0)
+        dst, name = (a, "b") if src == "b" else (b, "a")
+        out = dst.run(dst.engine.message_received(name, action.data))
+        queue.extend((("a" if dst is a else "b"), s) for s in kinds(out, SendTo))
+
+
+def test_acked_batches_count_in_the_peers_holdings() -> None:
+    a, b = Node(1), Node(2)
+    a.batch([e.raw for e in chain(X, 30)], peer="someone")
+    # Both connect: a's round notes that b holds none of X; in b's round a
+    # streams X, and b acks each batch.
+    queue = [("a", s) for s in sent(a.engine.peer_connected("b"), "recon")]
+    queue += [("b", s) for s in sent(b.engine.peer_connected("a"), "recon")]
+    _exchange(a, b, queue)
+    assert b.store.entry_count() == 30
+    assert not a.engine.round_active("b") and not b.engine.round_active("a")
+    # No round of a's ran since: what b acked is what a knows it holds.
+    assert a.engine.peer_claims()["b"][X_ORIGIN] == 30
+    assert b.engine.peer_claims()["a"][X_ORIGIN] == 30
+
+
+def test_unacked_batches_do_not_count() -> None:
+    a = Node(1)
+    a.batch([e.raw for e in chain(X, 30)], peer="someone")
+    round_no = _finish_connect_round(a, "b")  # b answered "all the same" earlier...
+    assert round_no
+    question = protocol.Recon(7, 0, (protocol.FingerprintRange(*_ALL, 0, 0),))
+    a.engine.message_received("b", protocol.encode(question))
+    # ...a now learns b lacks X by its own round's answer, then streams X.
+    (recon,) = sent(a.engine.request_sync("b"), "recon")
+    mine = protocol.decode(recon.data)
+    assert isinstance(mine, protocol.Recon)
+    empty = protocol.Recon(mine.round, protocol.FROM_RESPONDER, (protocol.ItemsRange(*_ALL, ()),))
+    a.engine.message_received("b", protocol.encode(empty))
+    assert a.engine.peer_claims()["b"][X_ORIGIN] == 0
+    want = protocol.Want(7, True, (protocol.Claim(X_ORIGIN, 0, BitMap64()),))
+    batches = _batch_entries(a.engine.message_received("b", protocol.encode(want)))
+    assert len(batches) == 2  # the window: 3 entries each
+    assert a.engine.peer_claims()["b"][X_ORIGIN] == 0
+    a.engine.message_received("b", protocol.encode(protocol.Ack(7, 0)))
+    assert a.engine.peer_claims()["b"][X_ORIGIN] == 3
+    a.engine.message_received("b", protocol.encode(protocol.Ack(7, 0)))  # a duplicate
+    assert a.engine.peer_claims()["b"][X_ORIGIN] == 3
+    a.engine.peer_disconnected("b")
+    assert "b" not in a.engine.peer_claims()
+
+
+def test_an_author_holds_at_least_what_we_hold_of_its_log() -> None:
+    from p2psync.core.ids import peer_id_from_public_key
+
+    author = peer_id_from_public_key(X_ORIGIN)
+    node = Node(1)
+    node.batch([e.raw for e in chain(X, 4)], peer="someone")
+    (recon,) = sent(node.engine.peer_connected(author), "recon")
+    mine = protocol.decode(recon.data)
+    assert isinstance(mine, protocol.Recon)
+    # An answer that leaves X out (it lost its data, or the answer is stale).
+    empty = protocol.Recon(mine.round, protocol.FROM_RESPONDER, (protocol.ItemsRange(*_ALL, ()),))
+    node.run(node.engine.message_received(author, protocol.encode(empty)))
+    assert node.engine.peer_claims()[author][X_ORIGIN] == 4
+
+
+def test_a_round_in_sync_forgets_old_differences() -> None:
+    node = Node(1)
+    node.batch([e.raw for e in chain(X, 4)], peer="someone")
+    (recon,) = sent(node.engine.peer_connected("b"), "recon")
+    mine = protocol.decode(recon.data)
+    assert isinstance(mine, protocol.Recon)
+    empty = protocol.Recon(mine.round, protocol.FROM_RESPONDER, (protocol.ItemsRange(*_ALL, ()),))
+    node.run(node.engine.message_received("b", protocol.encode(empty)))
+    assert node.engine.peer_claims()["b"][X_ORIGIN] == 0
+    node.batch([], peer="b", round_no=mine.round)  # the round ends: b sends nothing
+    assert not node.engine.round_active("b")
+    (recon,) = sent(node.run(node.engine.request_sync("b")), "recon")
+    mine = protocol.decode(recon.data)
+    assert isinstance(mine, protocol.Recon)
+    same = protocol.Recon(mine.round, protocol.FROM_RESPONDER, (protocol.DoneRange(*_ALL),))
+    node.run(node.engine.message_received("b", protocol.encode(same)))
+    assert node.engine.peer_claims()["b"][X_ORIGIN] == 4
