@@ -53,10 +53,6 @@ class TokenBucket:
         self.tokens -= amount
         return True
 
-    def available(self, now: float) -> float:
-        self._refill(now)
-        return self.tokens
-
     def _refill(self, now: float) -> None:
         elapsed = max(0.0, now - self.updated)
         self.tokens = min(self.rate.burst, self.tokens + elapsed * self.rate.per_second)
@@ -89,13 +85,6 @@ class PeerBudgets:
         if bucket is None:
             bucket = buckets[kind] = TokenBucket.full(rate, now)
         return bucket.spend(now, amount)
-
-    def available(self, peer: str, kind: BudgetKind, now: float) -> float:
-        bucket = self._buckets.get(peer, {}).get(kind)
-        rate = self._rates.get(kind)
-        if bucket is not None:
-            return bucket.available(now)
-        return float("inf") if rate is None else rate.burst
 
     def __len__(self) -> int:
         return len(self._buckets)

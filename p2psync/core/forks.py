@@ -78,11 +78,7 @@ def authentic_chain(
     every entry up to it links by hash; None if none does within MAX_CHAIN.
     """
     for i, entry in enumerate(candidates[:MAX_CHAIN]):
-        if i and (
-            entry.origin != candidates[0].origin
-            or entry.seq != candidates[i - 1].seq + 1
-            or entry.prev != candidates[i - 1].hash()
-        ):
+        if i and not _follows(entry, candidates[i - 1]):
             return None
         try:
             verify_signature(entry, verify_keys)
@@ -90,6 +86,15 @@ def authentic_chain(
             continue
         return tuple(candidates[: i + 1])
     return None
+
+
+def _follows(entry: Entry, before: Entry) -> bool:
+    """`entry` is the next of `before`'s origin and links to it by hash."""
+    return (
+        entry.origin == before.origin
+        and entry.seq == before.seq + 1
+        and entry.prev == before.hash()
+    )
 
 
 def make_fork_proof(
@@ -109,14 +114,8 @@ def make_fork_proof(
                 f"fork proof side of {len(side)} entries exceeds {MAX_CHAIN}",
                 reason=Reason.BAD_PROOF,
             )
-        for i in range(1, len(side)):
-            entry, before = side[i], side[i - 1]
-            if (
-                entry.origin != before.origin
-                or entry.seq != before.seq + 1
-                or entry.prev != before.hash()
-            ):
-                raise RemoteError("fork proof side does not link", reason=Reason.BAD_PROOF)
+        if not all(_follows(side[i], side[i - 1]) for i in range(1, len(side))):
+            raise RemoteError("fork proof side does not link", reason=Reason.BAD_PROOF)
         try:
             verify_signature(side[-1], verify_keys)
         except RemoteError as exc:

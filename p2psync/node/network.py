@@ -218,12 +218,8 @@ class NetworkTransport(Transport):
                         nursery.start_soon(self._session_sender, session)
                         nursery.start_soon(self._health_check, session)
                         async for received in receive:
-                            if received.sender != peer:
-                                # Signed by its sender: honest nodes never post
-                                # on another pair's topic, so this counts against it.
-                                self.observer.dropped(Drop.WRONG_SENDER)
-                                self.penalize(received.sender, Drop.WRONG_SENDER)
-                                continue
+                            # The topic's validator let through only what this
+                            # peer signed and handed us (else `wrong_sender`).
                             node.run_actions(
                                 node.engine.message_received(peer, received.data, node.now())
                             )
