@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench bench-quick netns-tools browser-tools clean
+.PHONY: run test lint typecheck unit bench bench-quick netns-tools browser-tools js-tools clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 2; }
@@ -40,7 +40,21 @@ browser-tools:
 		echo "chromium unavailable: the dashboard browser test will be skipped"; \
 	fi
 
-test: lint netns-tools browser-tools
+# The js-libp2p interop test (tests/netns/test_js_libp2p_mdns.py) runs a
+# js-libp2p node whose packages tests/netns/js/package-lock.json pins; with
+# node and npm on PATH, install them (again only when the lock file changed).
+# Never fatal: without them the test installs them itself or skips.
+JS_DIR := tests/netns/js
+js-tools:
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && \
+	   { [ ! -f $(JS_DIR)/node_modules/.package-lock.json ] || \
+	     [ $(JS_DIR)/package-lock.json -nt $(JS_DIR)/node_modules/.package-lock.json ]; }; then \
+		echo "installing the js-libp2p test node (npm ci in $(JS_DIR))"; \
+		npm ci --prefix $(JS_DIR) --no-audit --no-fund >/dev/null 2>&1 || \
+		echo "npm ci failed: the js-libp2p mDNS test will install or skip"; \
+	fi
+
+test: lint netns-tools browser-tools js-tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(STAMP)

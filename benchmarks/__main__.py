@@ -24,6 +24,7 @@ SCENARIOS = (
     "live_latency",
     "in_sync_round",
     "relay",
+    "circuit_relay",
     "footprint",
     "core",
     "scale",
@@ -69,6 +70,15 @@ TABLE: dict[str, list[tuple[str, str, str]]] = {
         ("entries", "entries", ""),
         ("seconds", "until the far end holds all", "s"),
         ("hop_s", "arrival per hop", "s"),
+    ],
+    "circuit_relay": [
+        ("entries", "entries", ""),
+        ("cold_join_relay_entries_per_s", "cold join through the relay", "entries/s"),
+        ("cold_join_direct_entries_per_s", "cold join direct", "entries/s"),
+        ("live_relay_p50_ms", "live p50 through the relay", "ms"),
+        ("live_direct_p50_ms", "live p50 direct", "ms"),
+        ("live_relay_p99_ms", "live p99 through the relay", "ms"),
+        ("live_direct_p99_ms", "live p99 direct", "ms"),
     ],
     "footprint": [
         ("entries", "entries", ""),

@@ -284,12 +284,13 @@ def log_stats(data_dir: Path) -> tuple[int, int]:
     """(entries, total raw bytes) of a node's log, read straight from its database."""
     conn = sqlite3.connect(f"file:{data_dir / 'p2psync.db'}?mode=ro", uri=True)
     try:
+        # Schema 6 stores each entry without its 32-byte origin key (store/rows.py).
         count, size = conn.execute(
-            "SELECT count(*), coalesce(sum(length(raw)), 0) FROM log"
+            "SELECT count(*), coalesce(sum(length(body)), 0) FROM log"
         ).fetchone()
     finally:
         conn.close()
-    return int(count), int(size)
+    return int(count), int(size) + 32 * int(count)
 
 
 def generate_dataset(nodes: Nodes, data_dir: Path, ops: int, seed: int, timeout: float) -> float:

@@ -4,7 +4,9 @@ The node makes its N entries itself (`--initial-ops N`; `generate_per_s` is
 that rate, from spawn to the "generated" line), then stops. It is started again
 (no peers): `startup_s` is from spawn until `/api/v0/status` answers with all N
 entries; `rss_mb` is its resident memory 2 s later (VmRSS), `db_mb` the size
-of p2psync.db plus its -wal file. An empty node's RSS is given for reference.
+of p2psync.db plus its -wal file, and `disk_to_wire` that per entry over the
+entry's own bytes (what it takes on the wire). An empty node's RSS is given
+for reference.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from benchmarks.common import Context, Nodes, db_mb, wait_until
+from benchmarks.common import Context, Nodes, db_mb, log_stats, wait_until
 
 KEYS = ("entries", "rss_mb", "db_mb", "startup_s")
 
@@ -45,6 +47,8 @@ def run(ctx: Context) -> dict[str, Any]:
         maker.stop(timeout=60)
         result["stop_s"] = round(time.monotonic() - t0, 2)
         result["db_mb"] = round(db_mb(base / "node"), 1)
+        count, raw_bytes = log_stats(base / "node")
+        result["wire_bytes_per_entry"] = round(raw_bytes / max(count, 1), 1)
 
         node = nodes.start(base / "node", [])
         result["startup_s"] = round(node.ready_at - node.spawned, 3)
@@ -55,4 +59,8 @@ def run(ctx: Context) -> dict[str, Any]:
         result["rss_mb"] = round(node.rss_mb(), 1)
         result["db_mb_after_restart"] = round(db_mb(base / "node"), 1)
         result["bytes_per_entry_on_disk"] = round(result["db_mb"] * (1 << 20) / total, 1)
+        # Target (issue 13): at most 1.5x the bytes an entry takes on the wire.
+        result["disk_to_wire"] = round(
+            result["bytes_per_entry_on_disk"] / max(result["wire_bytes_per_entry"], 1), 3
+        )
     return result

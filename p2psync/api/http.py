@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 DEFAULT_REMOTE_TIMEOUT = 5.0
 MAX_REMOTE_TIMEOUT = 60.0
+KEEP_ALIVE_SECONDS = 120.0  # idle keep-alive connections (see _hypercorn_config)
 RECIPE_FIELDS = ("name", "ingredients", "instructions")
 
 # The API app and the metrics-only app are both plain Starlette apps.
@@ -192,10 +193,10 @@ class ApiHandlers:
 
     async def get_recipe(self, request: Request) -> Response:
         recipe_id = request.path_params["id"]
-        for recipe in self.node.list_recipes():
-            if recipe.id == recipe_id:
-                return json_response(recipe.to_json())
-        raise HttpError(404, f"no recipe {recipe_id}")
+        recipe = self.node.get_recipe(recipe_id)
+        if recipe is None:
+            raise HttpError(404, f"no recipe {recipe_id}")
+        return json_response(recipe.to_json())
 
     async def update_recipe(self, request: Request) -> Response:
         body = await json_object(request)
@@ -312,6 +313,13 @@ def _hypercorn_config(host: str, port: int) -> Config:
     config.include_server_header = False
     # Open dashboards hold an event stream: do not wait for them on shutdown.
     config.graceful_timeout = 0.5
+    # Whoever closes an idle keep-alive connection first must be the client:
+    # a request sent as the server closes is answered with a TCP reset
+    # ("Connection reset by peer"). hypercorn's 5 s equals httpx's default
+    # expiry, so a client reusing a connection idle for about 5 s raced the
+    # close (more often on a busy machine). Longer than the usual clients'
+    # idle limits (httpx 5 s, Go 90 s, Firefox 115 s).
+    config.keep_alive_timeout = KEEP_ALIVE_SECONDS
     return config
 
 

@@ -122,6 +122,12 @@ class Metrics:
             "1 while the store is past --max-store-mb and other origins' entries are refused",
             registry=reg,
         )
+        self._relay_events = Counter(
+            "p2psync_relay_events",
+            "--relay reservations made and failures (refused, unreachable, lost, garbage, ...)",
+            ["event"],
+            registry=reg,
+        )
         self._precreate_labels()
 
     def _precreate_labels(self) -> None:
@@ -177,6 +183,9 @@ class Metrics:
         self._store_bytes.set(size_bytes)
         self._store_budget_bytes.set(limit_bytes or 0)
         self._store_budget_hit.set(1 if budget_hit else 0)
+
+    def relay_event(self, event: str, n: int = 1) -> None:
+        self._relay_events.labels(event=event).inc(n)
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""

@@ -33,6 +33,8 @@ import trio
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 REPEAT_SECONDS_ENV = "P2PSYNC_LOG_REPEAT_SECONDS"
 DEFAULT_REPEAT_SECONDS = 60.0
+# Distinct lines of one template shown per period before the rest are counted.
+VARIANTS_PER_PERIOD = 5
 # The libraries whose loggers are joined to ours (they may detach them).
 LIBRARY_LOGGERS = ("libp2p", "zeroconf", "multiaddr")
 
@@ -120,7 +122,7 @@ class _Repeats:
 
 
 class RepeatFilter(logging.Filter):
-    """Let the first of a logger+template through; count repeats, show the count.
+    """Let the first of a line through; count its repeats, show the count.
 
     A repeat within `quiet` seconds of the previous one is held; once
     `every` seconds passed since the last line shown, the repeat goes out
@@ -142,6 +144,7 @@ class RepeatFilter(logging.Filter):
         self.quiet = every if quiet is None else quiet
         self.clock = clock
         self._seen: dict[tuple[str, int, str], _Repeats] = {}
+        self._variants: dict[tuple[str, int, str], list[float]] = {}
         self._lock = threading.RLock()  # the REPL logs from its worker thread
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -153,7 +156,7 @@ class RepeatFilter(logging.Filter):
     def _filter(self, record: logging.LogRecord) -> bool:
         now = self.clock()
         self._flush(now)
-        key = (record.name, record.levelno, str(record.msg))
+        key = self._key_of(record, now)
         seen = self._seen.get(key)
         if seen is None or (not seen.held and now - seen.last_seen >= self.quiet):
             self._seen[key] = _Repeats(shown_at=now, last_seen=now)
@@ -166,6 +169,24 @@ class RepeatFilter(logging.Filter):
         _mark_repeated(record, seen.held)
         seen.held, seen.shown_at, seen.last = 0, now, None
         return True
+
+    def _key_of(self, record: logging.LogRecord, now: float) -> tuple[str, int, str]:
+        """Lines differing in their values (another peer) are news, up to
+        `VARIANTS_PER_PERIOD` of one template per period; past that, a flood of
+        ever-new values (fresh peer ids cost nothing) is counted per template."""
+        exact = (record.name, record.levelno, _message(record))
+        if exact in self._seen:
+            return exact
+        template = (record.name, record.levelno, "\0" + str(record.msg))
+        shown = [t for t in self._variants.get(template, []) if now - t < self.every]
+        if len(shown) >= VARIANTS_PER_PERIOD:
+            self._variants[template] = shown
+            self._seen.setdefault(template, _Repeats(shown_at=now, last_seen=now))
+            return template
+        self._variants[template] = [*shown, now]
+        if len(self._variants) > 4 * VARIANTS_PER_PERIOD * 64:
+            self._variants.clear()  # bounded: forgetting only lets a few more lines out
+        return exact
 
     def flush(self, now: float | None = None) -> None:
         """Show the counts of repeats that stopped `quiet` seconds ago; forget old kinds."""

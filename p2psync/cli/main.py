@@ -1,4 +1,4 @@
-"""`p2psync run | id | backup | restore | --version`: flags and P2PSYNC_* variables.
+"""`p2psync run | id | backup | restore | relay | --version`: flags and P2PSYNC_* variables.
 
 Everything a user can get wrong is checked (cli/options.py, cli/values.py)
 before any directory is created or lock taken, and reported as one line with
@@ -26,6 +26,7 @@ from p2psync.cli.options import (
     build_parser,
     node_settings,
 )
+from p2psync.cli.relay_command import relay_command
 from p2psync.core.ids import peer_id_from_seed
 from p2psync.core.store import StoreError
 from p2psync.node.config import NodeConfig
@@ -177,6 +178,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "id": _id_command,
     "backup": _backup_command,
     "restore": _restore_command,
+    "relay": relay_command,
 }
 
 

@@ -198,6 +198,19 @@ RUN_FLAGS = (
         values.non_negative_int,
         "N",
     ),
+    Flag(
+        "--relay",
+        "circuit relay /ip4/HOST/tcp/PORT/p2p/RELAY_ID (`p2psync relay`): reserve a slot there"
+        " and meet this network's other nodes through it (repeatable)",
+        values.peer_multiaddr,
+        "MULTIADDR",
+        repeatable=True,
+    ),
+    Flag(
+        "--hole-punch",
+        "with --relay: try DCUtR hole punching to turn relayed connections direct"
+        " (experimental, see docs/OPERATIONS.md)",
+    ),
     Flag("--no-repl", "do not read commands from stdin"),
     Flag(
         "--log-level",
@@ -207,12 +220,29 @@ RUN_FLAGS = (
     ),
 )
 
+RELAY_PORT = 4001  # `p2psync relay` listens here unless told: nodes name it in --relay
+_RUN_FLAG = {flag.name: flag for flag in RUN_FLAGS}
+RELAY_FLAGS = (
+    Flag("--host", "listen address (default 0.0.0.0: all interfaces)", values.ip_address, "IP"),
+    Flag("--port", f"listen port (default {RELAY_PORT})", values.port, "N"),
+    Flag(
+        "--allow-peer",
+        "serve only these peers (repeatable; default: any peer)",
+        values.peer_id,
+        "PEER_ID",
+        repeatable=True,
+    ),
+    _RUN_FLAG["--allow-file"],
+    _RUN_FLAG["--log-level"],
+)
+
 # command -> its flags, location flags first (the environment is read in this order)
 COMMAND_FLAGS: dict[str, tuple[Flag, ...]] = {
     "run": LOCATION_FLAGS + RUN_FLAGS,
     "id": LOCATION_FLAGS,
     "backup": LOCATION_FLAGS,
     "restore": LOCATION_FLAGS,
+    "relay": RELAY_FLAGS,
 }
 
 # command -> its positional arguments: (dest, help); converted like --data-dir
@@ -245,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         "id": "print this node's peer id",
         "backup": "copy a node's database and identity to PATH (works while it runs)",
         "restore": "replace a stopped node's database and identity by the backup in PATH",
+        "relay": "run a circuit relay and rendezvous point on a public host (holds no recipes)",
     }
     for command, flags in COMMAND_FLAGS.items():
         sub = commands.add_parser(command, help=helps[command])
@@ -262,11 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def apply_environment(options: argparse.Namespace, environ: Mapping[str, str]) -> None:
     """Fill every flag the command line left unset from its P2PSYNC_* variable."""
-    location_on_command_line = options.profile is not None or options.data_dir is not None
+    location_on_command_line = (
+        getattr(options, "profile", None) is not None
+        or getattr(options, "data_dir", None) is not None
+    )
     env_location = [
         flag.env_name for flag in LOCATION_FLAGS if environ.get(flag.env_name, "").strip()
     ]
-    if not location_on_command_line and len(env_location) > 1:
+    has_location = LOCATION_FLAGS[0] in COMMAND_FLAGS[options.command]
+    if has_location and not location_on_command_line and len(env_location) > 1:
         raise UsageError(f"{' and '.join(env_location)} are mutually exclusive; set only one")
 
     for flag in COMMAND_FLAGS[options.command]:
@@ -304,6 +339,8 @@ def node_settings(options: argparse.Namespace) -> dict[str, Any]:
     }
     settings = {name: value for name, value in settings.items() if value is not None}
     settings["peers"] = tuple(dict.fromkeys(options.peer or ()))
+    settings["relays"] = tuple(dict.fromkeys(options.relay or ()))
+    settings["hole_punch"] = bool(options.hole_punch)
     settings["mdns"] = not options.no_mdns
     settings["repl"] = not options.no_repl
     allowed = set(options.allow_peer or ())

@@ -155,12 +155,14 @@ def _show_peers(
             _addresses_cell(peer.addrs),
             peer.source,
             peer.state,
+            ("relayed" if peer.relayed else "direct") if peer.connected else "-",
             f"{peer.syncs_ok} ok / {peer.syncs_failed} failed",
             _when(peer.last_sync),
         ]
         for peer in sorted(peers, key=lambda peer: (not peer.connected, peer.peer_id))
     ]
-    out(render_table(["PEER", "ADDRESS", "SOURCE", "STATE", "SYNCS", "LAST SYNC"], rows))
+    header = ["PEER", "ADDRESS", "SOURCE", "STATE", "LINK", "SYNCS", "LAST SYNC"]
+    out(render_table(header, rows))
     if forked_origins:
         out(
             f"{forked_origins} origin{'s' if forked_origins != 1 else ''} proven forked"

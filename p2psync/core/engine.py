@@ -56,7 +56,15 @@ from p2psync.core.reconcile import (
     pack_ranges,
     whole_range,
 )
-from p2psync.core.rounds import Incoming, Outgoing, PeerState, note_acked, origin_of, pump_batches
+from p2psync.core.rounds import (
+    Incoming,
+    Outgoing,
+    PeerState,
+    note_acked,
+    origin_of,
+    pump_batches,
+    round_due,
+)
 from p2psync.core.store import LogReader
 
 __all__ = ["EngineConfig", "SyncEngine"]
@@ -155,10 +163,7 @@ class SyncEngine(Ledger):
                 # Our batches or their acks were lost; their next round repairs it.
                 actions.append(Dropped(peer, Reason.ACK_TIMEOUT, f"round {out.round} stalled"))
                 state.outgoing = None
-            if state.incoming is None and (
-                state.resync_wanted
-                or now.monotonic - state.last_round_started >= self.config.sync_interval
-            ):
+            if round_due(state, now.monotonic, self.config.sync_interval):
                 actions.extend(self._start_round(peer, state, now, reply_wanted=True))
         return actions
 
@@ -219,6 +224,8 @@ class SyncEngine(Ledger):
         if not actions or not isinstance(actions[0], Persist):
             return actions  # refused (or held already): a forgery starts no round
         entry = actions[0].entries[0].entry
+        if (forwarder := self._peers.get(peer)) is not None:
+            forwarder.live_at = now.monotonic  # a round checks for a lost tail (rounds.py)
         if entry.seq > 0 and not self._progress.has(entry.origin, entry.seq - 1):
             # A gap: we missed earlier live entries. Ask the author if it is a
             # direct peer, else any direct peer (gossip relays across hops).

@@ -11,9 +11,10 @@ It owns the peer table (`ls p`, /api/v0/peers), the allow-list, strikes,
 bans that grow for repeat offenders, dial backoff (jittered by the `rng` it
 is given, never shrinking while failures go on), static peers re-dialed
 forever, lost peers re-dialed a while, discovered peers dialed once per
-discovery (smaller id first), and sessions resumed while a peer stays
-connected. Per-peer state is freed when a peer leaves; the table keeps the
-static peers and the `history` most recently seen others.
+discovery (smaller id first), sessions resumed while a peer stays
+connected, peers of other networks cut off and left alone (`core/foreign.py`;
+strikes and bans: `core/offences.py`). Per-peer state is freed when a peer
+leaves; the table keeps static peers and the `history` most recent others.
 docs/ARCHITECTURE.md ("Peer policy") tells the rules in full.
 """
 
@@ -23,7 +24,9 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from p2psync.core.foreign import ForeignPeers
 from p2psync.core.ids import InvalidPeerId, public_key_from_peer_id
+from p2psync.core.offences import Offences
 
 SOURCE_PRIORITY = {"static": 0, "local": 1, "mdns": 2, "relay": 3, "inbound": 4}
 MAX_ADDRS = 8  # newest addresses kept per peer
@@ -34,6 +37,7 @@ REFUSED_KEY = "not_ed25519"
 REFUSED_BANNED = "banned"
 CUT_BANNED = "banned"
 CUT_UNRESPONSIVE = "unresponsive"
+CUT_FOREIGN = "foreign_network"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +53,9 @@ class PolicyConfig:
     lost_redials: int = 12
     resume_delay: float = 0.5
     history: int = 256  # disconnected non-static peers kept for `ls p`
-    max_offenders: int = 4096  # peers whose strikes or bans are remembered
+    max_offenders: int = 4096  # peers whose strikes, bans or networks are remembered
+    foreign_seconds: float = 3600.0  # a peer of another network is not dialed again for this
+    unknown_seconds: float = 120.0  # nor one showing no network, doubling per repeat (foreign.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +106,7 @@ class PeerRecord:
     source: str  # static | local | mdns | relay | inbound: the most specific seen
     addrs: list[str] = field(default_factory=list)
     static_addr: str | None = None
-    state: str = "known"  # known | connecting | connected | backing_off | failed
+    state: str = "known"  # known | connecting | connected | backing_off | failed | foreign
     connected: bool = False
     syncs_ok: int = 0
     syncs_failed: int = 0
@@ -122,13 +128,6 @@ class PeerRecord:
         return self.static_addr is not None
 
 
-@dataclass(slots=True)
-class _Offender:
-    strikes: list[float] = field(default_factory=list)
-    banned_until: float = 0.0
-    level: int = 0  # bans so far, unless forgiven
-
-
 def is_ed25519_peer(peer_id: str) -> bool:
     try:
         public_key_from_peer_id(peer_id)
@@ -145,13 +144,16 @@ class PeerPolicy:
         *,
         allow: Iterable[str] = (),
         config: PolicyConfig | None = None,
+        network: str = "default",
     ) -> None:
         self.me = me
-        self.config = config or PolicyConfig()
+        self.config = cfg = config or PolicyConfig()
         self.allow = frozenset(allow)
+        self.network = network
         self._rng = rng
         self._peers: dict[str, PeerRecord] = {}
-        self._offenders: dict[str, _Offender] = {}
+        self._offences = Offences(cfg)
+        self._foreign = ForeignPeers(cfg.foreign_seconds, cfg.max_offenders, cfg.unknown_seconds)
 
     # ------------------------------------------------------------ queries
 
@@ -159,12 +161,13 @@ class PeerPolicy:
         return not self.allow or peer_id in self.allow
 
     def banned(self, peer_id: str, now: float) -> bool:
-        offender = self._offenders.get(peer_id)
-        return offender is not None and offender.banned_until > now
+        return self._offences.banned(peer_id, now)
 
     def banned_until(self, peer_id: str) -> float:
-        offender = self._offenders.get(peer_id)
-        return offender.banned_until if offender is not None else 0.0
+        return self._offences.banned_until(peer_id)
+
+    def foreign(self, peer_id: str, now: float) -> bool:
+        return self._foreign.get(peer_id, now) is not None
 
     def get(self, peer_id: str) -> PeerRecord | None:
         return self._peers.get(peer_id)
@@ -202,7 +205,9 @@ class PeerPolicy:
         if not is_ed25519_peer(peer_id):
             return []
         record = self._learn(peer_id, addrs, source, now)
-        if not (record.connected or record.dialing or record.dial_at is not None):
+        if self.foreign(peer_id, now):
+            record.state = "foreign"  # not ours: no dial while we remember it (_poll)
+        elif not (record.connected or record.dialing or record.dial_at is not None):
             # Both sides usually discover each other at once: the smaller id
             # dials first, the other only if nothing happened meanwhile.
             delay = 0.0 if self.me < peer_id else self.config.tie_break_delay
@@ -220,10 +225,32 @@ class PeerPolicy:
             return [Disconnect(peer_id, refusal, refused=True), *stops]
         record = self._learn(peer_id, [addr] if addr else [], "inbound", now)
         record.connected = True
-        record.state = "connected"
+        record.state = "foreign" if self.foreign(peer_id, now) else "connected"
         record.dial_at = None
         record.redials = 0
-        return self._start_session(record, now)
+        return self._start_session(record, now)  # none for a foreign peer
+
+    def network_learned(self, peer_id: str, network: str | None, now: float) -> list[PolicyAction]:
+        """After connecting: the p2psync network the peer is in (None: it runs none)."""
+        record = self._peers.get(peer_id)
+        if network == self.network:
+            self._foreign.clear(peer_id)
+            if record is None or not record.connected:
+                return []
+            record.state = "connected"
+            return self._start_session(record, now)
+        if network is None and record is not None and record.static:
+            return []  # asked for by name: a guess is not enough to cut it off
+        entry = self._foreign.mark(peer_id, network, now)
+        actions: list[PolicyAction] = [Notice(f"peer {peer_id} is in {entry.describe()}")]
+        if record is not None:
+            if record.connected:
+                actions.append(Disconnect(peer_id, CUT_FOREIGN))
+            actions += self._drop(record, now)  # no strike: it is elsewhere, not hostile
+            record.state = "foreign"
+            record.redials = 0
+            record.dial_at = entry.until if record.static else None
+        return actions
 
     def disconnected(self, peer_id: str, now: float) -> list[PolicyAction]:
         """The peer's last connection closed."""
@@ -239,7 +266,7 @@ class PeerPolicy:
                 # Back at once, unless it keeps dropping us without a good round.
                 self._schedule_retry(record, now)
             elif record.redials == 0:  # free what only mattered while it was around
-                record.state = "known"
+                record.state = "foreign" if self.foreign(peer_id, now) else "known"
                 record.dial_at = None
         self._trim()
         return actions
@@ -283,29 +310,19 @@ class PeerPolicy:
         """The peer sent what only a broken or hostile node sends; enough of it bans."""
         if peer_id == self.me or self.banned(peer_id, now):
             return []
-        cfg = self.config
-        offender = self._offender(peer_id)
-        offender.strikes = [t for t in offender.strikes if now - t < cfg.strike_window]
-        offender.strikes.append(now)
-        if len(offender.strikes) < cfg.strikes_to_ban:
+        ban = self._offences.strike(peer_id, now)
+        if ban is None:
             return []
-        strikes = len(offender.strikes)
-        offender.strikes = []
-        if offender.level and now - offender.banned_until >= cfg.forgive_after:
-            offender.level = 0
-        seconds = min(cfg.ban_max, cfg.ban_seconds * 2**offender.level)
-        offender.level += 1
-        offender.banned_until = now + seconds
         actions: list[PolicyAction] = [
-            Ban(peer_id, offender.banned_until, seconds, reason, strikes, cfg.strike_window),
+            Ban(peer_id, ban.until, ban.seconds, reason, ban.strikes, self.config.strike_window),
             Disconnect(peer_id, CUT_BANNED),
         ]
         if (record := self._peers.get(peer_id)) is not None:
             actions += self._drop(record, now)  # no more syncing with it, from now on
             record.state = "backing_off" if record.static else "known"
             record.redials = 0
-            record.dial_at = offender.banned_until if record.static else None
-            record.not_before = offender.banned_until
+            record.dial_at = ban.until if record.static else None
+            record.not_before = ban.until
         return actions
 
     def round_finished(
@@ -338,7 +355,10 @@ class PeerPolicy:
 
     def tick(self, now: float) -> list[PolicyAction]:
         """Fire what is due: dials and resumed sessions; forget old offences."""
-        self._forget(now)
+        self._offences.forget(now)
+        for peer_id in self._foreign.expire(now):
+            if (record := self._peers.get(peer_id)) is not None and record.state == "foreign":
+                record.state = "connected" if record.connected else "known"
         actions: list[PolicyAction] = []
         for record in list(self._peers.values()):
             if record.resume_at is not None and record.resume_at <= now:
@@ -382,6 +402,7 @@ class PeerPolicy:
             or not record.connected
             or not self.allowed(record.peer_id)
             or self.banned(record.peer_id, now)
+            or self.foreign(record.peer_id, now)
         ):
             return []
         record.session = True
@@ -413,6 +434,9 @@ class PeerPolicy:
         if self.banned(record.peer_id, now):
             record.dial_at = self.banned_until(record.peer_id) if record.static else None
             return []
+        if (foreign := self._foreign.get(record.peer_id, now)) is not None:
+            record.dial_at = foreign.until if record.static else None
+            return []
         record.dial_at = None
         record.dialing = True
         record.state = "connecting"
@@ -434,23 +458,3 @@ class PeerPolicy:
             idle.sort(key=lambda r: (r.dial_at is not None, r.last_seen))
             for record in idle[:excess]:
                 del self._peers[record.peer_id]
-
-    def _offender(self, peer_id: str) -> _Offender:
-        offender = self._offenders.pop(peer_id, None) or _Offender()
-        self._offenders[peer_id] = offender  # the most recent offender last
-        if len(self._offenders) > self.config.max_offenders:
-            # The oldest offender not banned right now goes first.
-            victim = next(
-                (p for p, o in self._offenders.items() if not o.banned_until),
-                next(iter(self._offenders)),
-            )
-            del self._offenders[victim]
-        return offender
-
-    def _forget(self, now: float) -> None:
-        cfg = self.config
-        for peer_id, offender in list(self._offenders.items()):
-            recent = [t for t in offender.strikes if now - t < cfg.strike_window]
-            offender.strikes = recent
-            if not recent and now - offender.banned_until >= cfg.forgive_after:
-                del self._offenders[peer_id]

@@ -63,6 +63,23 @@ class PeerState:
     resync_wanted: bool = False
     failed_rounds: int = 0  # in a row: a connected session that makes no progress
     last_round_started: float = float("-inf")
+    live_at: float = float("-inf")  # a live entry it handed us was last accepted
+
+
+# Seconds without a live entry from a peer that handed us some since our last
+# round with it, after which a round checks for a lost tail: a live entry lost
+# in the middle of a stream shows as a gap at the next one, but the last ones
+# of a burst have no next one and would wait a whole `sync_interval`.
+LIVE_SETTLE = 1.0
+
+
+def round_due(state: PeerState, now: float, sync_interval: float) -> bool:
+    """Start a round with this peer now? (None of ours is under way.)"""
+    if state.incoming is not None:
+        return False
+    if state.resync_wanted or now - state.last_round_started >= sync_interval:
+        return True
+    return state.live_at > state.last_round_started and now - state.live_at >= LIVE_SETTLE
 
 
 def take_batch(

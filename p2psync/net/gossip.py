@@ -16,13 +16,14 @@ py-libp2p router and pubsub it drives are built in libp2p_fixes.py.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import trio
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.rpc_queue import DefaultMaxMessageSize
@@ -36,6 +37,7 @@ __all__ = ["ENVELOPE_HEADROOM", "Gossip", "PublishResult", "Received"]
 # addresses (~100 B per address). 8 KiB is generous for any LAN host.
 ENVELOPE_HEADROOM = 8 * 1024
 _POLL_SECONDS = 0.002
+ADDRS_TTL = 1.0  # seconds a host's address list is reused (see _remember_addrs)
 _MAX_SENDER_NAMES = 10_000
 
 
@@ -101,6 +103,7 @@ class Gossip:
         self._forwarders: dict[tuple[bytes, bytes], str] = {}
         self._closing = False
         self.router = new_gossipsub(on_drop=self._count_router_drop)
+        _remember_addrs(host)
         self.pubsub = RoutedPubsub(
             host,
             self.router,
@@ -222,6 +225,34 @@ class Gossip:
         """
         return dict(self._drops)
 
+    def refuse_peers(self, refused: Callable[[ID], bool]) -> None:
+        """Talk no pubsub at all with a peer ``refused(peer)`` names (a --relay,
+        or anyone off the allow list of a closed network).
+
+        py-libp2p's blacklist check gates our stream to a new peer, and so
+        every publish, forward and cache replay to it (all need that stream),
+        and drops what it forwards; its own pubsub streams are reset unread,
+        so its subscriptions and GRAFTs never reach the router. Call it before
+        subscribing; ``refused`` must be cheap (it runs per message).
+        """
+        pubsub = self.pubsub
+        blacklisted = pubsub.is_peer_blacklisted
+        handler = pubsub.stream_handler
+        me = pubsub.my_id  # our own publications pass the same check
+
+        def is_refused(peer: ID) -> bool:
+            return (peer != me and refused(peer)) or blacklisted(peer)
+
+        async def gated(stream: INetStream) -> None:
+            if refused(stream.muxed_conn.peer_id):
+                await stream.reset()
+                return
+            await handler(stream)
+
+        setattr(pubsub, "is_peer_blacklisted", is_refused)  # noqa: B010 (per instance)
+        for protocol in pubsub.protocols:
+            pubsub.host.set_stream_handler(protocol, gated)
+
     def close(self) -> None:
         """Refuse further publishes and end every subscription channel."""
         self._closing = True
@@ -257,3 +288,26 @@ class Gossip:
                 self._drops["recv_buffer_full"] += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._drops["recv_reader_gone"] += 1
+
+
+def _remember_addrs(host: IHost) -> None:
+    """Make ``host.get_addrs()`` reuse its answer for ADDRS_TTL seconds.
+
+    py-libp2p builds the list afresh for every RPC it sends (to check the
+    signed peer record it puts in each one, ``env_to_send_in_RPC``): 1.5 ms
+    per message here on a loopback host, 4 ms on 0.0.0.0, where our address
+    factory lists the interfaces. Every publish, forward, GRAFT and IHAVE
+    paid it. An empty list (not listening yet) is never kept.
+    """
+    fresh = host.get_addrs
+    kept: list[Any] = []
+    until = [0.0]
+
+    def get_addrs() -> list[Any]:
+        now = time.monotonic()
+        if now >= until[0] or not kept:
+            kept[:] = fresh()
+            until[0] = now + ADDRS_TTL
+        return list(kept)
+
+    setattr(host, "get_addrs", get_addrs)  # noqa: B010 (an instance attribute, on purpose)

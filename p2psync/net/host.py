@@ -28,11 +28,13 @@ API::
         async def publish(self, topic: str, data: bytes, *, timeout: float = 2.0
                           ) -> PublishResult           # truthy iff queued
         def peers_in_topic(self, topic: str) -> list[str]
+        def topics_of(self, peer_id: str) -> list[str]
         def mesh_peers(self, topic: str) -> list[str]
         async def wait_for_topic_peer(self, topic, peer_id, timeout) -> None
         async def wait_for_mesh_peer(self, topic, peer_id, timeout) -> None
         def drop_counts(self) -> dict[str, int]
         async def ping(self, peer_id: str, timeout: float = 5.0) -> float | None
+        def quiet_for(self, peer_id: str) -> float | None   # since its connection spoke
         def heard_from(self, peer_id: str, within: float) -> bool
 
     PeerEvent(kind: "connected" | "disconnected" | "misbehaved", peer_id, addr, direction)
@@ -49,8 +51,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -60,14 +61,12 @@ import trio
 from libp2p import new_host
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.host.ping import ID as PING_PROTOCOL
-from libp2p.host.ping import PING_LENGTH
-from libp2p.io.utils import read_exactly
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.rpc_queue import DefaultMaxMessageSize
 from libp2p.tools.anyio_service import background_trio_service
 
+from p2psync.net import liveness
 from p2psync.net.addresses import tcp_multiaddr, with_peer_id
 from p2psync.net.gossip import ENVELOPE_HEADROOM, Gossip, PublishResult, Received, Validator
 from p2psync.net.libp2p_fixes import (
@@ -170,6 +169,8 @@ class Libp2pHost:
         self.max_payload_bytes = self._gossip.max_payload_bytes
         host.get_network().register_notifee(_PeerNotifee(self))
         guard_dials(self._host.get_network(), self._dial_allowed)
+        # Set by net/circuit.py while a RelayClient runs: dials /p2p-circuit addresses.
+        self.circuit_dial: Callable[[ID, multiaddr.Multiaddr], Awaitable[None]] | None = None
 
     # -- addresses and peers -------------------------------------------------
 
@@ -179,6 +180,20 @@ class Libp2pHost:
 
     def connected_peers(self) -> list[str]:
         return sorted(p.to_base58() for p in self._conns)
+
+    # -- net/circuit.py extends the host through these two -------------------
+
+    @property
+    def libp2p(self) -> IHost:
+        return self._host
+
+    def allow_dial(self, peer: ID, allowed: bool = True) -> None:
+        """Let the swarm dial ``peer`` (a relay), or no longer."""
+        if allowed:
+            forget_failed_dials(self._host.get_network(), peer)
+            self._dial_allowed.add(peer)
+        else:
+            self._dial_allowed.discard(peer)
 
     async def connect(self, multiaddr_str: str, *, timeout: float | None = None) -> str:
         """Dial, wait until the pubsub stream is up, return the remote peer id."""
@@ -197,7 +212,10 @@ class Libp2pHost:
         self._dial_allowed.add(info.peer_id)
         try:
             with trio.fail_after(limit):
-                await self._host.connect(info)
+                if self.circuit_dial is not None and "/p2p-circuit" in multiaddr_str:
+                    await self.circuit_dial(info.peer_id, multiaddr.Multiaddr(multiaddr_str))
+                else:
+                    await self._host.connect(info)
                 await self._pubsub.wait_for_peer(info.peer_id, timeout=limit)
         except trio.TooSlowError:
             raise ConnectError(
@@ -251,6 +269,11 @@ class Libp2pHost:
     def peers_in_topic(self, topic: str) -> list[str]:
         return self._gossip.peers_in_topic(topic)
 
+    def topics_of(self, peer_id: str) -> list[str]:
+        """Topics the peer told us it subscribes to (how its network is learned)."""
+        peer = ID.from_base58(peer_id)
+        return sorted(t for t, peers in self._pubsub.peer_topics.items() if peer in peers)
+
     def mesh_peers(self, topic: str) -> list[str]:
         return self._gossip.mesh_peers(topic)
 
@@ -264,42 +287,30 @@ class Libp2pHost:
         """Messages lost or refused so far, by reason; see ``Gossip.drop_counts``."""
         return self._gossip.drop_counts()
 
+    def refuse_pubsub(self, refused: Callable[[ID], bool]) -> None:
+        """No pubsub with the peers ``refused`` names; see ``Gossip.refuse_peers``."""
+        self._gossip.refuse_peers(refused)
+
     # -- health --------------------------------------------------------------
 
     async def ping(self, peer_id: str, timeout: float = 5.0) -> float | None:
-        """Round-trip time in seconds, or None if the peer did not answer in time.
+        """Seconds until the peer's connection answered a muxer ping (liveness.py),
+        or None if nothing came back in time.
 
         Never dials: a peer we are not connected to gives None at once.
         """
         pid = ID.from_base58(peer_id)
-        if pid not in self._conns:
+        conns = self._conns.get(pid)
+        if not conns:
             return None
-        with trio.move_on_after(timeout):
-            try:
-                stream = await self._host.new_stream(pid, [PING_PROTOCOL])
-            except Exception as exc:
-                logger.debug("ping %s: cannot open stream: %s", peer_id, exc)
-                return None
-            closed = False
-            try:
-                payload = secrets.token_bytes(PING_LENGTH)
-                start = trio.current_time()
-                await stream.write(payload)
-                echo = await read_exactly(stream, PING_LENGTH)
-                rtt = trio.current_time() - start
-                if echo != payload:
-                    logger.debug("ping %s: wrong echo", peer_id)
-                    return None
-                await stream.close()
-                closed = True
-                return rtt
-            except Exception as exc:
-                logger.debug("ping %s failed: %s", peer_id, exc)
-                return None
-            finally:
-                if not closed:
-                    await _reset_quietly(stream)
-        return None
+        return await liveness.ping(self._host, pid, next(iter(conns)), timeout)
+
+    def quiet_for(self, peer_id: str) -> float | None:
+        """Seconds since the peer's connection last delivered any bytes (None:
+        not connected). Its pings count, so a peer that pings us needs none back."""
+        quiet = [liveness.quiet_for(c) for c in self._conns.get(ID.from_base58(peer_id), ())]
+        known = [q for q in quiet if q is not None]
+        return min(known) if known else None
 
     def heard_from(self, peer_id: str, within: float) -> bool:
         """True if the peer's pubsub stream delivered bytes in the last ``within`` s.
@@ -318,6 +329,7 @@ class Libp2pHost:
         conns = self._conns.setdefault(peer, set())
         first = not conns
         conns.add(conn)
+        liveness.watch(conn)
         if first:
             self._emit(
                 PeerEvent("connected", peer.to_base58(), _remote_addr_of(conn), _direction_of(conn))
@@ -358,15 +370,6 @@ class Libp2pHost:
         self._event_send.close()
 
 
-async def _reset_quietly(stream: INetStream) -> None:
-    with trio.move_on_after(1) as scope:
-        scope.shield = True
-        try:
-            await stream.reset()
-        except Exception:
-            logger.debug("stream reset failed", exc_info=True)
-
-
 @asynccontextmanager
 async def open_libp2p_host(
     seed: bytes,
@@ -375,6 +378,7 @@ async def open_libp2p_host(
     *,
     max_message_bytes: int = DefaultMaxMessageSize,
     connect_timeout: float = 10.0,
+    observed_addrs: bool = False,  # identify's, for DCUtR (net/circuit.py)
 ) -> AsyncIterator[Libp2pHost]:
     """Run a libp2p host with gossipsub for the duration of the block.
 
@@ -401,7 +405,7 @@ async def open_libp2p_host(
         enable_upnp=False,
         connection_config=one_connection_per_peer(),
         addrs_factory=expand_unspecified,
-        disable_identify_address_discovery=True,
+        disable_identify_address_discovery=not observed_addrs,
     )
     disable_auto_connector(host.get_network())
     net = Libp2pHost(host, max_message_bytes=max_message_bytes, connect_timeout=connect_timeout)

@@ -10,7 +10,8 @@ a piece to plug in:
   ("Nursery is closed to new arrivals"). The teardown is shielded (bounded)
   so it also runs when the surrounding scope is cancelled.
 - A silently vanished peer is not noticed by libp2p; ``Libp2pHost.ping()``
-  (``/ipfs/ping/1.0.0``, answered by every py/js/go host) is the health check.
+  (a yamux PING frame, ``net/liveness.py``; ``/ipfs/ping/1.0.0`` on other
+  muxers) is the health check.
 """
 
 from __future__ import annotations

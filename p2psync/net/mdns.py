@@ -1,4 +1,4 @@
-"""LAN peer discovery over mDNS / DNS-SD, trio-native, on top of zeroconf.
+"""LAN peer discovery by libp2p's mDNS spec, trio-native, on top of zeroconf.
 
 API::
 
@@ -10,36 +10,38 @@ API::
         task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None
 
-    def service_type(network: str) -> str    # "_p2ps-<8 hex>._udp.local."
+``serve_mdns`` runs until cancelled. It registers this node as the instance
+``<peer name>._p2p._udp.local.`` (``SERVICE_TYPE``; the peer name is 32
+random lower-case letters and digits, new each run, as the spec asks), so
+it answers the question ``_p2p._udp.local PTR`` that every libp2p mDNS
+implementation asks with
 
-``serve_mdns`` runs until cancelled. It registers this node as the service
-instance ``<peer id>.<service_type(network)>`` (instance label truncated to 63
-bytes) with
+- the PTR answer, and as additionals one TXT record with one
+  ``dnsaddr=<multiaddr>/p2p/<peer id>`` string per advertised address plus
+  ``p2psync=<network>``, an SRV record (port = the libp2p TCP port, host
+  ``<peer name>.local.``) and its A records, for DNS-SD browsers;
+- advertised addresses are the real IPv4 addresses of ``listen_addrs``
+  (0.0.0.0 expands to the interface addresses); loopback and unspecified
+  ones never are.
 
-- SRV port = the libp2p TCP port, A records = the real IPv4 addresses of
-  ``listen_addrs`` (0.0.0.0 expands to the interface addresses; loopback and
-  unspecified addresses are never advertised);
-- TXT ``id=<full peer id>``, ``network=<name>`` and one ``dnsaddr=<multiaddr>``
-  per advertised listen address (as the libp2p mDNS spec and js-libp2p do).
-
-It browses the same type and, for each service found, calls
-``on_found(peer_id, multiaddrs)`` in the trio thread (never in a zeroconf
-thread). Multiaddrs end in ``/p2p/<peer_id>``. A service is accepted only if
-its TXT says ``network=<our network>`` (the type is already per network; the
-TXT check keeps two networks apart even on a hash collision). Our own peer id
-is ignored. Peers that answer with PTR + TXT only (no SRV / A, as js-libp2p
-does) are accepted: their ``dnsaddr=`` values are used directly, and the peer
-id comes from ``id=`` or else the trailing ``/p2p/`` part of the first dnsaddr
-that has one; dnsaddrs naming another peer, and loopback / unspecified ones,
-are dropped.
+It browses the same service and, for each instance, reads the raw TXT
+records zeroconf's cache holds for it (every record, answers and
+additionals alike: js-libp2p sends one TXT record per address and no SRV or
+A, which zeroconf's ``ServiceInfo`` cannot resolve; see ``mdns_records``).
+It calls ``on_found(peer_id, multiaddrs)`` in the trio thread (never in a
+zeroconf thread) with the peer's dialable TCP dnsaddrs, unless the peer is
+us or its TXT says ``p2psync=<another network>``: such a peer is skipped
+without a dial. A peer without that hint (any other libp2p implementation)
+is reported; whether it is of our network is learned after connecting.
+When an instance's PTR arrives without TXT, one query for its TXT follows.
 
 ``on_found`` is called again for the same peer when its address set changes
-and every ``refresh_interval`` seconds for every peer still in the mDNS cache,
-so treat it as idempotent (it doubles as a "re-dial if disconnected" hint).
-Every ``refresh_interval`` the node also re-announces itself (unsolicited), so
-peers meet again after a partition heals without waiting for a query. TTLs are
-120 s, so a peer that vanished without a goodbye stops being reported after
-about two minutes.
+and every ``refresh_interval`` seconds for every peer still in the mDNS
+cache, so treat it as idempotent (it doubles as a "re-dial if disconnected"
+hint). Every ``refresh_interval`` the node also re-announces itself
+(unsolicited), so peers meet again after a partition heals without waiting
+for a query. TTLs are 120 s, so a peer that vanished without a goodbye
+stops being reported after about two minutes.
 
 ``task_status.started()`` fires once the service is registered (probing plus
 the first announcement: about 1-2 s). On cancellation the browser thread is
@@ -52,13 +54,12 @@ Only ever run this inside a network namespace in tests: it sends multicast.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import socket
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import trio
 from zeroconf import (
@@ -68,15 +69,21 @@ from zeroconf import (
     ServiceInfo,
     ServiceStateChange,
     Zeroconf,
+    current_time_millis,
 )
+from zeroconf._dns import DNSQuestion, DNSText
+from zeroconf._protocol.outgoing import DNSOutgoing
+from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_PTR, _TYPE_TXT
 
-from p2psync.net.addresses import (
-    has_peer_id,
-    interface_ipv4_addrs,
-    is_reachable_ip,
-    multiaddr_parts,
-    peer_id_of,
-    with_peer_id,
+from p2psync.net.addresses import interface_ipv4_addrs, is_reachable_ip
+from p2psync.net.mdns_records import (
+    NETWORK_KEY,
+    SERVICE_TYPE,
+    MdnsPeer,
+    advertised_addrs,
+    encode_txt,
+    random_peer_name,
+    read_peer,
 )
 
 if TYPE_CHECKING:
@@ -86,78 +93,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["serve_mdns", "service_type"]
+__all__ = ["SERVICE_TYPE", "serve_mdns"]
+
+T = TypeVar("T")
 
 TTL = 120  # seconds, for every record we publish (libp2p mDNS uses 120 too)
-RESOLVE_TIMEOUT_MS = 3000
-MAX_LABEL = 63  # DNS label limit, bytes
-MAX_TXT_STRING = 255  # one TXT character-string, bytes
-MAX_ADDRS = 32  # ignore the tail of absurdly long address lists
-MAX_RESOLVING = 16  # concurrent SRV/A lookups (each holds a worker thread)
-
-
-def service_type(network: str) -> str:
-    """The DNS-SD service type for one network: ``_p2ps-<8 hex>._udp.local.``.
-
-    Service names are limited to 15 characters, so the network name is
-    hashed (blake2b, 4 bytes); the plain name travels in TXT ``network=``.
-    """
-    digest = hashlib.blake2b(network.encode("utf-8"), digest_size=4).hexdigest()
-    return f"_p2ps-{digest}._udp.local."
-
-
-def _truncate_label(text: str) -> str:
-    raw = text.encode("utf-8")[:MAX_LABEL]
-    return raw.decode("utf-8", errors="ignore").replace(".", "-") or "p2psync"
-
-
-def _encode_txt(strings: list[str]) -> bytes:
-    out = bytearray()
-    for s in strings:
-        raw = s.encode("utf-8")
-        if len(raw) > MAX_TXT_STRING:
-            log.warning("mdns: TXT value too long, not advertised: %.60s...", s)
-            continue
-        out.append(len(raw))
-        out += raw
-    return bytes(out)
-
-
-def _decode_txt(text: bytes | None) -> list[tuple[str, str]]:
-    """TXT rdata -> [(key, value)], duplicates kept (there is one per dnsaddr)."""
-    pairs: list[tuple[str, str]] = []
-    if not text:
-        return pairs
-    i = 0
-    while i < len(text):
-        n = text[i]
-        chunk = text[i + 1 : i + 1 + n]
-        i += 1 + n
-        try:
-            s = chunk.decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-        key, sep, value = s.partition("=")
-        if sep:
-            pairs.append((key.lower(), value))
-    return pairs
-
-
-def _usable_addr(maddr: str, peer_id: str) -> str | None:
-    """``maddr`` ending in /p2p/<peer_id>, or None if it names another peer,
-    is not multiaddr text, or its host cannot be reached from another machine."""
-    try:
-        parts = multiaddr_parts(maddr)
-        full = with_peer_id(maddr, peer_id)
-    except ValueError:
-        return None
-    return full if _host_usable(parts) else None
-
-
-def _host_usable(parts: list[str]) -> bool:
-    if parts[0] in ("ip4", "ip6"):
-        return is_reachable_ip(parts[1])
-    return parts[1] not in ("localhost",)
+ASK_AGAIN_SECONDS = 2.0  # at most one TXT query per instance this often
+# Instances remembered (reported and asked-for alike), the least recent
+# dropped first: names cost a LAN attacker nothing.
+MAX_INSTANCES = 256
 
 
 def _local_ipv4(interface_ip: str | None) -> list[str]:
@@ -166,118 +110,85 @@ def _local_ipv4(interface_ip: str | None) -> list[str]:
     return [ip for ip in interface_ipv4_addrs() if is_reachable_ip(ip)]
 
 
-def _advertisement(
-    peer_id: str, listen_addrs: list[str], interface_ip: str | None
-) -> tuple[list[str], int, list[str]]:
-    """(IPv4 addresses for A records, TCP port, dnsaddr multiaddrs)."""
-    ips: list[str] = []
-    maddrs: list[str] = []
-    port: int | None = None
-    for addr in listen_addrs:
-        try:
-            parts = multiaddr_parts(addr)
-        except ValueError:
-            continue
-        if parts[0] == "ip4" and len(parts) >= 4 and parts[2] == "tcp":
-            if port is None:
-                port = int(parts[3])
-            hosts = _local_ipv4(interface_ip) if parts[1] == "0.0.0.0" else [parts[1]]
-            for host in hosts:
-                if not is_reachable_ip(host):
-                    continue
-                if host not in ips:
-                    ips.append(host)
-                full = _usable_addr("/" + "/".join(["ip4", host, *parts[2:]]), peer_id)
-                if full is not None and full not in maddrs:
-                    maddrs.append(full)
-        elif parts[0] in ("ip6", "dns", "dns4", "dns6"):
-            full = _usable_addr(addr, peer_id)
-            if full is not None and full not in maddrs:
-                maddrs.append(full)
-    if port is None:
-        raise ValueError(f"mdns: no /ip4/.../tcp/... listen address in {listen_addrs!r}")
-    return ips, port, maddrs
-
-
 class _Discovery:
     """State of one serve_mdns call; everything here runs in the trio thread."""
 
     def __init__(
         self,
         zc: Zeroconf,
-        stype: str,
+        own_name: str,
         peer_id: str,
         network: str,
         on_found: Callable[[str, list[str]], None],
     ) -> None:
         self.zc = zc
-        self.stype = stype
+        self.own_name = own_name.lower()
         self.peer_id = peer_id
         self.network = network
         self.on_found = on_found
-        self.reported: dict[str, tuple[str, tuple[str, ...]]] = {}  # name -> (peer, addrs)
-        self.requesting: set[str] = set()
+        self.reported: dict[str, MdnsPeer] = {}  # instance name -> what we last saw
+        self.asked: dict[str, float] = {}  # instance name -> when we last asked for TXT
 
-    def evaluate(self, name: str, *, force: bool = False) -> bool:
-        """Read what the cache holds for name and report it; True if complete."""
+    def txt_records(self, name: str) -> list[bytes]:
+        """Raw rdata of every unexpired TXT record cached for ``name``, oldest first."""
+        now = current_time_millis()
+        return [
+            cast(DNSText, record).text
+            for record in self.zc.cache.get_all_by_details(name, _TYPE_TXT, _CLASS_IN)
+            if not record.is_expired(now)
+        ]
+
+    def evaluate(self, name: str, *, refresh: bool = False) -> None:
+        """Read what the cache holds for ``name`` and report it, or ask for it
+        (on a ``refresh``, a name whose records expired is forgotten instead)."""
+        if name.lower() == self.own_name:
+            return
         try:
-            info = ServiceInfo(self.stype, name)
-            complete = bool(info.load_from_cache(self.zc))
-            found = self._parse(info)
+            rdatas = self.txt_records(name)
+            if not rdatas:
+                if refresh:
+                    self.forget(name)
+                else:
+                    self._ask(name)
+                return
+            found = read_peer(rdatas, self.peer_id)
         except Exception as exc:  # a malformed name or record must not stop discovery
             log.debug("mdns: ignoring %r: %r", name, exc)
-            return True
+            return
         if found is None:
-            return complete
-        peer, addrs = found
-        previous = self.reported.get(name)
-        if not force and previous == (peer, addrs):
-            return complete
-        self.reported[name] = (peer, addrs)
+            return
+        previous = self.reported.pop(name, None)
+        _remember(self.reported, name, found)
+        if found.network is not None and found.network != self.network:
+            if previous != found:
+                log.debug(
+                    "mdns: %s is in p2psync network %r, not ours (%r): not dialing",
+                    found.peer_id, found.network, self.network,
+                )  # fmt: skip
+            return
+        if not refresh and previous == found:
+            return
         try:
-            self.on_found(peer, list(addrs))
+            self.on_found(found.peer_id, list(found.addrs))
         except Exception:
-            log.exception("mdns: on_found(%s) raised", peer)
-        return complete
+            log.exception("mdns: on_found(%s) raised", found.peer_id)
 
-    def _parse(self, info: ServiceInfo) -> tuple[str, tuple[str, ...]] | None:
-        pairs = _decode_txt(info.text)
-        if not pairs:
-            return None  # no TXT yet: cannot check the network
-        networks = [v for k, v in pairs if k == "network"]
-        if networks != [self.network]:
-            return None
-        dnsaddrs = [v for k, v in pairs if k == "dnsaddr"][:MAX_ADDRS]
-        ids = [v for k, v in pairs if k == "id"]
-        peer: str | None = ids[0] if ids else None
-        if peer is None:  # js-libp2p style: the first dnsaddr naming a peer decides
-            peer = next((peer_id_of(a) for a in dnsaddrs if has_peer_id(a)), None)
-        if not peer or peer == self.peer_id:
-            return None
-        addrs: list[str] = []
-        port = info.port
-        if port:
-            for host in info.parsed_addresses(IPVersion.V4Only)[:MAX_ADDRS]:
-                if is_reachable_ip(host):
-                    addrs.append(with_peer_id(f"/ip4/{host}/tcp/{port}", peer))
-        for text in dnsaddrs:
-            full = _usable_addr(text, peer)
-            if full is not None and full not in addrs:
-                addrs.append(full)
-        if not addrs:
-            return None
-        return peer, tuple(addrs)
+    def _ask(self, name: str) -> None:
+        """Query the instance's TXT (behind a PTR question, which js-libp2p answers)."""
+        now = trio.current_time()
+        if now - self.asked.get(name, -math.inf) < ASK_AGAIN_SECONDS:
+            return
+        self.asked.pop(name, None)
+        _remember(self.asked, name, now)
+        out = DNSOutgoing(_FLAGS_QR_QUERY)
+        out.add_question(DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
+        out.add_question(DNSQuestion(name, _TYPE_TXT, _CLASS_IN))
+        with contextlib.suppress(Exception):  # zeroconf closing
+            self.zc.send(out)  # thread-safe: hands the packet to zeroconf's loop
 
-    async def request(self, name: str) -> None:
-        """Ask the network for SRV/TXT/A of name, then report what arrived."""
-        try:
-            info = ServiceInfo(self.stype, name)
-            await trio.to_thread.run_sync(info.request, self.zc, RESOLVE_TIMEOUT_MS)
-        except Exception as exc:  # EventLoopBlocked, zeroconf closing, ...
-            log.debug("mdns: resolving %s failed: %r", name, exc)
-        finally:
-            self.requesting.discard(name)
-        self.evaluate(name)
+    def forget(self, name: str) -> None:
+        self.reported.pop(name, None)
+        self.asked.pop(name, None)
 
 
 async def serve_mdns(
@@ -290,14 +201,13 @@ async def serve_mdns(
     refresh_interval: float = 30.0,
     task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Announce this node and report peers of the same network until cancelled."""
-    stype = service_type(network)
-    ips, port, maddrs = _advertisement(peer_id, listen_addrs, interface_ip)
-    label = _truncate_label(peer_id)
-    txt = _encode_txt([f"id={peer_id}", f"network={network}", *(f"dnsaddr={m}" for m in maddrs)])
+    """Announce this node and report the libp2p peers it finds until cancelled."""
+    ips, port, maddrs = advertised_addrs(peer_id, listen_addrs, _local_ipv4(interface_ip))
+    label = random_peer_name()
+    txt = encode_txt([*(f"dnsaddr={m}" for m in maddrs), f"{NETWORK_KEY}={network}"])
     info = ServiceInfo(
-        stype,
-        f"{label}.{stype}",
+        SERVICE_TYPE,
+        f"{label}.{SERVICE_TYPE}",
         port=port,
         properties=txt,
         server=f"{label}.local.",
@@ -326,31 +236,24 @@ async def serve_mdns(
     )
     browser: ServiceBrowser | None = None
     try:
-        browser = ServiceBrowser(zc, stype, handlers=[on_change])
-        registered = bool(ips or maddrs)
+        browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[on_change])
+        registered = bool(maddrs)
         if registered:
             await trio.to_thread.run_sync(
                 partial(zc.register_service, info, allow_name_change=True)
             )
-            log.info("mdns: registered %s on %s (%s)", info.name, stype, ", ".join(maddrs))
+            log.info("mdns: registered %s (%s)", info.name, ", ".join(maddrs))
         else:
             log.warning("mdns: no LAN address to advertise in %s; browsing only", listen_addrs)
-        disc = _Discovery(zc, stype, peer_id, network, on_found)
+        disc = _Discovery(zc, info.name, peer_id, network, on_found)
         task_status.started()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_refresh, zc, info, registered, disc, refresh_interval)
             async for name, change in recv:
                 if change is ServiceStateChange.Removed:
-                    disc.reported.pop(name, None)
-                    continue
-                complete = disc.evaluate(name)
-                if (
-                    not complete
-                    and name not in disc.requesting
-                    and len(disc.requesting) < MAX_RESOLVING
-                ):
-                    disc.requesting.add(name)
-                    nursery.start_soon(disc.request, name)
+                    disc.forget(name)
+                else:
+                    disc.evaluate(name)
     finally:
         send.close()
         with trio.CancelScope(shield=True):
@@ -368,7 +271,13 @@ async def _refresh(
         except Exception as exc:
             log.debug("mdns: re-announce failed: %r", exc)
         for name in list(disc.reported):
-            disc.evaluate(name, force=True)
+            disc.evaluate(name, refresh=True)
+
+
+def _remember(table: dict[str, T], name: str, value: T) -> None:
+    table[name] = value
+    while len(table) > MAX_INSTANCES:
+        del table[next(iter(table))]
 
 
 def _shutdown(zc: Zeroconf, browser: ServiceBrowser | None) -> None:

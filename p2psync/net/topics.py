@@ -9,11 +9,13 @@ traffic, and a future wire format can move to ``v4`` side by side.
   name is built from the sorted pair, so both ends compute the same string
   without agreeing on who goes first.
 - ``query_topic(network)``: ``ls r all`` requests, answered to the asker only.
+- ``networks_of(topics)``: which networks a peer is in, from its subscriptions.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 VERSION = "v3"  # follows protocol.PROTOCOL_VERSION: nodes of two versions never share a topic
 _NETWORK_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -59,3 +61,18 @@ def sync_topic(network: str, peer_a: str, peer_b: str) -> str:
 
 def query_topic(network: str) -> str:
     return f"{topic_prefix(network)}/query"
+
+
+_LIVE_TOPIC = re.compile(r"/p2psync/([A-Za-z0-9._-]{1,64})/(v[0-9]{1,4})/live")
+
+
+def networks_of(topics: Iterable[str]) -> list[str]:
+    """The p2psync networks whose live topic is among ``topics`` (a peer's
+    subscriptions), sorted: ``"<name>"`` for this protocol version and
+    ``"<name>/<version>"`` for another, which shares no topic with us either."""
+    found: set[str] = set()
+    for topic in topics:
+        if (match := _LIVE_TOPIC.fullmatch(topic)) is not None:
+            name, version = match.groups()
+            found.add(name if version == VERSION else f"{name}/{version}")
+    return sorted(found)

@@ -28,6 +28,8 @@ class NodeConfig:
     api_token: str | None = None
     allow_peers: frozenset[str] = field(default_factory=frozenset)
     max_store_mb: float | None = None  # MiB; past it, other origins' entries are refused
+    relays: tuple[str, ...] = ()  # --relay multiaddrs: reserve there, meet the network there
+    hole_punch: bool = False  # DCUtR on relayed connections (see docs/OPERATIONS.md)
     new_origins_per_hour: int = 1000  # per peer; 0: no limit (budgets.NEW_ORIGINS)
     repl: bool = True
     log_level: str = "WARNING"

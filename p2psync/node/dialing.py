@@ -4,7 +4,8 @@ The policy (`core/peer_policy.py`) decides whom to dial, refuse, ban and
 sync with; `PeerDriver` feeds it the time, ticks it every `TICK_SECONDS`,
 and turns its actions into dials, disconnects, log lines, metrics and
 session starts and stops (the latter through the callbacks the network
-service hands in).
+service hands in). It also learns which p2psync network each newly
+connected peer is in (`learn_network`) and tells the policy.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from p2psync.core.peer_policy import (
 from p2psync.core.reasons import Drop
 from p2psync.net.addresses import has_peer_id
 from p2psync.net.host import ConnectError, Libp2pHost
+from p2psync.net.topics import live_topic, networks_of
 from p2psync.node.observer import Observer
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,19 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 0.5
 DIAL_TIMEOUT = 5.0
 DISCONNECT_TIMEOUT = 5.0
+# Dials in flight at once; the rest wait their turn. Discovery (mDNS, a
+# rendezvous answer) can name thousands of made-up peers at once.
+MAX_CONCURRENT_DIALS = 16
+# A p2psync node subscribes to its live topic from the start and gossipsub
+# tells a new peer its subscriptions at once (well under a second here), but
+# py-libp2p retries a pubsub stream that failed to open after 0.5, 1, 2 and
+# 4 s, and a loaded machine is slower still: a slow honest peer must not be
+# taken for another application. Topics of others only: decided after
+# NETWORK_WAIT (js-libp2p announces each subscription as it is made); no
+# subscription at all (no pubsub stream yet, or none ever): NETWORK_WAIT_SILENT.
+NETWORK_WAIT = 15.0
+NETWORK_WAIT_SILENT = 60.0
+NETWORK_POLL = 0.05
 
 
 class PeerDriver:
@@ -54,6 +69,8 @@ class PeerDriver:
         self._start_session = start_session
         self._stop_session = stop_session
         self._disconnecting: dict[str, trio.Event] = {}
+        self._learning: set[str] = set()
+        self._dial_slots = trio.CapacityLimiter(MAX_CONCURRENT_DIALS)
 
     @staticmethod
     def now() -> float:
@@ -87,6 +104,36 @@ class PeerDriver:
             self.run(self.policy.tick(self.now()))
             await trio.sleep(TICK_SECONDS)
 
+    async def learn_network(self, peer_id: str, network: str) -> None:
+        """Tell the policy which network a newly connected peer is in.
+
+        Our live topic among its subscriptions: ours. Another network's live
+        topic: that one, at once. Neither within NETWORK_WAIT (other topics)
+        or NETWORK_WAIT_SILENT (none at all): it runs no p2psync (another
+        libp2p application). Nothing if it left meanwhile.
+        """
+        if peer_id in self._learning:
+            return
+        self._learning.add(peer_id)
+        try:
+            ours = live_topic(network)
+            start = trio.current_time()
+            while peer_id in self.host.connected_peers():
+                topics = self.host.topics_of(peer_id)
+                others = networks_of(topics)
+                waited = trio.current_time() - start
+                if (
+                    ours in topics
+                    or others
+                    or waited >= (NETWORK_WAIT if topics else NETWORK_WAIT_SILENT)
+                ):
+                    learned = network if ours in topics else (others[0] if others else None)
+                    self.run(self.policy.network_learned(peer_id, learned, self.now()))
+                    return
+                await trio.sleep(NETWORK_POLL)
+        finally:
+            self._learning.discard(peer_id)
+
     async def _disconnect(self, peer_id: str) -> None:
         done = self._disconnecting.setdefault(peer_id, trio.Event())
         try:
@@ -99,6 +146,10 @@ class PeerDriver:
 
     async def _dial(self, dial: Dial) -> None:
         """Each address in turn until one connects; the outcome goes back to the policy."""
+        async with self._dial_slots:
+            await self._dial_addresses(dial)
+
+    async def _dial_addresses(self, dial: Dial) -> None:
         peer_id, ok, error = dial.peer_id, False, ""
         if (disconnecting := self._disconnecting.get(peer_id)) is not None:
             await disconnecting.wait()  # else connect() may return the dying connection

@@ -10,8 +10,10 @@ the same code the daemon runs, store failures and penalties included.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
+
+from pyroaring import BitMap64
 
 from p2psync.core.actions import (
     Action,
@@ -123,6 +125,31 @@ class Executor:
             else:
                 self._run_effect(action)
 
+    def run_grouped(self, batches: Sequence[list[Action]], now: Now) -> None:
+        """Carry out what several received messages caused, with ONE commit.
+
+        Entries that arrive together (a backlog of live entries) then cost one
+        transaction, not one each. Each message's Persist comes first in its
+        list (the engine places it there); those are committed as one Persist,
+        and then every message's other actions run in order, so nothing is
+        told of an entry before it is stored. Lists of any other shape, and
+        our own entries (which the user waits for), run one by one.
+        """
+        firsts = [b[0] for b in batches if b and isinstance(b[0], Persist)]
+        groupable = len(firsts) > 1 and all(
+            p.source is firsts[0].source and p.source is not Source.LOCAL for p in firsts
+        )
+        if groupable:
+            groupable = not any(isinstance(a, Persist) for b in batches for a in b[1:])
+        if not groupable:
+            for actions in batches:
+                self.run(actions, now)
+            return
+        persist = merge_persists(firsts)
+        self.settle(persist, self.commit(persist), now)
+        for actions in batches:
+            self.run(actions[1:] if actions and isinstance(actions[0], Persist) else actions, now)
+
     def _record_fork(self, action: RecordFork) -> None:
         proof = action.proof
         try:
@@ -233,3 +260,16 @@ class Executor:
     def refresh_entry_gauges(self) -> None:
         own = self.engine.own_entry_count()
         self.observer.set_entries(own, self.engine.entry_count() - own)
+
+
+def merge_persists(persists: Sequence[Persist]) -> Persist:
+    """One Persist writing what all of `persists` (of one source, in order) write.
+
+    A later bitmap of an origin holds an earlier one (the engine only adds
+    between them); stores derive what they write from the entries anyway.
+    """
+    progress: dict[bytes, BitMap64] = {}
+    for persist in persists:
+        progress.update(persist.progress)
+    entries = tuple(a for persist in persists for a in persist.entries)
+    return Persist(entries, progress, persists[0].source, persists[0].peer)

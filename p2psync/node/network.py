@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
+from libp2p.peer.id import ID
 
 from p2psync.core.peer_policy import CUT_UNRESPONSIVE, PeerPolicy, PolicyAction
 from p2psync.core.query import QueryReply
@@ -55,10 +56,11 @@ log = logging.getLogger(__name__)
 
 OUTBOX_SIZE = 64
 LIVE_OUTBOX_SIZE = 1024
+LIVE_GROUP_MAX = 256  # live entries waiting together, applied in one commit
 MESH_WAIT_SECONDS = 10.0
-# Each ping is a new yamux stream with its own protocol negotiation: at 2 s it
-# cost ~0.8 % of a core per peer, nearly all of an idle node's CPU (see
-# docs/PERFORMANCE.md, "Scale"); every 3 s still notices a vanished peer in ~15 s.
+# A peer whose connection stayed quiet this long gets a yamux ping (one frame,
+# answered by its muxer: net/liveness.py); two unanswered in a row cut it, so
+# a vanished peer is noticed in about 9 to 15 s.
 HEALTH_INTERVAL = 3.0
 HEALTH_TIMEOUT = 3.0
 HEALTH_FAILURES = 2
@@ -91,8 +93,14 @@ class NetworkTransport(Transport):
         self.config = config
         self.observer = observer
         self.nursery = nursery
-        self.policy = PeerPolicy(host.peer_id, random.Random(), allow=config.allow_peers)
+        self.policy = PeerPolicy(
+            host.peer_id, random.Random(), allow=config.allow_peers, network=config.network
+        )
         self.sessions: dict[str, _Session] = {}
+        # --relay peers are no members: their connections skip the policy
+        # (node/relaying.py keeps them); `is_relayed` is set while it runs.
+        self.relay_ids = frozenset(peer_id_of(addr) for addr in config.relays)
+        self.is_relayed: Callable[[str], bool] = lambda _peer: False
         self.live_send, self.live_receive = trio.open_memory_channel[bytes](LIVE_OUTBOX_SIZE)
         self.driver = PeerDriver(
             host,
@@ -128,7 +136,7 @@ class NetworkTransport(Transport):
         return self.host.listen_addrs()
 
     def peers(self) -> list[PeerView]:
-        return peer_views(self.policy)
+        return peer_views(self.policy, self.is_relayed)
 
     def query_received(self, peer: str, query_id: int) -> None:
         self.queries.answer(peer, query_id)
@@ -176,6 +184,8 @@ class NetworkTransport(Transport):
 
     def _on_peer_event(self, event: PeerEvent) -> None:
         peer = event.peer_id
+        if peer in self.relay_ids:
+            return
         if event.kind == "misbehaved":
             # Its pubsub stream is gone; a clean reconnect restores it.
             log.warning(
@@ -184,6 +194,8 @@ class NetworkTransport(Transport):
             self._policy_event(self.policy.peer_lost, peer, "unreadable_stream")
         elif event.kind == "connected":
             self._policy_event(self.policy.connected, peer, event.addr)
+            # Any libp2p node may have dialed us or been found: is it of our network?
+            self.nursery.start_soon(self.driver.learn_network, peer, self.config.network)
         elif peer not in self.host.connected_peers():  # else another connection is still up
             self._policy_event(self.policy.disconnected, peer)
 
@@ -247,24 +259,31 @@ class NetworkTransport(Transport):
     async def _health_check(self, session: _Session) -> None:
         """Notice a peer that vanished without closing its connection.
 
-        A ping queues behind what the connection already carries; a peer whose
-        pubsub data arrived while we waited for its answer is busy, not gone,
-        so a late ping from it is no miss.
+        Any bytes from the peer prove it alive (its data, gossip control, its
+        own pings): only a connection quiet for a whole interval is pinged,
+        and since our ping is news to the peer, of two healthy idle peers
+        usually only one pings. An answer that queues behind the data the
+        peer is busy sending us still comes as bytes: a busy peer is no miss.
+        The checks start at a random phase, so a node's peers are not all
+        pinged at the same moment.
         """
+        peer = session.peer_id
         failures = 0
+        await trio.sleep(random.uniform(0, HEALTH_INTERVAL))
         while True:
             await trio.sleep(HEALTH_INTERVAL)
-            if self.host.heard_from(session.peer_id, HEALTH_INTERVAL):
-                failures = 0  # its data is news enough: no ping needed
+            quiet = self.host.quiet_for(peer)
+            if quiet is not None and quiet < HEALTH_INTERVAL:
+                failures = 0  # it spoke: no ping needed
                 continue
-            rtt = await self.host.ping(session.peer_id, timeout=HEALTH_TIMEOUT)
-            alive = rtt is not None or self.host.heard_from(session.peer_id, HEALTH_TIMEOUT)
+            rtt = await self.host.ping(peer, timeout=HEALTH_TIMEOUT)
+            alive = rtt is not None or self.host.heard_from(peer, HEALTH_TIMEOUT)
             failures = 0 if alive else failures + 1
             if failures >= HEALTH_FAILURES:
-                log.info("peer %s stopped answering pings; disconnecting", session.peer_id)
+                log.info("peer %s stopped answering pings; disconnecting", peer)
                 # Disconnects in the service's nursery, stops this session and
                 # re-dials a while: all through the policy.
-                self._policy_event(self.policy.peer_lost, session.peer_id, CUT_UNRESPONSIVE)
+                self._policy_event(self.policy.peer_lost, peer, CUT_UNRESPONSIVE)
                 session.cancel.cancel()
                 return
 
@@ -275,11 +294,19 @@ class NetworkTransport(Transport):
         validator = self._validator(TopicChecks().live)
         receive = await self.host.subscribe(live_topic(self.config.network), validator=validator)
         async for received in receive:
+            # A backlog is applied together: one commit for all its entries.
+            backlog = [received]
+            while len(backlog) < LIVE_GROUP_MAX:
+                try:
+                    backlog.append(receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            now = node.now()
             # The forwarder delivered it: budgets and blame are its, not the signer's.
-            actions = node.engine.live_received(
-                received.forwarder, received.data, node.now(), publisher=received.sender
-            )
-            node.run_actions(actions)
+            node.run_grouped(
+                [node.engine.live_received(r.forwarder, r.data, now, publisher=r.sender)
+                 for r in backlog]
+            )  # fmt: skip
 
     async def run_live_sender(self) -> None:
         topic = live_topic(self.config.network)
@@ -343,6 +370,14 @@ class NetworkStartError(Exception):
     """The node could not get onto the network (e.g. its port is taken)."""
 
 
+def pubsub_refusals(config: NodeConfig) -> Callable[[ID], bool]:
+    """The peers this node talks no pubsub with: every --relay (no member: it
+    must not read our topics) and, in a closed network, anyone off the list."""
+    relays = frozenset(ID.from_base58(peer_id_of(addr)) for addr in config.relays)
+    allowed = frozenset(ID.from_base58(peer) for peer in config.allow_peers)
+    return lambda peer: peer in relays or (bool(allowed) and peer not in allowed)
+
+
 async def serve_network(
     node: Node,
     config: NodeConfig,
@@ -352,7 +387,10 @@ async def serve_network(
     task_status: TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the node's networking until cancelled; started(listen addrs) once listening."""
-    async with open_libp2p_host(seed, config.host, config.port) as host:
+    async with open_libp2p_host(
+        seed, config.host, config.port, observed_addrs=config.hole_punch
+    ) as host:
+        host.refuse_pubsub(pubsub_refusals(config))  # before any topic is joined
         if not host.listen_addrs():
             raise NetworkStartError(
                 f"cannot listen on {config.host}:{config.port} (address in use or not ours?);"
@@ -390,6 +428,10 @@ async def serve_network(
                     config.network,
                     functools.partial(transport.discovered, source="mdns"),
                 )
+            if config.relays:
+                from p2psync.node.relaying import serve_relays
+
+                await nursery.start(serve_relays, transport, host, config, observer)
             task_status.started(host.listen_addrs())
             try:
                 await trio.sleep_forever()

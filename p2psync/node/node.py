@@ -30,6 +30,7 @@ from p2psync.core.store import Store, StoreError
 from p2psync.node.config import NodeConfig
 from p2psync.node.executor import Executor
 from p2psync.node.observer import Observer
+from p2psync.node.own_writes import OwnWrites
 from p2psync.node.restore import UNSYNCED_NAME
 from p2psync.node.service import PeerView, RecipeView, StatusView, UserError
 from p2psync.node.transport import Transport
@@ -156,6 +157,7 @@ class Node:
         self.peer_id = peer_id_from_public_key(self.engine.me)
         self.stop_requested = trio.Event()
         self.local_writes = trio.Lock()  # one local append (sign + durable commit) at a time
+        self.own_writes = OwnWrites(self)  # user ops waiting together: one commit
         self.changed = trio.Event()  # set after every commit, then replaced
         self.commit_count = 0  # commits so far (wait_for_change)
         # Set once a round with a peer has finished: by then we know whether
@@ -186,6 +188,12 @@ class Node:
         now = self.clock.now()
         self.executor.run(actions, now)
         self.store_budget.catch_up(now.monotonic)  # the ticker calls this every second
+
+    def run_grouped(self, batches: list[list[Action]]) -> None:
+        """Like run_actions for several received messages: one commit for their entries."""
+        now = self.clock.now()
+        self.executor.run_grouped(batches, now)
+        self.store_budget.catch_up(now.monotonic)
 
     def attach_transport(self, transport: Transport) -> None:
         self.transport = transport
@@ -311,24 +319,26 @@ class Node:
     def list_recipes(self) -> list[RecipeView]:
         return [recipe_view(state) for state in self.store.visible_recipes()]
 
+    def get_recipe(self, recipe_id: str) -> RecipeView | None:
+        state = self.store.recipe(recipe_id)
+        return recipe_view(state) if state is not None and state.visible else None
+
     async def create_recipe(self, name: str, ingredients: str, instructions: str) -> RecipeView:
         try:
             fields = validate_fields(name, ingredients, instructions)
         except LocalError as exc:
             raise UserError(str(exc)) from exc
-        async with self.local_writes:
-            await self.wait_for_own_head()
-            recipe_id = make_recipe_id(self.engine.me, self.engine.next_own_seq())
-            await self.append_ops([Op("create", recipe_id, None, fields)])
-        return recipe_view(self._stored_recipe(recipe_id))
+        me = self.engine.me
+        seq = await self.own_writes.write(
+            lambda seq: Op("create", make_recipe_id(me, seq), None, fields)
+        )
+        return recipe_view(self._stored_recipe(make_recipe_id(me, seq)))
 
     async def publish_recipe(self, recipe_id: str) -> RecipeView:
         state = self._own_recipe(recipe_id)
         if state.published:
             return recipe_view(state)
-        async with self.local_writes:
-            await self.wait_for_own_head()
-            await self.append_ops([Op("publish", state.id, state.create_seq)])
+        await self.own_writes.write(lambda _: Op("publish", state.id, state.create_seq))
         return recipe_view(self._stored_recipe(state.id))
 
     async def update_recipe(
@@ -351,18 +361,14 @@ class Node:
             raise UserError(str(exc)) from exc
         if fields == old:
             return recipe_view(state)
-        async with self.local_writes:
-            await self.wait_for_own_head()
-            await self.append_ops([Op("update", state.id, state.create_seq, fields)])
+        await self.own_writes.write(lambda _: Op("update", state.id, state.create_seq, fields))
         return recipe_view(self._stored_recipe(state.id))
 
     async def unpublish_recipe(self, recipe_id: str) -> RecipeView:
         state = self._own_recipe(recipe_id)
         if not state.published:
             return recipe_view(state)
-        async with self.local_writes:
-            await self.wait_for_own_head()
-            await self.append_ops([Op("unpublish", state.id, state.create_seq)])
+        await self.own_writes.write(lambda _: Op("unpublish", state.id, state.create_seq))
         return recipe_view(self._stored_recipe(state.id))
 
     async def wait_for_change(self, seen: int, timeout: float) -> int:
@@ -373,9 +379,7 @@ class Node:
 
     async def delete_recipe(self, recipe_id: str) -> None:
         state = self._own_recipe(recipe_id)
-        async with self.local_writes:
-            await self.wait_for_own_head()
-            await self.append_ops([Op("delete", state.id, state.create_seq)])
+        await self.own_writes.write(lambda _: Op("delete", state.id, state.create_seq))
 
     def list_peers(self) -> list[PeerView]:
         return self.transport.peers()

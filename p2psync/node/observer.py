@@ -38,6 +38,10 @@ class Observer(Protocol):
         whether other origins' entries are refused for it."""
         ...
 
+    def relay_event(self, event: str, n: int = 1) -> None:
+        """A --relay was reserved on, or failed (refused, unreachable, lost, garbage, ...)."""
+        ...
+
 
 class NullObserver:
     """Observes nothing: for drivers that do not export metrics."""
@@ -76,4 +80,7 @@ class NullObserver:
         pass
 
     def set_store_size(self, size_bytes: int, limit_bytes: int | None, budget_hit: bool) -> None:
+        pass
+
+    def relay_event(self, event: str, n: int = 1) -> None:
         pass

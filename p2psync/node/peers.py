@@ -7,6 +7,7 @@ module only turns its records into the `PeerView`s the front ends render.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 
 from p2psync.core.peer_policy import PeerPolicy, PeerRecord
 from p2psync.node.service import PeerView
@@ -17,13 +18,14 @@ def iso_of_wall_ms(wall_ms: int) -> str:
     return moment.isoformat(timespec="milliseconds")
 
 
-def peer_view(record: PeerRecord) -> PeerView:
+def peer_view(record: PeerRecord, relayed: bool = False) -> PeerView:
     ok = record.syncs_ok
     return PeerView(
         peer_id=record.peer_id,
         addrs=list(record.addrs),
         connected=record.connected,
         source=record.source,
+        relayed=relayed and record.connected,
         state=record.state,
         syncs_ok=ok,
         syncs_failed=record.syncs_failed,
@@ -32,5 +34,8 @@ def peer_view(record: PeerRecord) -> PeerView:
     )
 
 
-def peer_views(policy: PeerPolicy) -> list[PeerView]:
-    return [peer_view(record) for record in policy.records()]
+def peer_views(
+    policy: PeerPolicy, is_relayed: Callable[[str], bool] = lambda _peer: False
+) -> list[PeerView]:
+    """`is_relayed(peer)`: connected only through a relay (net/circuit.py)."""
+    return [peer_view(record, is_relayed(record.peer_id)) for record in policy.records()]

@@ -47,12 +47,13 @@ class PeerView:
     peer_id: str
     addrs: list[str]
     connected: bool
-    source: str  # "mdns" | "static" | "local" | "inbound"
+    source: str  # "mdns" | "static" | "local" | "relay" | "inbound"
     state: str  # "connecting" | "connected" | "backing_off" | "failed" | "known"
     syncs_ok: int
     syncs_failed: int
     last_sync: str | None  # ISO 8601 UTC
     avg_sync_ms: float | None
+    relayed: bool = False  # connected, and only through a circuit relay
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +61,7 @@ class PeerView:
             "addrs": list(self.addrs),
             "connected": self.connected,
             "source": self.source,
+            "relayed": self.relayed,
             "state": self.state,
             "syncs_ok": self.syncs_ok,
             "syncs_failed": self.syncs_failed,
@@ -108,6 +110,10 @@ class NodeService(Protocol):
     def status(self) -> StatusView: ...
 
     def list_recipes(self) -> list[RecipeView]: ...
+
+    def get_recipe(self, recipe_id: str) -> RecipeView | None:
+        """One visible recipe, or None (unknown, not yet created, or deleted)."""
+        ...
 
     async def create_recipe(self, name: str, ingredients: str, instructions: str) -> RecipeView:
         """Sign, persist (durably) and broadcast a create op. Raises UserError on bad fields."""

@@ -55,8 +55,10 @@ class MemoryStore:
             self._hlcs[(entry.origin, entry.seq)] = entry.hlc
         self.recipes.update(change.recipes)
         self._totals = change.totals
-        for origin, bitmap in persist.progress.items():
-            self.bitmaps[origin] = BitMap64(bitmap)
+        # Like SqliteStore: what it held plus the entries, in any commit order.
+        for accepted in persist.entries:
+            entry = accepted.entry
+            self.bitmaps.setdefault(entry.origin, BitMap64()).add(entry.seq)
 
     def record_fork(self, proof: ForkProof) -> None:
         raws = [

@@ -9,6 +9,9 @@ from p2psync.core.store import StoreError
 
 # 'p2ps': marks the file as ours, so we never migrate someone else's database.
 APPLICATION_ID = 0x70327073
+# An SQL function the migrations may call: hex text to a blob (SQLite 3.41
+# has unhex(); Debian 12's 3.40 does not).
+UNHEX = "p2psync_unhex"
 
 # MIGRATIONS[i] takes a database from schema version i to i + 1. Append new
 # steps; never edit a released one.
@@ -75,8 +78,51 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE recipes ADD COLUMN published_seq INTEGER NOT NULL DEFAULT -1",
         "UPDATE recipes SET published_seq = (published >> 1) - 1, published = published & 1",
     ),
+    # 5 -> 6: a lean layout, about half the bytes per entry (issue 13).
+    # - `origins` numbers each 32-byte key once; log and recipes refer to it.
+    # - A log row keeps only the entry's bytes without the origin key (its
+    #   `body`, see rows.py): hash, prev and hlc were copies of what the bytes
+    #   hold, and the origin is in the key. The hlc index is over the body's
+    #   8 big-endian hlc bytes (blob order is unsigned order).
+    # - A recipe row no longer copies its fields: they are the op of the
+    #   author's entry `fields_seq`, read from the log. Ids are 10-byte blobs.
+    (
+        "CREATE TABLE origins (no INTEGER PRIMARY KEY, key BLOB NOT NULL UNIQUE)",
+        "INSERT INTO origins (key) SELECT origin FROM log UNION SELECT author FROM recipes",
+        """CREATE TABLE log6 (
+            origin INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            body BLOB NOT NULL,
+            PRIMARY KEY (origin, seq)
+        ) WITHOUT ROWID""",
+        "INSERT INTO log6 (origin, seq, body) SELECT o.no, l.seq,"
+        " CAST(substr(l.raw, 1, 1) || substr(l.raw, 34) AS BLOB)"
+        " FROM log l JOIN origins o ON o.key = l.origin ORDER BY o.no, l.seq",
+        """CREATE TABLE recipes6 (
+            id BLOB PRIMARY KEY,
+            author INTEGER NOT NULL,
+            create_seq INTEGER NOT NULL,
+            fields_seq INTEGER,
+            published INTEGER NOT NULL,
+            deleted INTEGER NOT NULL,
+            updated INTEGER NOT NULL,
+            published_seq INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        f"INSERT INTO recipes6 SELECT {UNHEX}(r.id), o.no, r.create_seq,"
+        " CASE WHEN r.name IS NULL THEN NULL ELSE r.fields_seq END, r.published, r.deleted,"
+        " r.updated, r.published_seq FROM recipes r JOIN origins o ON o.key = r.author"
+        f" WHERE {UNHEX}(r.id) IS NOT NULL",  # every id an authorised op made is hex
+        "DROP TABLE log",
+        "DROP TABLE recipes",
+        "ALTER TABLE log6 RENAME TO log",
+        "ALTER TABLE recipes6 RENAME TO recipes",
+        "CREATE INDEX log_hlc ON log (substr(body, 42, 8))",
+        "CREATE INDEX recipes_author ON recipes (author)",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# Migrations that drop big tables leave their pages free: VACUUM after them.
+_VACUUM_AFTER = frozenset({6})
 
 
 def migrate(conn: sqlite3.Connection, path: Path) -> None:
@@ -90,6 +136,7 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
     if version == SCHEMA_VERSION:
         _check_ours(conn, path)
         return
+    conn.create_function(UNHEX, 1, _unhex, deterministic=True)
     conn.execute("BEGIN IMMEDIATE")
     try:
         # Another process may have migrated while we waited for the lock.
@@ -107,6 +154,17 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    if version and any(version < step <= SCHEMA_VERSION for step in _VACUUM_AFTER):
+        conn.execute("VACUUM")
+
+
+def _unhex(text: object) -> bytes | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return None
 
 
 def check_database(conn: sqlite3.Connection, path: Path) -> int:

@@ -1,21 +1,21 @@
 """The durable Store: one SQLite database in WAL mode.
 
 Log rows, recipe states and progress bitmaps change in one transaction per
-`Persist`, committed with `synchronous=FULL`, so an acknowledged op survives
-kill -9 (and power loss, as far as the disk honours fsync), and after a crash
-at any point the three agree: they are either all before or all after a batch.
+`Persist`. Our own ops commit with `synchronous=FULL`, so an acknowledged op
+survives kill -9 and power loss (as far as the disk honours fsync); entries
+from peers with NORMAL, which in WAL mode still survives kill -9. After a
+crash at any point the three agree: they are either all before or all after
+a batch. The stored bitmap of an origin is what was stored before plus the
+batch's seqs (not the engine's view, which may count Persists still in
+flight), so Persists may commit in any order, or fail, and the bitmaps still
+name exactly the entries the log holds.
 
 Counters that would otherwise cost a scan (entry count, greatest hlc, and the
 recipe book's totals: visible recipes and the digest accumulator) live in
 `meta`, updated in the same transaction, and are cached in memory. What a
 batch does to recipes and totals is decided in core (`merge_entries`); this
 module only loads the touched rows and writes the result. The schema and its
-migrations are in schema.py.
-
-HLCs are unsigned 64-bit but SQLite integers are signed, and a peer can sign
-any hlc it likes, so hlc columns hold the two's complement of values >= 2**63
-(see `_to_sql`): ordinary values stay readable. The one query that orders by
-hlc (`last_hlc` with a ceiling, at start) keeps its range to one sign.
+migrations are in schema.py, the layout of rows in rows.py.
 """
 
 from __future__ import annotations
@@ -26,26 +26,31 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
-import orjson
 from pyroaring import BitMap64
 
 from p2psync.core.actions import Persist
 from p2psync.core.forks import ForkProof, decode_side, encode_side
 from p2psync.core.hlc import LOGICAL_MASK, pack, wall_ms_of
-from p2psync.core.ops import RecipeFields
 from p2psync.core.progress import encode_bitmap
 from p2psync.core.reasons import Source
-from p2psync.core.recipe_book import (
-    BookTotals,
-    counted_entries,
-    merge_entries,
-    rebuild_author,
-    touched_recipe_ids,
-)
+from p2psync.core.recipe_book import BookTotals, counted_entries, merge_entries, rebuild_author
 from p2psync.core.recipes import RecipeState
 from p2psync.core.store import StoreError
+from p2psync.store.rows import (
+    RECIPE_COLUMNS,
+    SELECT_RECIPES,
+    body_of,
+    describe,
+    from_sql,
+    hlc_key,
+    links_of,
+    raw_of,
+    recipe_id_key,
+    recipe_row,
+    recipe_state,
+    to_sql,
+)
 from p2psync.store.schema import migrate
 
 _BUSY_TIMEOUT_MS = 5000
@@ -53,47 +58,31 @@ _CACHE_KIB = 32 * 1024
 # Seqs closer than this are read with one range query; the few unwanted rows
 # in between cost less than another round trip into SQLite.
 _RANGE_GAP = 64
+# Recipes are loaded by id this many at a time (unused places are NULL), so
+# the statement text stays fixed and SQLite's statement cache serves it.
+_LOAD_CHUNK = 128
 
-_INSERT_LOG = (
-    "INSERT OR IGNORE INTO log (origin, seq, hash, prev, hlc, raw) VALUES (?, ?, ?, ?, ?, ?)"
-)
-_RECIPE_COLUMNS = (
-    "id, author, create_seq, name, ingredients, instructions, fields_hlc, fields_seq, "
-    "published, deleted, updated, published_seq"
-)
+_INSERT_LOG = "INSERT OR IGNORE INTO log (origin, seq, body) VALUES (?, ?, ?)"
 _UPSERT_RECIPE = (
-    f"INSERT INTO recipes ({_RECIPE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (id) DO UPDATE SET name = excluded.name, ingredients = excluded.ingredients, "
-    "instructions = excluded.instructions, fields_hlc = excluded.fields_hlc, "
-    "fields_seq = excluded.fields_seq, published = excluded.published, "
-    "deleted = excluded.deleted, updated = excluded.updated, "
-    "published_seq = excluded.published_seq"
+    f"INSERT INTO recipes ({RECIPE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET fields_seq = excluded.fields_seq, "
+    "published = excluded.published, deleted = excluded.deleted, "
+    "updated = excluded.updated, published_seq = excluded.published_seq"
 )
 _UPSERT_PROGRESS = (
     "INSERT INTO progress (origin, bitmap) VALUES (?, ?) "
     "ON CONFLICT (origin) DO UPDATE SET bitmap = excluded.bitmap"
 )
-_SELECT_RECIPES_IN = (
-    f"SELECT {_RECIPE_COLUMNS} FROM recipes WHERE id IN (SELECT value FROM json_each(?))"
-)
+_SELECT_RECIPES_IN = f"{SELECT_RECIPES} WHERE r.id IN ({', '.join('?' * _LOAD_CHUNK)})"
+_SELECT_RANGE = "SELECT seq, body FROM log WHERE origin = ? AND seq BETWEEN ? AND ?"
 _SET_META = "UPDATE meta SET value = ? WHERE key = ?"
-# One step down the log_hlc index; the bounds keep to one sign (see _to_sql).
-_MAX_HLC_BETWEEN = "SELECT hlc FROM log WHERE hlc BETWEEN ? AND ? ORDER BY hlc DESC LIMIT 1"
+# One step down the log_hlc index (8-byte big-endian blobs order as unsigned).
+_MAX_HLC_BELOW = (
+    "SELECT substr(body, 42, 8) FROM log WHERE substr(body, 42, 8) <= ?"
+    " ORDER BY substr(body, 42, 8) DESC LIMIT 1"
+)
 
 _U64 = 1 << 64
-_I64_MAX = (1 << 63) - 1
-
-_RecipeRow = tuple[
-    str, bytes, int, str | None, str | None, str | None, int | None, int | None, int, int, int, int
-]
-
-
-def _to_sql(hlc: int) -> int:
-    return hlc - _U64 if hlc > _I64_MAX else hlc
-
-
-def _from_sql(value: int) -> int:
-    return value + _U64 if value < 0 else value
 
 
 class SqliteStore:
@@ -106,11 +95,19 @@ class SqliteStore:
         self._lock = threading.Lock()
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self._count: int = meta["entry_count"]
-        self._last_hlc: int = _from_sql(meta["last_hlc"])
-        digest_sum = (_from_sql(meta["digest_hi"]) << 64) | _from_sql(meta["digest_lo"])
+        self._last_hlc: int = from_sql(meta["last_hlc"])
+        digest_sum = (from_sql(meta["digest_hi"]) << 64) | from_sql(meta["digest_lo"])
         self._totals = BookTotals(digest_sum, meta["recipe_count"])
         self._durable = True  # PRAGMA synchronous = FULL, as open() sets it
         self._page_size: int = conn.execute("PRAGMA page_size").fetchone()[0]
+        # Origin keys and the numbers log and recipe rows name them by.
+        self._numbers: dict[bytes, int] = {}
+        self._keys: dict[int, bytes] = {}
+        for no, key in conn.execute("SELECT no, key FROM origins"):
+            self._numbers[key] = no
+            self._keys[no] = key
+        # What the log holds, as committed: each commit adds its entries' seqs.
+        self._held: dict[bytes, BitMap64] = self._read_progress()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -137,7 +134,7 @@ class SqliteStore:
             return cls(conn, path)
         except sqlite3.Error as exc:
             conn.close()
-            raise StoreError(f"cannot open database {path}: {_describe(exc)}") from exc
+            raise StoreError(f"cannot open database {path}: {describe(exc)}") from exc
         except BaseException:
             conn.close()
             raise
@@ -160,48 +157,36 @@ class SqliteStore:
     # ------------------------------------------------------------ LogReader
 
     def entry_links(self, origin: bytes, seqs: Iterable[int]) -> dict[int, tuple[bytes, bytes]]:
-        wanted = set(seqs)
-        found: dict[int, tuple[bytes, bytes]] = {}
-        with self._lock:
-            for lo, hi in _ranges(wanted):
-                for seq, hash_, prev in self._conn.execute(
-                    "SELECT seq, hash, prev FROM log WHERE origin = ? AND seq BETWEEN ? AND ?",
-                    (origin, lo, hi),
-                ):
-                    if seq in wanted:
-                        found[seq] = (hash_, prev)
-        return found
+        return {seq: links_of(origin, body) for seq, body in self._bodies(origin, seqs).items()}
 
     def read_raw(self, origin: bytes, seqs: Iterable[int]) -> dict[int, bytes]:
+        return {seq: raw_of(origin, body) for seq, body in self._bodies(origin, seqs).items()}
+
+    def _bodies(self, origin: bytes, seqs: Iterable[int]) -> dict[int, bytes]:
         wanted = set(seqs)
         found: dict[int, bytes] = {}
         with self._lock:
+            no = self._numbers.get(origin)
+            if no is None:
+                return found
             for lo, hi in _ranges(wanted):
-                for seq, raw in self._conn.execute(
-                    "SELECT seq, raw FROM log WHERE origin = ? AND seq BETWEEN ? AND ?",
-                    (origin, lo, hi),
-                ):
+                for seq, body in self._conn.execute(_SELECT_RANGE, (no, lo, hi)):
                     if seq in wanted:
-                        found[seq] = raw
+                        found[seq] = body
         return found
 
     # ------------------------------------------------------------ writes
 
     def commit(self, persist: Persist) -> None:
         """Apply one Persist in one transaction; StoreError if SQLite refuses."""
-        if not persist.entries and not persist.progress:
+        if not persist.entries:
             return
-        log_rows = [
-            (e.origin, e.seq, accepted.entry_hash(), e.prev, _to_sql(e.hlc), e.raw)
-            for accepted in persist.entries
-            for e in (accepted.entry,)
-        ]
-        progress_rows = [(origin, encode_bitmap(b)) for origin, b in persist.progress.items()]
-        batch_hlc = max((a.entry.hlc for a in persist.entries), default=0)
+        batch_hlc = max(a.entry.hlc for a in persist.entries)
         with self._lock:
             # Inside the lock: a commit from another thread may have raised it.
             last_hlc = max(batch_hlc, self._last_hlc)
             conn = self._conn
+            new: dict[bytes, int] = {}  # origins numbered by this transaction
             try:
                 # Own ops are acknowledged to a user: fsync them (FULL). Entries
                 # from peers have other copies; WAL with NORMAL still commits
@@ -211,10 +196,18 @@ class SqliteStore:
                     conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
                     self._durable = durable
                 conn.execute("BEGIN IMMEDIATE")
-                inserted = conn.executemany(_INSERT_LOG, log_rows).rowcount if log_rows else 0
-                stored = self._load_recipes(touched_recipe_ids(persist.entries))
+                numbers = self._number(persist, new)
+                log_rows = [
+                    (numbers[e.origin], e.seq, body_of(e.raw))
+                    for accepted in persist.entries
+                    for e in (accepted.entry,)
+                ]
+                inserted = conn.executemany(_INSERT_LOG, log_rows).rowcount
+                held = self._held_after(persist)
+                progress_rows = [(origin, encode_bitmap(b)) for origin, b in held.items()]
+                stored = self._load_recipes(self._stored_ids(persist))
                 change = merge_entries(persist.entries, stored, self._totals)
-                recipe_rows = [_recipe_row(state) for state in change.recipes.values()]
+                recipe_rows = [recipe_row(s, numbers[s.author]) for s in change.recipes.values()]
                 conn.executemany(_UPSERT_RECIPE, recipe_rows)
                 conn.executemany(_UPSERT_PROGRESS, progress_rows)
                 conn.executemany(_SET_META, self._meta_changes(inserted, last_hlc, change.totals))
@@ -223,14 +216,65 @@ class SqliteStore:
                 self._rollback()
                 raise StoreError(
                     f"could not store {len(persist.entries)} entries in {self.path}: "
-                    f"{_describe(exc)}; nothing was written"
+                    f"{describe(exc)}; nothing was written"
                 ) from exc
             except BaseException:
                 self._rollback()
                 raise
+            for key, no in new.items():
+                self._numbers[key] = no
+                self._keys[no] = key
+            self._held.update(held)
             self._count += inserted
             self._last_hlc = last_hlc
             self._totals = change.totals
+
+    def _held_after(self, persist: Persist) -> dict[bytes, BitMap64]:
+        """The held bitmap of each origin of `persist` once it commits: what was
+        committed before plus its entries. Never more than the log holds, in
+        whatever order Persists commit (and whichever of them fail)."""
+        seqs: dict[bytes, list[int]] = {}
+        for accepted in persist.entries:
+            entry = accepted.entry
+            seqs.setdefault(entry.origin, []).append(entry.seq)
+        empty = BitMap64()
+        return {origin: self._held.get(origin, empty) | BitMap64(s) for origin, s in seqs.items()}
+
+    def _stored_ids(self, persist: Persist) -> list[str]:
+        """The recipes `persist` touches that may have a row already.
+
+        A create's recipe can have one only if its author's later entries
+        were stored before (ops that came before their create); in a backfill
+        in seq order none were, and its lookup is skipped.
+        """
+        ids: dict[str, None] = {}
+        held = self._held
+        for accepted in persist.entries:
+            op = accepted.op
+            if op is None:
+                continue
+            if op.kind == "create":
+                before = held.get(accepted.entry.origin)
+                if not before or before.max() < accepted.entry.seq:
+                    continue
+            ids[op.recipe_id] = None
+        return list(ids)
+
+    def _number(self, persist: Persist, new: dict[bytes, int]) -> dict[bytes, int]:
+        """The number of each origin of `persist`'s entries; unknown ones get one
+        (in the open transaction; recorded in `new` to keep once it commits)."""
+        numbers: dict[bytes, int] = {}
+        known = self._numbers
+        for accepted in persist.entries:
+            origin = accepted.entry.origin
+            if origin in numbers:
+                continue
+            no = known.get(origin)
+            if no is None:
+                cursor = self._conn.execute("INSERT INTO origins (key) VALUES (?)", (origin,))
+                no = new[origin] = int(cursor.lastrowid or 0)
+            numbers[origin] = no
+        return numbers
 
     def _meta_changes(
         self, inserted: int, last_hlc: int, totals: BookTotals
@@ -240,10 +284,10 @@ class SqliteStore:
         if inserted:
             meta.append((self._count + inserted, "entry_count"))
         if last_hlc != self._last_hlc:
-            meta.append((_to_sql(last_hlc), "last_hlc"))
+            meta.append((to_sql(last_hlc), "last_hlc"))
         if totals != self._totals:
-            meta.append((_to_sql(totals.digest_sum >> 64), "digest_hi"))
-            meta.append((_to_sql(totals.digest_sum & (_U64 - 1)), "digest_lo"))
+            meta.append((to_sql(totals.digest_sum >> 64), "digest_hi"))
+            meta.append((to_sql(totals.digest_sum & (_U64 - 1)), "digest_lo"))
             meta.append((totals.visible, "recipe_count"))
         return meta
 
@@ -255,12 +299,15 @@ class SqliteStore:
                 self._conn.execute("ROLLBACK")
 
     def _load_recipes(self, ids: list[str]) -> dict[str, RecipeState]:
-        if not ids:
-            return {}
-        # One JSON parameter instead of a list of ?s keeps the statement text
-        # fixed, so SQLite's statement cache serves every batch.
-        rows = self._conn.execute(_SELECT_RECIPES_IN, (orjson.dumps(ids),))
-        return {row[0]: _recipe_state(row) for row in rows}
+        keys = [bytes.fromhex(recipe_id) for recipe_id in ids]
+        found: dict[str, RecipeState] = {}
+        for start in range(0, len(keys), _LOAD_CHUNK):
+            chunk: list[bytes | None] = [*keys[start : start + _LOAD_CHUNK]]
+            chunk += [None] * (_LOAD_CHUNK - len(chunk))
+            for row in self._conn.execute(_SELECT_RECIPES_IN, chunk):
+                state = recipe_state(row, self._keys[row[1]])
+                found[state.id] = state
+        return found
 
     def record_fork(self, proof: ForkProof) -> None:
         """Keep a fork proof and make the author's recipes again from the entries
@@ -274,28 +321,30 @@ class SqliteStore:
                     " VALUES (?, ?, ?, ?, 1)",
                     (proof.origin, proof.seq, encode_side(proof.first), encode_side(proof.second)),
                 )
+                no = self._numbers.get(proof.origin)  # None: we hold none of its entries
                 raws = [
-                    raw
-                    for (raw,) in conn.execute(
-                        "SELECT raw FROM log WHERE origin = ? AND seq < ? ORDER BY seq",
-                        (proof.origin, proof.seq),
+                    raw_of(proof.origin, body)
+                    for (body,) in conn.execute(
+                        "SELECT body FROM log WHERE origin = ? AND seq < ? ORDER BY seq",
+                        (no, proof.seq),
                     )
                 ]
-                rows = conn.execute(
-                    f"SELECT {_RECIPE_COLUMNS} FROM recipes WHERE author = ?", (proof.origin,)
-                )
-                stored = {row[0]: _recipe_state(row) for row in rows}
+                rows = conn.execute(f"{SELECT_RECIPES} WHERE r.author = ?", (no,))
+                states = [recipe_state(row, proof.origin) for row in rows]
+                stored = {state.id: state for state in states}
                 rebuild = rebuild_author(counted_entries(raws), stored, self._totals)
                 conn.executemany(
-                    "DELETE FROM recipes WHERE id = ?", [(rid,) for rid in rebuild.removed]
+                    "DELETE FROM recipes WHERE id = ?",
+                    [(bytes.fromhex(rid),) for rid in rebuild.removed],
                 )
-                conn.executemany(_UPSERT_RECIPE, [_recipe_row(s) for s in rebuild.recipes.values()])
+                upserts = [recipe_row(s, no or 0) for s in rebuild.recipes.values()]
+                conn.executemany(_UPSERT_RECIPE, upserts)
                 conn.executemany(_SET_META, self._meta_changes(0, self._last_hlc, rebuild.totals))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
                 raise StoreError(
-                    f"could not store a fork proof in {self.path}: {_describe(exc)}"
+                    f"could not store a fork proof in {self.path}: {describe(exc)}"
                 ) from exc
             except BaseException:
                 self._rollback()
@@ -316,24 +365,28 @@ class SqliteStore:
 
     def load_progress(self) -> dict[bytes, BitMap64]:
         with self._lock:
-            rows = self._conn.execute("SELECT origin, bitmap FROM progress").fetchall()
+            return {origin: BitMap64(held) for origin, held in self._held.items()}
+
+    def _read_progress(self) -> dict[bytes, BitMap64]:
+        rows = self._conn.execute("SELECT origin, bitmap FROM progress").fetchall()
         # Our own bytes, written by encode_bitmap: no untrusted-size checks needed.
         return {origin: BitMap64.deserialize(data) for origin, data in rows}
 
     def recipe(self, recipe_id: str) -> RecipeState | None:
+        key = recipe_id_key(recipe_id)
+        if key is None:
+            return None  # not an id any recipe can have
         with self._lock:
-            row = self._conn.execute(
-                f"SELECT {_RECIPE_COLUMNS} FROM recipes WHERE id = ?", (recipe_id,)
-            ).fetchone()
-        return None if row is None else _recipe_state(row)
+            row = self._conn.execute(f"{SELECT_RECIPES} WHERE r.id = ?", (key,)).fetchone()
+            return None if row is None else recipe_state(row, self._keys[row[1]])
 
     def visible_recipes(self) -> list[RecipeState]:
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT {_RECIPE_COLUMNS} FROM recipes "
-                "WHERE name IS NOT NULL AND deleted = 0 ORDER BY id"
+                f"{SELECT_RECIPES} WHERE r.fields_seq IS NOT NULL AND r.deleted = 0 ORDER BY r.id"
             ).fetchall()
-        return [_recipe_state(row) for row in rows]
+            keys = self._keys
+        return [recipe_state(row, keys[row[1]]) for row in rows]
 
     def digest(self) -> str:
         return self._totals.digest()
@@ -351,7 +404,7 @@ class SqliteStore:
                 pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
                 free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot measure {self.path}: {_describe(exc)}") from exc
+                raise StoreError(f"cannot measure {self.path}: {describe(exc)}") from exc
         return int(pages - free) * self._page_size
 
     def last_hlc(self, ceiling_ms: int) -> int:
@@ -359,17 +412,10 @@ class SqliteStore:
             return self._last_hlc  # the usual case: the counter, no query
         if ceiling_ms < 0:
             return 0
-        bound = pack(ceiling_ms, LOGICAL_MASK)
+        bound = hlc_key(pack(ceiling_ms, LOGICAL_MASK))
         with self._lock:
-            if bound > _I64_MAX:
-                # Stored as negatives (_to_sql), and all greater than any other.
-                row = self._conn.execute(_MAX_HLC_BETWEEN, (-_I64_MAX - 1, _to_sql(bound)))
-                found = row.fetchone()
-                if found is not None:
-                    return _from_sql(found[0])
-                bound = _I64_MAX
-            found = self._conn.execute(_MAX_HLC_BETWEEN, (0, bound)).fetchone()
-        return 0 if found is None else int(found[0])
+            found = self._conn.execute(_MAX_HLC_BELOW, (bound,)).fetchone()
+        return 0 if found is None else int.from_bytes(found[0], "big")
 
 
 # ---------------------------------------------------------------- helpers
@@ -394,59 +440,3 @@ def _ranges(seqs: set[int]) -> list[tuple[int, int]]:
             prev = seq
     ranges.append((start, prev))
     return ranges
-
-
-def _recipe_row(state: RecipeState) -> _RecipeRow:
-    fields = state.fields
-    known = fields is not None
-    hlc, seq = state.fields_version
-    return (
-        state.id,
-        state.author,
-        state.create_seq,
-        fields.name if fields is not None else None,
-        fields.ingredients if fields is not None else None,
-        fields.instructions if fields is not None else None,
-        _to_sql(hlc) if known else None,
-        seq if known else None,
-        int(state.published),
-        int(state.deleted),
-        _to_sql(state.updated),
-        state.published_seq,
-    )
-
-
-def _recipe_state(row: Any) -> RecipeState:
-    (rid, author, create_seq, name, ingredients, instructions) = row[:6]
-    f_hlc, f_seq, published, deleted, updated, published_seq = row[6:]
-    known = name is not None
-    return RecipeState(
-        id=rid,
-        author=author,
-        create_seq=create_seq,
-        fields=RecipeFields(name, ingredients, instructions) if known else None,
-        fields_version=(_from_sql(f_hlc), f_seq) if known else (-1, -1),
-        published=bool(published),
-        deleted=bool(deleted),
-        updated=_from_sql(updated),
-        published_seq=published_seq,
-    )
-
-
-# Primary result codes (the low byte of extended codes) worth a plain sentence.
-_SQLITE_MESSAGES = {
-    5: "the database is locked by another process",  # SQLITE_BUSY
-    6: "the database is locked",  # SQLITE_LOCKED
-    8: "the database is read-only",  # SQLITE_READONLY
-    10: "disk I/O error",  # SQLITE_IOERR
-    11: "the database file is corrupt",  # SQLITE_CORRUPT
-    13: "the disk is full",  # SQLITE_FULL
-    14: "the database file cannot be opened",  # SQLITE_CANTOPEN
-    26: "the file is not a database",  # SQLITE_NOTADB
-}
-
-
-def _describe(exc: sqlite3.Error) -> str:
-    code = getattr(exc, "sqlite_errorcode", None)
-    plain = _SQLITE_MESSAGES.get(code & 0xFF) if isinstance(code, int) else None
-    return f"{plain} ({exc})" if plain else str(exc)

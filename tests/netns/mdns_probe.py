@@ -4,7 +4,8 @@
         --addr /ip4/10.77.0.1/tcp/4001/p2p/ID --network a --seconds 6 \
         [--interface-ip 10.77.0.1]
     ip netns exec NS python mdns_probe.py ptr-txt --netns NS --interface-ip IP \
-        --network a --txt dnsaddr=/ip4/... --txt id=... --seconds 6
+        --txt dnsaddr=/ip4/... --txt p2psync=a --seconds 6 \
+        [--records one|each] [--section answers|additionals]
 
 Prints JSON lines on stdout:
     {"event": "netns", "ok": bool, ...}   first line; the probe refuses to
@@ -13,9 +14,13 @@ Prints JSON lines on stdout:
     {"event": "found", "t": s, "peer_id": ..., "addrs": [...]}
     {"event": "done", "threads": [...]}   threads still alive after shutdown
 
-`ptr-txt` is a raw responder that answers like js-libp2p: PTR + TXT only, no
-SRV and no A record. zeroconf's register_service always adds SRV, so it
-crafts the packets itself and sends them unsolicited, every 0.5 s.
+`ptr-txt` is a raw responder in the shape of js-libp2p's answers: PTR + TXT
+only, no SRV and no A record, on `_p2p._udp.local.`. `--records each` puts
+each --txt string in a TXT record of its own (as js-libp2p does), `one` all
+of them in one record; `--section` says whether the TXT records travel as
+answers (js-libp2p) or additionals (the spec, zeroconf). zeroconf's
+register_service always adds SRV, so it crafts the packets itself and sends
+them unsolicited, every 0.5 s.
 """
 
 from __future__ import annotations
@@ -86,31 +91,32 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def ptr_txt(args: argparse.Namespace) -> None:
-    from zeroconf import DNSOutgoing, DNSPointer, DNSText, IPVersion, Zeroconf, const
+    from zeroconf import IPVersion, Zeroconf
+    from zeroconf._dns import DNSPointer, DNSText
+    from zeroconf._protocol.outgoing import DNSOutgoing
+    from zeroconf.const import _CLASS_IN, _FLAGS_AA, _FLAGS_QR_RESPONSE, _TYPE_PTR, _TYPE_TXT
 
-    from p2psync.net.mdns import service_type
+    from p2psync.net.mdns_records import SERVICE_TYPE, encode_txt
 
-    stype = service_type(args.network)
-    name = f"{args.instance}.{stype}"
-    txt = bytearray()
-    for item in args.txt:
-        raw = item.encode()
-        txt += bytes([len(raw)]) + raw
+    name = f"{args.instance}.{SERVICE_TYPE}"
+    if args.records == "each":
+        rdatas = [encode_txt([item]) for item in args.txt]
+    else:
+        rdatas = [encode_txt(args.txt)]
     zc = Zeroconf(interfaces=[args.interface_ip], ip_version=IPVersion.V4Only)
     try:
         emit("started", name=name)
         deadline = time.monotonic() + args.seconds
         while time.monotonic() < deadline:
-            out = DNSOutgoing(const._FLAGS_QR_RESPONSE | const._FLAGS_AA)
-            out.add_answer_at_time(
-                DNSPointer(stype, const._TYPE_PTR, const._CLASS_IN, 120, name), 0
-            )
-            out.add_answer_at_time(
-                DNSText(
-                    name, const._TYPE_TXT, const._CLASS_IN | const._CLASS_UNIQUE, 120, bytes(txt)
-                ),
-                0,
-            )
+            out = DNSOutgoing(_FLAGS_QR_RESPONSE | _FLAGS_AA)
+            out.add_answer_at_time(DNSPointer(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN, 120, name), 0)
+            for rdata in rdatas:
+                # class IN without the cache-flush bit, as js-libp2p sends it
+                record = DNSText(name, _TYPE_TXT, _CLASS_IN, 120, rdata)
+                if args.section == "answers":
+                    out.add_answer_at_time(record, 0)
+                else:
+                    out.add_additional_answer(record)
             zc.send(out)
             time.sleep(0.5)
     finally:
@@ -130,6 +136,8 @@ def main() -> None:
     ap.add_argument("--refresh", type=float, default=30.0)
     ap.add_argument("--instance", default="js-like-responder")
     ap.add_argument("--txt", action="append", default=[])
+    ap.add_argument("--records", choices=["one", "each"], default="each")
+    ap.add_argument("--section", choices=["answers", "additionals"], default="answers")
     args = ap.parse_args()
     if not check_netns(args.netns):
         sys.exit(3)  # never send multicast outside the test's namespace

@@ -27,8 +27,8 @@ HEAL_AT = 4.0  # seconds the partition lasts in the heal test
 
 
 def _peer(i: int) -> str:
-    # shaped like an Ed25519 peer id; the probes never dial
-    return f"12D3KooWNetnsProbe{i}" + "x" * 34
+    # shaped like an Ed25519 peer id (base58 text); the probes never dial
+    return "12D3KooWNetnsProbe" + "abcdefgh"[i] + "x" * 33
 
 
 def _start_serve(
@@ -110,34 +110,55 @@ def test_same_network_peers_find_each_other_other_network_stays_apart() -> None:
                 assert "/0.0.0.0/" not in addr and "/127.0.0.1/" not in addr
 
 
-def test_ptr_txt_only_responder_is_discovered_by_dnsaddr() -> None:
-    """A js-libp2p-style answer (PTR + TXT dnsaddr=..., no SRV, no A) is enough."""
+def _start_responder(lab: Lab, i: int, instance: str, txt: list[str], *extra: str) -> Any:
+    argv = [
+        sys.executable, PROBE, "ptr-txt", "--netns", lab.netns(i),
+        "--interface-ip", lab.ip(i), "--seconds", str(RUN_SECONDS + 3),
+        "--instance", instance, *extra,
+    ]  # fmt: skip
+    for item in txt:
+        argv += ["--txt", item]
+    return lab.exec(i, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_raw_txt_records_are_read_from_answers_and_additionals() -> None:
+    """PTR + TXT only (no SRV, no A) is enough, in both shapes seen in the wild:
+    js-libp2p's (one TXT record per dnsaddr, as answers, no p2psync hint) and
+    the spec's (one TXT record with every string, as an additional). A hint
+    naming another p2psync network keeps its peer out without a dial."""
     require_netns()
     js_id = "12D3KooWJsLikeResponder" + "y" * 29
-    good = f"/ip4/10.77.0.1/tcp/4321/p2p/{js_id}"
-    with netns_lab(2, "mdnsptr") as lab:
-        responder_argv = [
-            sys.executable, PROBE, "ptr-txt", "--netns", lab.netns(0),
-            "--interface-ip", lab.ip(0), "--network", "a",
-            "--seconds", str(RUN_SECONDS + 3),
-            "--instance", "rAnd0mJsInstance",
-            "--txt", "network=a",
-            "--txt", f"dnsaddr={good}",
-            "--txt", f"dnsaddr=/ip4/127.0.0.1/tcp/4321/p2p/{js_id}",  # must be dropped
-            "--txt", f"dnsaddr=/ip4/0.0.0.0/tcp/4321/p2p/{js_id}",  # must be dropped
-            "--txt", "dnsaddr=/ip4/10.77.0.9/tcp/1/p2p/12D3KooWSomeoneElse",  # other peer
+    spec_id = "12D3KooWSpecLikeResponder" + "z" * 27
+    other_id = "12D3KooWOtherNetwork" + "w" * 32
+    js_addrs = [f"/ip4/10.77.0.1/tcp/4321/p2p/{js_id}", f"/ip4/10.77.0.1/tcp/4322/p2p/{js_id}"]
+    spec_addr = f"/ip4/10.77.0.2/tcp/4400/p2p/{spec_id}"
+    with RootMdnsSniffer() as sniff, netns_lab(4, "mdnsraw") as lab:
+        responders = [
+            _start_responder(lab, 0, "rand0mjsinstance", [
+                f"dnsaddr={js_addrs[0]}",
+                f"dnsaddr=/ip4/127.0.0.1/tcp/4321/p2p/{js_id}",  # loopback: dropped
+                f"dnsaddr=/ip4/0.0.0.0/tcp/4321/p2p/{js_id}",  # unspecified: dropped
+                "dnsaddr=/ip4/10.77.0.9/tcp/1/p2p/12D3KooWSomeoneElse",  # other peer: dropped
+                f"dnsaddr=/ip4/10.77.0.1/udp/4321/quic-v1/p2p/{js_id}",  # not TCP: dropped
+                f"dnsaddr={js_addrs[1]}",
+            ], "--records", "each", "--section", "answers"),
+            _start_responder(lab, 1, "specshapedinstance", [
+                "p2psync=a", f"dnsaddr={spec_addr}",
+            ], "--records", "one", "--section", "additionals"),
+            _start_responder(lab, 2, "othernetworkinstance", [
+                f"dnsaddr=/ip4/10.77.0.3/tcp/4500/p2p/{other_id}", "p2psync=b",
+            ], "--records", "one", "--section", "answers"),
         ]  # fmt: skip
-        responder = lab.exec(
-            0, responder_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        browser = _start_serve(lab, 1, "a", listen_host=lab.ip(1), iface=True)
+        browser = _start_serve(lab, 3, "a", listen_host=lab.ip(3), iface=True)
         events = _collect(browser)
-        responder_events = _collect(responder)
+        responder_events = [_collect(r) for r in responders]
     _no_lab_left(lab)
+    assert sniff.count in (0, None), f"{sniff.count} mDNS frames seen in the root namespace"
 
-    _check_common(events, lab.hosts[1])
-    assert responder_events[0]["ok"], responder_events
-    assert _found(events) == {js_id: [good]}, events
+    _check_common(events, lab.hosts[3])
+    for r in responder_events:
+        assert r[0]["ok"], r
+    assert _found(events) == {js_id: js_addrs, spec_id: [spec_addr]}, events
 
 
 def test_peers_meet_after_partition_heals() -> None:

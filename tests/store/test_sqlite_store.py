@@ -25,8 +25,9 @@ from p2psync.core.reasons import Source
 from p2psync.core.recipes import merge
 from p2psync.core.store import StoreError
 from p2psync.store.memory import MemoryStore
+from p2psync.store.rows import raw_of, to_sql
 from p2psync.store.schema import MIGRATIONS, SCHEMA_VERSION
-from p2psync.store.sqlite import _MAX_HLC_BETWEEN, SqliteStore
+from p2psync.store.sqlite import _MAX_HLC_BELOW, SqliteStore
 from tests.store.store_helper import BATCH, HLC_BASE, entry_stream, persists
 
 HELPER = Path(__file__).with_name("store_helper.py")
@@ -97,9 +98,37 @@ def test_commits_read_back_like_memory_store_in_any_order(
             assert unknown_fields == (name == "shuffled")
 
 
+def test_bitmaps_name_exactly_the_stored_entries_in_any_commit_order(
+    tmp_path: Path, accepted: list[Accepted]
+) -> None:
+    """Persists may land out of order, or fail, while later ones were made: the
+    stored bitmaps are never more (nor less) than what the log holds."""
+    first, _failed, third = list(persists(accepted[:750]))
+    for store_type in (SqliteStore, MemoryStore):
+        store = (
+            SqliteStore.open(tmp_path / "order.db") if store_type is SqliteStore else MemoryStore()
+        )
+        store.commit(third)  # its bitmaps claim the first two batches too
+        expected: dict[bytes, BitMap64] = {}
+        for item in third.entries:
+            expected.setdefault(item.entry.origin, BitMap64()).add(item.entry.seq)
+        assert store.load_progress() == expected
+        store.commit(first)  # the second failed: never committed
+        for item in first.entries:
+            expected.setdefault(item.entry.origin, BitMap64()).add(item.entry.seq)
+        assert store.load_progress() == expected
+        held = {o: {s for s in b if store.read_raw(o, [s])} for o, b in expected.items()}
+        assert held == {o: set(b) for o, b in expected.items()}
+        assert store.entry_count() == 500
+        store.close()
+    with SqliteStore.open(tmp_path / "order.db") as reopened:
+        assert reopened.load_progress() == expected
+
+
 def test_last_hlc_below_a_ceiling_is_one_index_step(store: SqliteStore) -> None:
-    plan = store._conn.execute(f"EXPLAIN QUERY PLAN {_MAX_HLC_BETWEEN}", (0, 1)).fetchall()
-    assert any("COVERING INDEX log_hlc" in row[-1] for row in plan), plan
+    plan = store._conn.execute(f"EXPLAIN QUERY PLAN {_MAX_HLC_BELOW}", (b"\0" * 8,)).fetchall()
+    assert any("INDEX log_hlc" in row[-1] for row in plan), plan
+    assert not any("TEMP B-TREE" in row[-1] for row in plan), plan  # no sort
 
 
 def test_migration_adds_the_hlc_index_to_a_version_1_database(
@@ -287,13 +316,15 @@ def _check_crash_survivor(path: Path, acknowledged: int, seed: int) -> None:
         assert progress == expected
         with sqlite3.connect(path) as conn:
             assert conn.execute("SELECT count(*) FROM log").fetchone()[0] == count
-            rows = conn.execute("SELECT origin, seq, raw FROM log").fetchall()
+            rows = conn.execute(
+                "SELECT o.key, l.seq, l.body FROM log l JOIN origins o ON o.no = l.origin"
+            ).fetchall()
         conn.close()
         held: dict[bytes, BitMap64] = {}
         replayed: list[Accepted] = []
-        for origin, seq, raw in rows:
+        for origin, seq, body in rows:
             held.setdefault(origin, BitMap64()).add(seq)
-            entry = decode_entry(raw)
+            entry = decode_entry(raw_of(origin, body))
             op = decode_op(entry.op) if b'"unknown"' not in entry.op else None
             replayed.append(Accepted(entry, op))
         assert held == progress
@@ -364,12 +395,80 @@ def test_migration_5_unpacks_the_published_seq(tmp_path: Path) -> None:
             "INSERT INTO recipes (id, author, create_seq, published, deleted, updated)"
             " VALUES (?, ?, 0, ?, 0, 0)"
         )
-        conn.execute(insert, ("old-flag", b"a" * 32, 1))
-        conn.execute(insert, ("packed", b"a" * 32, ((7 + 1) << 1) | 0))
+        conn.execute(insert, ("0a" * 10, b"a" * 32, 1))  # the old flag
+        conn.execute(insert, ("0b" * 10, b"a" * 32, ((7 + 1) << 1) | 0))  # packed
         conn.execute("PRAGMA user_version = 4")
     conn.close()
     with SqliteStore.open(path) as store:
         rows = dict(store._conn.execute("SELECT id, published_seq FROM recipes").fetchall())
         flags = dict(store._conn.execute("SELECT id, published FROM recipes").fetchall())
-    assert rows == {"old-flag": -1, "packed": 7}
-    assert flags == {"old-flag": 1, "packed": 0}
+    assert rows == {b"\x0a" * 10: -1, b"\x0b" * 10: 7}
+    assert flags == {b"\x0a" * 10: 1, b"\x0b" * 10: 0}
+
+
+def _write_schema_5(path: Path, memory: MemoryStore) -> None:
+    """A schema 5 database holding what `memory` holds, in schema 5's layout."""
+    with sqlite3.connect(path) as conn:
+        for step in MIGRATIONS[:5]:
+            for statement in step:
+                conn.execute(statement)
+        conn.executemany(
+            "INSERT INTO log (origin, seq, hash, prev, hlc, raw) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (origin, seq, hash_, prev, to_sql(decode_entry(raw).hlc), raw)
+                for (origin, seq), (raw, hash_, prev) in memory.log.items()
+            ],
+        )
+        rows = []
+        for state in memory.recipes.values():
+            fields, (f_hlc, f_seq) = state.fields, state.fields_version
+            texts = (None,) * 3 if fields is None else (fields.name, fields.ingredients,
+                                                        fields.instructions)  # fmt: skip
+            rows.append(
+                (state.id, state.author, state.create_seq, *texts,
+                 None if fields is None else to_sql(f_hlc), None if fields is None else f_seq,
+                 int(state.published), int(state.deleted), to_sql(state.updated),
+                 state.published_seq)
+            )  # fmt: skip
+        conn.executemany(f"INSERT INTO recipes VALUES ({', '.join('?' * 12)})", rows)
+        conn.executemany(
+            "INSERT INTO progress (origin, bitmap) VALUES (?, ?)",
+            [(o, b.serialize()) for o, b in memory.load_progress().items()],
+        )
+        digest_sum = int(memory.digest(), 16)
+        meta = {
+            "entry_count": memory.entry_count(),
+            "last_hlc": to_sql(memory.last_hlc(NO_CEILING)),
+            "recipe_count": memory.recipe_count(),
+            "digest_hi": to_sql(digest_sum >> 64),
+            "digest_lo": to_sql(digest_sum & ((1 << 64) - 1)),
+        }
+        conn.executemany(
+            "UPDATE meta SET value = ? WHERE key = ?", [(v, k) for k, v in meta.items()]
+        )
+        conn.execute("PRAGMA user_version = 5")
+    conn.close()
+
+
+def test_migration_6_keeps_every_entry_and_recipe(tmp_path: Path, accepted: list[Accepted]) -> None:
+    """Schema 6 drops copied columns and numbers origins: all reads answer as before."""
+    memory = MemoryStore()
+    shuffled = list(accepted)
+    random.Random(5).shuffle(shuffled)  # some recipes with fields still unknown
+    for persist in persists(shuffled[: ENTRIES // 2]):
+        memory.commit(persist)
+    assert any(r.fields is None for r in memory.recipes.values())
+    path = tmp_path / "v5.db"
+    _write_schema_5(path, memory)
+    v5_size = path.stat().st_size
+    with SqliteStore.open(path) as store:
+        _same_as_memory(store, memory)
+        version = store._conn.execute("PRAGMA user_version").fetchone()[0]
+        assert version == SCHEMA_VERSION == 6
+        assert store._conn.execute("PRAGMA freelist_count").fetchone()[0] == 0  # vacuumed
+        assert store.size_bytes() < 0.8 * v5_size
+        # ... and it goes on from there like a store that was always schema 6.
+        for persist in persists(shuffled[ENTRIES // 2 :]):
+            memory.commit(persist)
+            store.commit(persist)
+        _same_as_memory(store, memory)

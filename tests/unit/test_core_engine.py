@@ -28,6 +28,7 @@ from p2psync.core.ids import make_recipe_id
 from p2psync.core.items import MAX_BOUND, MIN_BOUND, Item
 from p2psync.core.ops import Op, RecipeFields, encode_op
 from p2psync.core.progress import Progress
+from p2psync.core.rounds import LIVE_SETTLE
 from p2psync.node.executor import Executor
 from p2psync.store.memory import MemoryStore
 from tests.sim.driver import FakeTime, TimedEngine
@@ -352,6 +353,28 @@ def test_gap_in_live_entries_triggers_a_round_with_the_sender() -> None:
     reply = node.batch([e.raw for e in entries[2:5]], round_no=message.round)
     assert [r.ok for r in kinds(reply, RoundFinished)] == [True]
     assert node.store.entry_count() == 6
+
+
+def test_a_quiet_live_stream_is_followed_by_one_round_for_a_lost_tail() -> None:
+    """The last live entries of a burst have no successor to show them missing:
+    once the peer that handed us live entries is quiet for LIVE_SETTLE, one
+    round checks, long before the periodic one (sync_interval 60 here)."""
+    node = Node(1)
+    _finish_connect_round(node)
+    node.time.now += 1
+    for entry in chain(X, 3):
+        assert not sent(node.live(entry), "recon")  # no gap: no round
+    node.time.now += LIVE_SETTLE / 2
+    assert not sent(node.run(node.engine.tick()), "recon")  # the stream may go on
+    node.time.now += LIVE_SETTLE
+    (question,) = sent(node.run(node.engine.tick()), "recon")
+    assert question.peer == PEER
+    message = protocol.decode(question.data)
+    assert isinstance(message, protocol.Recon) and message.flags & protocol.ROUND_START
+    same = protocol.Recon(message.round, protocol.FROM_RESPONDER, (protocol.DoneRange(*_ALL),))
+    node.run(node.engine.message_received(PEER, protocol.encode(same)))
+    node.time.now += 10 * LIVE_SETTLE
+    assert not sent(node.run(node.engine.tick()), "recon")  # one check per quiet spell
 
 
 def _batch_entries(actions: list[Action]) -> list[protocol.Batch]:

@@ -13,6 +13,7 @@ import trio
 from p2psync.api.http import (
     MAX_BODY_BYTES,
     RouterApp,
+    _hypercorn_config,
     bind_address,
     make_api_app,
     make_metrics_app,
@@ -63,6 +64,9 @@ class FakeNode:
 
     def list_recipes(self) -> list[RecipeView]:
         return sorted(self.recipes.values(), key=lambda r: r.id)
+
+    def get_recipe(self, recipe_id: str) -> RecipeView | None:
+        return self.recipes.get(recipe_id)
 
     async def create_recipe(self, name: str, ingredients: str, instructions: str) -> RecipeView:
         if not name:
@@ -392,3 +396,12 @@ def test_bind_address_brackets_ipv6() -> None:
     assert bind_address("::1", 80) == "[::1]:80"
     assert bind_address("[::1]", 80) == "[::1]:80"
     assert bind_address("127.0.0.1", 0) == "127.0.0.1:0"
+
+
+def test_clients_close_idle_keep_alive_connections_before_the_server() -> None:
+    """A request sent on a kept-alive connection just as the server closes it
+    is answered with a TCP reset; with hypercorn's default (5 s, httpx's own
+    expiry) busy benchmark runs died of `Connection reset by peer`."""
+    client_expiry = httpx.Limits().keepalive_expiry
+    assert client_expiry is not None
+    assert _hypercorn_config("127.0.0.1", 0).keep_alive_timeout >= 10 * client_expiry

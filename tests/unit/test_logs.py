@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from p2psync.cli.logs import (
+    VARIANTS_PER_PERIOD,
     LineFormatter,
     NoiseFilter,
     RepeatFilter,
@@ -150,7 +151,23 @@ def test_different_templates_and_loggers_are_not_repeats() -> None:
     assert repeats.filter(record())
     assert repeats.filter(record(msg="another %s %s"))
     assert repeats.filter(record(name="p2psync.app"))
-    assert not repeats.filter(record(args=("other peer", "x")))  # same template
+    assert repeats.filter(record(args=("other peer", "x")))  # same template, other peer: news
+    assert not repeats.filter(record(args=("other peer", "x")))  # the very same line: a repeat
+
+
+def test_a_flood_of_ever_new_values_is_counted_per_template() -> None:
+    clock, emitted = Clock(), []
+    repeats = RepeatFilter(emitted.append, every=30, quiet=5, clock=clock)
+    shown = [repeats.filter(record(args=(f"peer{i}", "refused"))) for i in range(50)]
+    assert shown == [True] * VARIANTS_PER_PERIOD + [False] * (50 - VARIANTS_PER_PERIOD)
+    clock.now += 10
+    repeats.flush()
+    (summary,) = emitted
+    assert summary.getMessage() == (
+        f"static peer peer49 unreachable: refused (repeated {50 - VARIANTS_PER_PERIOD} times)"
+    )
+    clock.now += 30  # a new period: new values are news again
+    assert repeats.filter(record(args=("peer50", "refused")))
 
 
 def test_configure_sends_library_records_through_one_format() -> None:

@@ -126,6 +126,9 @@ class FakeNode:
     def list_recipes(self) -> list[RecipeView]:
         return [self.recipes[key] for key in sorted(self.recipes)]
 
+    def get_recipe(self, recipe_id: str) -> RecipeView | None:
+        return self.recipes.get(recipe_id)
+
     async def create_recipe(self, name: str, ingredients: str, instructions: str) -> RecipeView:
         recipe_id = f"r{len(self.recipes):04d}"
         recipe = RecipeView(recipe_id, name, ingredients, instructions, OWN_ID, False, 1)

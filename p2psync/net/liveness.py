@@ -1,0 +1,147 @@
+"""Is a connected peer still there? The muxer's ping and when a connection last spoke.
+
+``host.py`` asks these two things of a connection; nothing else imports this.
+
+- ``watch(conn)`` wraps the connection's secured (Noise) stream under yamux
+  with a reader that notes when bytes last arrived (``quiet_for``). Every
+  byte the peer sends counts: pubsub data, control RPCs, window updates,
+  pings and their answers.
+- ``ping(conn, timeout)`` sends a yamux PING frame (SYN) and waits until the
+  connection delivers anything after it. Every yamux (py, go, js, rust)
+  answers a PING with an ACK from its read loop: no stream is opened, no
+  protocol negotiated, no task started on either side. It replaced
+  ``/ipfs/ping/1.0.0``, a fresh stream with two multistream negotiations
+  per ping, which cost ~94 % of an idle node's CPU (docs/PERFORMANCE.md,
+  "Scale"). A ping also refreshes the *peer's* ``quiet_for``, so of two
+  peers that ping only when the other was quiet, usually one pings.
+
+A connection whose muxer is not yamux (none today) is never watched, and
+``ping`` falls back to ``/ipfs/ping/1.0.0`` for it (``stream_ping``).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import struct
+from typing import Any
+
+import trio
+from libp2p.abc import IHost, INetConn
+from libp2p.host.ping import ID as PING_PROTOCOL
+from libp2p.host.ping import PING_LENGTH
+from libp2p.io.utils import read_exactly
+from libp2p.peer.id import ID
+from libp2p.stream_muxer.yamux.yamux import FLAG_SYN, TYPE_PING, YAMUX_HEADER_FORMAT, Yamux
+
+logger = logging.getLogger(__name__)
+
+_NONCE_MAX = 1 << 32
+
+
+class _ReadWatch:
+    """A yamux connection's secured stream, as yamux reads it, noting when
+    bytes arrive and waking whoever waits for the next ones."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.heard = trio.current_time()
+        self._next = trio.Event()
+        self._armed = False
+
+    async def read(self, n: int | None = None) -> bytes:
+        data: bytes = await self._inner.read(n)
+        if data:
+            self.heard = trio.current_time()
+            if self._armed:  # someone waits for these bytes
+                self._armed = False
+                self._next.set()
+                self._next = trio.Event()
+        return data
+
+    def next_bytes(self) -> trio.Event:
+        """An event set when the connection next delivers bytes."""
+        self._armed = True
+        return self._next
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def watch(conn: INetConn) -> None:
+    """Start noting when ``conn`` delivers bytes (idempotent; yamux only)."""
+    muxed = conn.muxed_conn
+    if isinstance(muxed, Yamux) and not isinstance(muxed.secured_conn, _ReadWatch):
+        # Yamux's read loop looks the attribute up for every frame.
+        muxed.secured_conn = _ReadWatch(muxed.secured_conn)  # type: ignore[assignment]
+
+
+def _watcher(conn: INetConn) -> _ReadWatch | None:
+    secured = getattr(conn.muxed_conn, "secured_conn", None)
+    return secured if isinstance(secured, _ReadWatch) else None
+
+
+def quiet_for(conn: INetConn) -> float | None:
+    """Seconds since ``conn`` last delivered bytes; None if it is not watched."""
+    watcher = _watcher(conn)
+    return None if watcher is None else trio.current_time() - watcher.heard
+
+
+async def ping(host: IHost, peer: ID, conn: INetConn, timeout: float) -> float | None:
+    """Seconds until ``conn`` delivered bytes after a yamux PING, or None if
+    nothing came within ``timeout`` (or the connection is gone)."""
+    watcher = _watcher(conn)
+    muxed = conn.muxed_conn
+    if watcher is None or not isinstance(muxed, Yamux):
+        return await stream_ping(host, peer, timeout)
+    arrived = watcher.next_bytes()
+    start = trio.current_time()
+    with trio.move_on_after(timeout):
+        try:
+            # The ACK updates yamux's own RTT estimate from this send time.
+            muxed._ping_sent_time = start
+            header = struct.pack(
+                YAMUX_HEADER_FORMAT, 0, TYPE_PING, FLAG_SYN, 0, secrets.randbelow(_NONCE_MAX)
+            )
+            await muxed._write_frame(header)
+        except Exception as exc:  # closed or broken under us
+            logger.debug("ping %s: cannot send: %s", peer, exc)
+            return None
+        await arrived.wait()
+        return trio.current_time() - start
+    return None
+
+
+async def stream_ping(host: IHost, peer: ID, timeout: float) -> float | None:
+    """``/ipfs/ping/1.0.0`` on a fresh stream: round-trip seconds, or None."""
+    with trio.move_on_after(timeout):
+        try:
+            stream = await host.new_stream(peer, [PING_PROTOCOL])
+        except Exception as exc:
+            logger.debug("ping %s: cannot open stream: %s", peer, exc)
+            return None
+        closed = False
+        try:
+            payload = secrets.token_bytes(PING_LENGTH)
+            start = trio.current_time()
+            await stream.write(payload)
+            echo = await read_exactly(stream, PING_LENGTH)
+            rtt = trio.current_time() - start
+            if echo != payload:
+                logger.debug("ping %s: wrong echo", peer)
+                return None
+            await stream.close()
+            closed = True
+            return rtt
+        except Exception as exc:
+            logger.debug("ping %s failed: %s", peer, exc)
+            return None
+        finally:
+            if not closed:
+                with trio.move_on_after(1) as scope:
+                    scope.shield = True
+                    try:
+                        await stream.reset()
+                    except Exception:
+                        logger.debug("stream reset failed", exc_info=True)
+    return None
