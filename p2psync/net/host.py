@@ -59,7 +59,7 @@ from typing import Any, Literal
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import IHost, INetConn, INetwork
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -71,6 +71,7 @@ from p2psync.net.addresses import tcp_multiaddr, with_peer_id
 from p2psync.net.gossip import ENVELOPE_HEADROOM, Gossip, PublishResult, Received, Validator
 from p2psync.net.libp2p_fixes import (
     YAMUX_ONLY,
+    ConnectionNotifee,
     disable_auto_connector,
     expand_unspecified,
     find_socket_stream,
@@ -106,7 +107,7 @@ class PeerEvent:
     direction: str  # "inbound", "outbound" or "unknown"
 
 
-class _PeerNotifee(INotifee):
+class _PeerNotifee(ConnectionNotifee):
     def __init__(self, owner: Libp2pHost) -> None:
         self._owner = owner
 
@@ -116,18 +117,6 @@ class _PeerNotifee(INotifee):
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         self._owner._on_conn_closed(conn)
-        await trio.lowlevel.checkpoint()
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
         await trio.lowlevel.checkpoint()
 
 

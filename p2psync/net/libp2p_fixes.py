@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import multiaddr
 import trio
-from libp2p.abc import IHost, INetConn, INetStream, ISubscriptionAPI
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee, ISubscriptionAPI
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
@@ -384,3 +384,20 @@ def send_targets(pubsub: Pubsub, router: GossipSub, topic: str) -> tuple[set[ID]
         if queue is not None and len(queue) >= QUEUE_HIGH_WATER:
             return targets, "queue_full"
     return targets, None
+
+
+class ConnectionNotifee(INotifee):
+    """An INotifee for connections only: py-libp2p's interface also asks for
+    stream and listen events, which our notifees ignore."""
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        await trio.lowlevel.checkpoint()

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import IHost, INetConn, INetStream, INetwork
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage
@@ -53,6 +53,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from p2psync.net.addresses import tcp_multiaddr, with_peer_id
 from p2psync.net.libp2p_fixes import (
     YAMUX_ONLY,
+    ConnectionNotifee,
     disable_auto_connector,
     expand_unspecified,
     noise_only,
@@ -85,7 +86,7 @@ class RelayCounts:
     freed_reservations: int = 0  # their peer disconnected
 
 
-class _Gate(INotifee):
+class _Gate(ConnectionNotifee):
     """Closes every connection from a peer not on the allow list; frees what a
     peer held when its last connection closes."""
 
@@ -104,18 +105,6 @@ class _Gate(INotifee):
         peer = conn.muxed_conn.peer_id
         if not network.connections.get(peer):  # the swarm forgot the conn before telling us
             self._relay.forget(peer)
-        await trio.lowlevel.checkpoint()
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
         await trio.lowlevel.checkpoint()
 
 

@@ -4,7 +4,7 @@ dialed a few at a time, not all at once (fresh peer ids cost nothing)."""
 from __future__ import annotations
 
 import random
-from typing import Any, cast
+from typing import cast
 
 import trio
 import trio.testing
@@ -25,6 +25,17 @@ from p2psync.node.observer import NullObserver
 
 def pid(i: int) -> str:
     return peer_id_from_public_key(bytes(SigningKey((i + 1).to_bytes(32)).verify_key))
+
+
+def _driver(host: object, policy: PeerPolicy, nursery: trio.Nursery) -> PeerDriver:
+    return PeerDriver(
+        cast(Libp2pHost, host),
+        policy,
+        NullObserver(),
+        nursery,
+        start_session=lambda peer: None,
+        stop_session=lambda peer: None,
+    )
 
 
 class SlowUnreachableHost:
@@ -53,14 +64,7 @@ def test_a_flood_of_discovered_peers_is_dialed_a_few_at_a_time() -> None:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            driver = PeerDriver(
-                cast(Libp2pHost, cast(Any, host)),
-                policy,
-                NullObserver(),
-                nursery,
-                start_session=lambda peer: None,
-                stop_session=lambda peer: None,
-            )
+            driver = _driver(host, policy, nursery)
             for i in range(1, 201):
                 peer = pid(i)
                 driver.run(
@@ -99,14 +103,7 @@ def _learn(topics: list[str], arrive_at: float) -> tuple[PeerPolicy, str, float]
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            driver = PeerDriver(
-                cast(Libp2pHost, cast(Any, host)),
-                policy,
-                NullObserver(),
-                nursery,
-                start_session=lambda peer: None,
-                stop_session=lambda peer: None,
-            )
+            driver = _driver(host, policy, nursery)
             policy.connected(peer, None, 0.0)
             await driver.learn_network(peer, "home")
             decided.append(trio.current_time())
