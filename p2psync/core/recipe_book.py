@@ -31,6 +31,27 @@ class BookTotals:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSummary:
+    """Entry count and recipe totals as of one commit.
+
+    Stores replace it in one assignment after each commit, so a reader on
+    another thread (the API, while a commit runs in a worker) never pairs the
+    entry count of one commit with the digest of the one before.
+    """
+
+    entries: int
+    totals: BookTotals
+
+    @property
+    def recipes(self) -> int:
+        return self.totals.visible
+
+    @property
+    def digest(self) -> str:
+        return self.totals.digest()
+
+
+@dataclass(frozen=True, slots=True)
 class BookChange:
     recipes: dict[str, RecipeState]  # the new state of every recipe the batch touches
     totals: BookTotals  # the book's totals once those states replace the stored ones

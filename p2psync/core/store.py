@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pyroaring import BitMap64
 
 from p2psync.core.actions import Persist
 from p2psync.core.forks import ForkProof
 from p2psync.core.recipes import RecipeState
+
+if TYPE_CHECKING:  # recipe_book -> acceptance -> store: only the annotation needs it
+    from p2psync.core.recipe_book import StoreSummary
 
 
 class StoreError(Exception):
@@ -49,6 +52,10 @@ class Store(LogReader, Protocol):
 
     def visible_recipes(self) -> list[RecipeState]:
         """Visible recipes in id order."""
+        ...
+
+    def summary(self) -> StoreSummary:
+        """Entries, visible recipes and digest of the last commit, never torn."""
         ...
 
     def digest(self) -> str: ...

@@ -300,6 +300,10 @@ class Node:
     # ------------------------------------------------------------ NodeService
 
     def status(self) -> StatusView:
+        # Entries from the store, not the engine: our own ops count in the engine
+        # before their commit (in a worker thread) lands, and a status pairing
+        # them with the digest of the commit before is one no peer ever had.
+        stored = self.store.summary()
         return StatusView(
             peer_id=self.peer_id,
             profile=self.config.profile,
@@ -307,9 +311,9 @@ class Node:
             network=self.config.network,
             listen_addrs=self.transport.listen_addrs(),
             peers=sum(1 for p in self.transport.peers() if p.connected),
-            entries=self.engine.entry_count(),
-            recipes=self.store.recipe_count(),
-            digest=self.store.digest(),
+            entries=stored.entries,
+            recipes=stored.recipes,
+            digest=stored.digest,
             forked_origins=len(self.engine.forked_origins()),
             store_bytes=self.store_budget.size,
             max_store_bytes=self.store_budget.limit,

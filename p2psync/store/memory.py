@@ -9,7 +9,13 @@ from pyroaring import BitMap64
 from p2psync.core.actions import Persist
 from p2psync.core.forks import ForkProof
 from p2psync.core.hlc import wall_ms_of
-from p2psync.core.recipe_book import BookTotals, counted_entries, merge_entries, rebuild_author
+from p2psync.core.recipe_book import (
+    BookTotals,
+    StoreSummary,
+    counted_entries,
+    merge_entries,
+    rebuild_author,
+)
 from p2psync.core.recipes import RecipeState
 
 
@@ -81,6 +87,9 @@ class MemoryStore:
 
     def visible_recipes(self) -> list[RecipeState]:
         return [self.recipes[k] for k in sorted(self.recipes) if self.recipes[k].visible]
+
+    def summary(self) -> StoreSummary:
+        return StoreSummary(len(self.log), self._totals)
 
     def digest(self) -> str:
         return self._totals.digest()

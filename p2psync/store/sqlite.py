@@ -34,7 +34,13 @@ from p2psync.core.forks import ForkProof, decode_side, encode_side
 from p2psync.core.hlc import LOGICAL_MASK, pack, wall_ms_of
 from p2psync.core.progress import encode_bitmap
 from p2psync.core.reasons import Source
-from p2psync.core.recipe_book import BookTotals, counted_entries, merge_entries, rebuild_author
+from p2psync.core.recipe_book import (
+    BookTotals,
+    StoreSummary,
+    counted_entries,
+    merge_entries,
+    rebuild_author,
+)
 from p2psync.core.recipes import RecipeState
 from p2psync.core.store import StoreError
 from p2psync.store.rows import (
@@ -94,10 +100,10 @@ class SqliteStore:
         self.path = path
         self._lock = threading.Lock()
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        self._count: int = meta["entry_count"]
         self._last_hlc: int = from_sql(meta["last_hlc"])
         digest_sum = (from_sql(meta["digest_hi"]) << 64) | from_sql(meta["digest_lo"])
-        self._totals = BookTotals(digest_sum, meta["recipe_count"])
+        totals = BookTotals(digest_sum, meta["recipe_count"])
+        self._summary = StoreSummary(meta["entry_count"], totals)
         self._durable = True  # PRAGMA synchronous = FULL, as open() sets it
         self._page_size: int = conn.execute("PRAGMA page_size").fetchone()[0]
         # Origin keys and the numbers log and recipe rows name them by.
@@ -206,7 +212,7 @@ class SqliteStore:
                 held = self._held_after(persist)
                 progress_rows = [(origin, encode_bitmap(b)) for origin, b in held.items()]
                 stored = self._load_recipes(self._stored_ids(persist))
-                change = merge_entries(persist.entries, stored, self._totals)
+                change = merge_entries(persist.entries, stored, self._summary.totals)
                 recipe_rows = [recipe_row(s, numbers[s.author]) for s in change.recipes.values()]
                 conn.executemany(_UPSERT_RECIPE, recipe_rows)
                 conn.executemany(_UPSERT_PROGRESS, progress_rows)
@@ -225,9 +231,8 @@ class SqliteStore:
                 self._numbers[key] = no
                 self._keys[no] = key
             self._held.update(held)
-            self._count += inserted
             self._last_hlc = last_hlc
-            self._totals = change.totals
+            self._summary = StoreSummary(self._summary.entries + inserted, change.totals)
 
     def _held_after(self, persist: Persist) -> dict[bytes, BitMap64]:
         """The held bitmap of each origin of `persist` once it commits: what was
@@ -282,10 +287,10 @@ class SqliteStore:
         """(value, key) rows for the counters a commit changes."""
         meta: list[tuple[int, str]] = []
         if inserted:
-            meta.append((self._count + inserted, "entry_count"))
+            meta.append((self._summary.entries + inserted, "entry_count"))
         if last_hlc != self._last_hlc:
             meta.append((to_sql(last_hlc), "last_hlc"))
-        if totals != self._totals:
+        if totals != self._summary.totals:
             meta.append((to_sql(totals.digest_sum >> 64), "digest_hi"))
             meta.append((to_sql(totals.digest_sum & (_U64 - 1)), "digest_lo"))
             meta.append((totals.visible, "recipe_count"))
@@ -332,7 +337,7 @@ class SqliteStore:
                 rows = conn.execute(f"{SELECT_RECIPES} WHERE r.author = ?", (no,))
                 states = [recipe_state(row, proof.origin) for row in rows]
                 stored = {state.id: state for state in states}
-                rebuild = rebuild_author(counted_entries(raws), stored, self._totals)
+                rebuild = rebuild_author(counted_entries(raws), stored, self._summary.totals)
                 conn.executemany(
                     "DELETE FROM recipes WHERE id = ?",
                     [(bytes.fromhex(rid),) for rid in rebuild.removed],
@@ -349,7 +354,7 @@ class SqliteStore:
             except BaseException:
                 self._rollback()
                 raise
-            self._totals = rebuild.totals
+            self._summary = StoreSummary(self._summary.entries, rebuild.totals)
 
     def load_forks(self) -> list[ForkProof]:
         with self._lock:
@@ -388,14 +393,17 @@ class SqliteStore:
             keys = self._keys
         return [recipe_state(row, keys[row[1]]) for row in rows]
 
+    def summary(self) -> StoreSummary:
+        return self._summary
+
     def digest(self) -> str:
-        return self._totals.digest()
+        return self._summary.digest
 
     def recipe_count(self) -> int:
-        return self._totals.visible
+        return self._summary.recipes
 
     def entry_count(self) -> int:
-        return self._count
+        return self._summary.entries
 
     def size_bytes(self) -> int:
         """Pages in use times the page size (the -wal file not counted): ~20 us."""

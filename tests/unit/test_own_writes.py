@@ -127,3 +127,32 @@ async def test_a_cancelled_request_leaves_nothing_queued() -> None:
     assert [r.name for r in node.list_recipes()] == ["first"]
     with pytest.raises(UserError):
         await node.publish_recipe("0" * 20)
+
+
+async def test_status_during_a_commit_shows_the_book_of_the_last_commit_whole() -> None:
+    # Our op counts in the engine before its commit (in a worker thread) lands;
+    # a status read meanwhile once paired that count with the old digest, a
+    # state no node ever had (it made tests/e2e/test_crash_resume.py flaky).
+    store = SlowStore()
+    node = make_node(store)
+    store.release.set()
+    await node.create_recipe("first", "egg", "fry")
+    before = node.status()
+    store.release.clear()
+
+    async def create_second() -> None:
+        await node.create_recipe("second", "egg", "fry")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(create_second)
+        while len(store.commits) < 2:  # the second commit is under way
+            await trio.sleep(0.01)
+        during = node.status()
+        store.release.set()
+    after = node.status()
+    assert (during.entries, during.recipes, during.digest) == (
+        before.entries,
+        before.recipes,
+        before.digest,
+    )
+    assert after.entries == before.entries + 1 == 2 and after.digest != before.digest
