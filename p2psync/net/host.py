@@ -319,6 +319,7 @@ class Libp2pHost:
         first = not conns
         conns.add(conn)
         liveness.watch(conn)
+        liveness.keep_alive(conn)
         if first:
             self._emit(
                 PeerEvent("connected", peer.to_base58(), _remote_addr_of(conn), _direction_of(conn))

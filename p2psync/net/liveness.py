@@ -15,6 +15,13 @@
   "Scale"). A ping also refreshes the *peer's* ``quiet_for``, so of two
   peers that ping only when the other was quiet, usually one pings.
 
+- ``keep_alive(conn)`` hands the silent-peer check to the kernel: TCP
+  keep-alive probes on an idle connection and a user timeout on unacked
+  data end a connection to a host that vanished (cable, Wi-Fi, power)
+  after about ``KERNEL_DEAD_AFTER`` seconds, with no wake-up of ours. The
+  muxer ping then only has to catch a peer whose kernel answers but whose
+  process hangs, so it runs far less often (node/network.py).
+
 A connection whose muxer is not yamux (none today) is never watched, and
 ``ping`` falls back to ``/ipfs/ping/1.0.0`` for it (``stream_ping``).
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 import struct
 from typing import Any
 
@@ -37,6 +45,21 @@ from libp2p.stream_muxer.yamux.yamux import FLAG_SYN, TYPE_PING, YAMUX_HEADER_FO
 logger = logging.getLogger(__name__)
 
 _NONCE_MAX = 1 << 32
+
+# Keep-alive probes after 4 s of silence, every 2 s, 3 unanswered end it; data
+# unacked for 10 s ends it too (a peer that vanished mid-send).
+KEEPALIVE_IDLE = 4
+KEEPALIVE_INTERVAL = 2
+KEEPALIVE_PROBES = 3
+KERNEL_DEAD_AFTER = KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES
+USER_TIMEOUT_MS = 10_000
+# Where py-libp2p keeps the socket under a connection: muxer .secured_conn ->
+# our _ReadWatch ._inner -> SecureSession .conn -> Noise reader/writer .conn ->
+# RawConnection .stream -> TrioTCPStream .stream -> trio SocketStream .socket.
+# Walked by these names, so a layer added or renamed upstream leaves the kernel
+# check off (the test says so) instead of breaking the connection.
+_SOCKET_LINKS = ("secured_conn", "_inner", "conn", "stream", "socket")
+_SOCKET_DEPTH = 10
 
 
 class _ReadWatch:
@@ -74,6 +97,44 @@ def watch(conn: INetConn) -> None:
     if isinstance(muxed, Yamux) and not isinstance(muxed.secured_conn, _ReadWatch):
         # Yamux's read loop looks the attribute up for every frame.
         muxed.secured_conn = _ReadWatch(muxed.secured_conn)  # type: ignore[assignment]
+
+
+def keep_alive(conn: INetConn) -> bool:
+    """Turn on the kernel's dead-peer detection for ``conn``'s TCP socket.
+
+    False when ``conn`` has no TCP socket we can reach (a relayed circuit is
+    checked through the relay's own connection)."""
+    sock = _tcp_socket(conn.muxed_conn)
+    if sock is None:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+    except (OSError, AttributeError) as exc:  # closed already, or not Linux
+        logger.debug("no kernel keep-alive on %s: %s", conn.muxed_conn.peer_id, exc)
+        return False
+    return True
+
+
+def _tcp_socket(start: Any) -> Any:
+    node = start
+    for _ in range(_SOCKET_DEPTH):
+        if isinstance(node, trio.socket.SocketType):
+            return node if node.type == socket.SOCK_STREAM else None
+        node = next((n for k in _SOCKET_LINKS if (n := _vars_of(node).get(k)) is not None), None)
+        if node is None:
+            return None
+    return None
+
+
+def _vars_of(node: Any) -> dict[str, Any]:
+    try:
+        return dict(vars(node))
+    except TypeError:  # __slots__ only
+        return {}
 
 
 def _watcher(conn: INetConn) -> _ReadWatch | None:

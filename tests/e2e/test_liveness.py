@@ -55,3 +55,26 @@ async def test_a_peer_that_stops_reading_fails_the_ping() -> None:
             assert await a.ping(b.peer_id, timeout=0.5) is None
             quiet = a.quiet_for(b.peer_id)
             assert quiet is not None and quiet >= 0.5
+
+
+async def test_the_kernel_watches_every_connection_for_a_vanished_peer() -> None:
+    import socket
+
+    from p2psync.net import liveness
+
+    with trio.fail_after(20):
+        async with (
+            open_libp2p_host(seed("ka-a"), LOOPBACK, 0) as a,
+            open_libp2p_host(seed("ka-b"), LOOPBACK, 0) as b,
+        ):
+            await a.connect(loopback_addr(b))
+            await next_event(b, "connected", a.peer_id)
+            for host in (a, b):  # the dialer's and the listener's side
+                conn: Any = next(iter(next(iter(host._conns.values()))))
+                sock = liveness._tcp_socket(conn.muxed_conn)
+                assert sock is not None, "no TCP socket found under the connection"
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+                assert idle == liveness.KEEPALIVE_IDLE
+                timeout = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+                assert timeout == liveness.USER_TIMEOUT_MS
