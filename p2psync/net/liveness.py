@@ -18,7 +18,7 @@
 - ``keep_alive(conn)`` hands the silent-peer check to the kernel: TCP
   keep-alive probes on an idle connection and a user timeout on unacked
   data end a connection to a host that vanished (cable, Wi-Fi, power)
-  after about ``KERNEL_DEAD_AFTER`` seconds, with no wake-up of ours. The
+  after about ``USER_TIMEOUT_MS``, with no wake-up of ours. The
   muxer ping then only has to catch a peer whose kernel answers but whose
   process hangs, so it runs far less often (node/network.py).
 
@@ -42,24 +42,22 @@ from libp2p.io.utils import read_exactly
 from libp2p.peer.id import ID
 from libp2p.stream_muxer.yamux.yamux import FLAG_SYN, TYPE_PING, YAMUX_HEADER_FORMAT, Yamux
 
+from p2psync.net.libp2p_fixes import find_socket_stream
+
 logger = logging.getLogger(__name__)
 
 _NONCE_MAX = 1 << 32
 
-# Keep-alive probes after 4 s of silence, every 2 s, 3 unanswered end it; data
-# unacked for 10 s ends it too (a peer that vanished mid-send).
+# Keep-alive probes after 4 s of silence, every 2 s; with a user timeout set,
+# Linux ends the connection once nothing was heard for USER_TIMEOUT_MS (probes
+# unanswered, or data unacked, or a zero window held that long), so a vanished
+# host goes in about 10 s. The price: a peer whose process does not read its
+# socket for 10 s while we send to it is cut too (its event loop would have
+# been stuck that long; the ping path below forgives a merely busy peer).
 KEEPALIVE_IDLE = 4
 KEEPALIVE_INTERVAL = 2
 KEEPALIVE_PROBES = 3
-KERNEL_DEAD_AFTER = KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_PROBES
 USER_TIMEOUT_MS = 10_000
-# Where py-libp2p keeps the socket under a connection: muxer .secured_conn ->
-# our _ReadWatch ._inner -> SecureSession .conn -> Noise reader/writer .conn ->
-# RawConnection .stream -> TrioTCPStream .stream -> trio SocketStream .socket.
-# Walked by these names, so a layer added or renamed upstream leaves the kernel
-# check off (the test says so) instead of breaking the connection.
-_SOCKET_LINKS = ("secured_conn", "_inner", "conn", "stream", "socket")
-_SOCKET_DEPTH = 10
 
 
 class _ReadWatch:
@@ -104,9 +102,10 @@ def keep_alive(conn: INetConn) -> bool:
 
     False when ``conn`` has no TCP socket we can reach (a relayed circuit is
     checked through the relay's own connection)."""
-    sock = _tcp_socket(conn.muxed_conn)
-    if sock is None:
+    stream = find_socket_stream(conn.muxed_conn)
+    if stream is None:
         return False
+    sock = stream.socket
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
@@ -117,24 +116,6 @@ def keep_alive(conn: INetConn) -> bool:
         logger.debug("no kernel keep-alive on %s: %s", conn.muxed_conn.peer_id, exc)
         return False
     return True
-
-
-def _tcp_socket(start: Any) -> Any:
-    node = start
-    for _ in range(_SOCKET_DEPTH):
-        if isinstance(node, trio.socket.SocketType):
-            return node if node.type == socket.SOCK_STREAM else None
-        node = next((n for k in _SOCKET_LINKS if (n := _vars_of(node).get(k)) is not None), None)
-        if node is None:
-            return None
-    return None
-
-
-def _vars_of(node: Any) -> dict[str, Any]:
-    try:
-        return dict(vars(node))
-    except TypeError:  # __slots__ only
-        return {}
 
 
 def _watcher(conn: INetConn) -> _ReadWatch | None:

@@ -50,6 +50,7 @@ from libp2p.relay.circuit_v2.protocol_buffer import StatusCode
 from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.tools.anyio_service import background_trio_service
 
+from p2psync.net import liveness
 from p2psync.net.addresses import tcp_multiaddr, with_peer_id
 from p2psync.net.libp2p_fixes import (
     YAMUX_ONLY,
@@ -99,6 +100,10 @@ class _Gate(ConnectionNotifee):
             self._relay.counts.refused_peers += 1
             log.info("refused %s: not on the allow list", peer)
             await conn.close()
+        else:
+            # A node that vanished frees its reservation and circuits in ~10 s
+            # instead of holding them until the reservation expires.
+            liveness.keep_alive(conn)
         await trio.lowlevel.checkpoint()
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:

@@ -27,6 +27,7 @@ class MemoryStore:
         self._last_hlc = 0
         self._hlcs: dict[tuple[bytes, int], int] = {}
         self._totals = BookTotals()
+        self._summary = StoreSummary(0, self._totals)  # replaced whole, as SqliteStore does
         self.forks: dict[bytes, ForkProof] = {}
         self._raw_bytes = 0  # of the entries in `log`: the size_bytes estimate
 
@@ -61,6 +62,7 @@ class MemoryStore:
             self._hlcs[(entry.origin, entry.seq)] = entry.hlc
         self.recipes.update(change.recipes)
         self._totals = change.totals
+        self._summary = StoreSummary(len(self.log), self._totals)
         # Like SqliteStore: what it held plus the entries, in any commit order.
         for accepted in persist.entries:
             entry = accepted.entry
@@ -77,6 +79,7 @@ class MemoryStore:
             del self.recipes[recipe_id]
         self.recipes.update(rebuild.recipes)
         self._totals = rebuild.totals
+        self._summary = StoreSummary(len(self.log), self._totals)
         self.forks[proof.origin] = proof
 
     def load_forks(self) -> list[ForkProof]:
@@ -89,7 +92,7 @@ class MemoryStore:
         return [self.recipes[k] for k in sorted(self.recipes) if self.recipes[k].visible]
 
     def summary(self) -> StoreSummary:
-        return StoreSummary(len(self.log), self._totals)
+        return self._summary
 
     def digest(self) -> str:
         return self._totals.digest()

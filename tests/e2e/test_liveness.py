@@ -61,6 +61,7 @@ async def test_the_kernel_watches_every_connection_for_a_vanished_peer() -> None
     import socket
 
     from p2psync.net import liveness
+    from p2psync.net.libp2p_fixes import find_socket_stream
 
     with trio.fail_after(20):
         async with (
@@ -71,8 +72,9 @@ async def test_the_kernel_watches_every_connection_for_a_vanished_peer() -> None
             await next_event(b, "connected", a.peer_id)
             for host in (a, b):  # the dialer's and the listener's side
                 conn: Any = next(iter(next(iter(host._conns.values()))))
-                sock = liveness._tcp_socket(conn.muxed_conn)
-                assert sock is not None, "no TCP socket found under the connection"
+                stream = find_socket_stream(conn.muxed_conn)
+                assert stream is not None, "no TCP socket found under the connection"
+                sock = stream.socket
                 assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
                 idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
                 assert idle == liveness.KEEPALIVE_IDLE

@@ -183,3 +183,29 @@ async def test_a_listed_peer_without_a_reservation_is_not_dialed_again() -> None
             await dialer.connect(circuit_addr(addr, invented), timeout=5)
         assert client.unreserved(invented)
         nursery.cancel_scope.cancel()
+
+
+async def test_the_kernel_watches_the_relays_connections_too() -> None:
+    # The relay has no health ping: without keep-alive a node that vanished
+    # would hold its reservation and circuits until they expire.
+    import socket
+
+    from p2psync.net import liveness
+    from p2psync.net.libp2p_fixes import find_socket_stream
+
+    async with (
+        open_relay(secrets.token_bytes(32), "127.0.0.1", 0) as relay,
+        open_libp2p_host(secrets.token_bytes(32), "127.0.0.1", 0) as host,
+    ):
+        client = RelayClient(host, dcutr=False)
+        relay_id = await client.connect_relay(relay.listen_addrs()[0], 5)
+        with trio.fail_after(10):
+            while not relay._host.get_network().get_connections(ID.from_base58(host.peer_id)):
+                await trio.sleep(0.05)
+        conn = relay._host.get_network().get_connections(ID.from_base58(host.peer_id))[0]
+        stream = find_socket_stream(conn.muxed_conn)
+        assert stream is not None and relay_id
+        sock = stream.socket
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        timeout = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+        assert timeout == liveness.USER_TIMEOUT_MS
