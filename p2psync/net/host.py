@@ -58,7 +58,6 @@ from typing import Any, Literal
 
 import multiaddr
 import trio
-from libp2p import new_host
 from libp2p.abc import IHost, INetConn, INetwork
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
@@ -70,14 +69,12 @@ from p2psync.net import liveness
 from p2psync.net.addresses import tcp_multiaddr, with_peer_id
 from p2psync.net.gossip import ENVELOPE_HEADROOM, Gossip, PublishResult, Received, Validator
 from p2psync.net.libp2p_fixes import (
-    YAMUX_ONLY,
     ConnectionNotifee,
-    disable_auto_connector,
     expand_unspecified,
     find_socket_stream,
     forget_failed_dials,
     guard_dials,
-    noise_only,
+    new_tcp_host,
     one_connection_per_peer,
 )
 
@@ -386,18 +383,12 @@ async def open_libp2p_host(
         )
     listen = multiaddr.Multiaddr(tcp_multiaddr(listen_host, listen_port))
     key_pair = create_new_key_pair(seed)
-    host = new_host(
-        key_pair=key_pair,
-        sec_opt=noise_only(key_pair),
-        muxer_opt=YAMUX_ONLY,
-        listen_addrs=[listen],
-        enable_mDNS=False,
-        enable_upnp=False,
+    host = new_tcp_host(
+        key_pair,
+        listen,
         connection_config=one_connection_per_peer(),
-        addrs_factory=expand_unspecified,
         disable_identify_address_discovery=not observed_addrs,
     )
-    disable_auto_connector(host.get_network())
     net = Libp2pHost(host, max_message_bytes=max_message_bytes, connect_timeout=connect_timeout)
 
     # Shutdown order matters (libp2p_fixes.py): the block below leaves in

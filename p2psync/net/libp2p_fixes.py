@@ -25,6 +25,7 @@ from typing import Any, cast
 
 import multiaddr
 import trio
+from libp2p import new_host
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee, ISubscriptionAPI
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
@@ -99,6 +100,25 @@ def expand_unspecified(addrs: Iterable[multiaddr.Multiaddr]) -> list[multiaddr.M
                 seen.add(str(one))
                 out.append(one)
     return out
+
+
+def new_tcp_host(key_pair: KeyPair, listen: multiaddr.Multiaddr, **options: Any) -> IHost:
+    """A py-libp2p host as every p2psync process runs one: TCP on ``listen``,
+    Noise and yamux only, no mDNS or UPnP of py-libp2p's own, 0.0.0.0
+    advertised as the interface addresses, and no auto-dialing (only
+    ``connect()`` dials). ``options`` go to ``new_host`` as they are."""
+    host = new_host(
+        key_pair=key_pair,
+        sec_opt=noise_only(key_pair),
+        muxer_opt=YAMUX_ONLY,
+        listen_addrs=[listen],
+        enable_mDNS=False,
+        enable_upnp=False,
+        addrs_factory=expand_unspecified,
+        **options,
+    )
+    disable_auto_connector(host.get_network())
+    return host
 
 
 # --- dialing: only connect() may dial -----------------------------------------

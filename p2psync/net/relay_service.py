@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 
 import multiaddr
 import trio
-from libp2p import new_host
 from libp2p.abc import IHost, INetConn, INetStream, INetwork
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
@@ -53,11 +52,9 @@ from libp2p.tools.anyio_service import background_trio_service
 from p2psync.net import liveness
 from p2psync.net.addresses import tcp_multiaddr, with_peer_id
 from p2psync.net.libp2p_fixes import (
-    YAMUX_ONLY,
     ConnectionNotifee,
-    disable_auto_connector,
     expand_unspecified,
-    noise_only,
+    new_tcp_host,
 )
 from p2psync.net.rendezvous_point import BoundedRendezvous, RendezvousLimits
 
@@ -264,16 +261,7 @@ async def open_relay(
     settings = settings or RelaySettings()
     key_pair = create_new_key_pair(seed)
     listen = multiaddr.Multiaddr(tcp_multiaddr(listen_host, listen_port))
-    host = new_host(
-        key_pair=key_pair,
-        sec_opt=noise_only(key_pair),
-        muxer_opt=YAMUX_ONLY,
-        listen_addrs=[listen],
-        enable_mDNS=False,
-        enable_upnp=False,
-        addrs_factory=expand_unspecified,
-    )
-    disable_auto_connector(host.get_network())
+    host = new_tcp_host(key_pair, listen)
     # Gate and handlers before the host listens: no window without them.
     relay = RelayPoint(host, allow, settings)
     host.get_network().register_notifee(_Gate(relay))
