@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import trio
 
+from p2psync.net import liveness
 from p2psync.net.host import open_libp2p_host
+from p2psync.net.libp2p_fixes import find_socket_stream
 from p2psync.net.liveness import _ReadWatch
 from tests.e2e.test_libp2p_host import LOOPBACK, loopback_addr, next_event, seed
 
@@ -57,12 +60,18 @@ async def test_a_peer_that_stops_reading_fails_the_ping() -> None:
             assert quiet is not None and quiet >= 0.5
 
 
+def assert_kernel_watches(conn: Any) -> None:
+    """The TCP socket under a libp2p connection has liveness.keep_alive's options."""
+    stream = find_socket_stream(conn.muxed_conn)
+    assert stream is not None, "no TCP socket found under the connection"
+    sock = stream.socket
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == liveness.KEEPALIVE_IDLE
+    timeout = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+    assert timeout == liveness.USER_TIMEOUT_MS
+
+
 async def test_the_kernel_watches_every_connection_for_a_vanished_peer() -> None:
-    import socket
-
-    from p2psync.net import liveness
-    from p2psync.net.libp2p_fixes import find_socket_stream
-
     with trio.fail_after(20):
         async with (
             open_libp2p_host(seed("ka-a"), LOOPBACK, 0) as a,
@@ -71,12 +80,4 @@ async def test_the_kernel_watches_every_connection_for_a_vanished_peer() -> None
             await a.connect(loopback_addr(b))
             await next_event(b, "connected", a.peer_id)
             for host in (a, b):  # the dialer's and the listener's side
-                conn: Any = next(iter(next(iter(host._conns.values()))))
-                stream = find_socket_stream(conn.muxed_conn)
-                assert stream is not None, "no TCP socket found under the connection"
-                sock = stream.socket
-                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-                idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
-                assert idle == liveness.KEEPALIVE_IDLE
-                timeout = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
-                assert timeout == liveness.USER_TIMEOUT_MS
+                assert_kernel_watches(next(iter(next(iter(host._conns.values())))))

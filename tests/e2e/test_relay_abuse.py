@@ -31,6 +31,7 @@ from p2psync.net.relay_service import RelaySettings, open_relay
 from p2psync.net.topics import live_topic
 from p2psync.node.config import NodeConfig
 from p2psync.node.network import pubsub_refusals
+from tests.e2e.test_liveness import assert_kernel_watches
 
 pytestmark = pytest.mark.e2e
 
@@ -188,11 +189,6 @@ async def test_a_listed_peer_without_a_reservation_is_not_dialed_again() -> None
 async def test_the_kernel_watches_the_relays_connections_too() -> None:
     # The relay has no health ping: without keep-alive a node that vanished
     # would hold its reservation and circuits until they expire.
-    import socket
-
-    from p2psync.net import liveness
-    from p2psync.net.libp2p_fixes import find_socket_stream
-
     async with (
         open_relay(secrets.token_bytes(32), "127.0.0.1", 0) as relay,
         open_libp2p_host(secrets.token_bytes(32), "127.0.0.1", 0) as host,
@@ -202,10 +198,7 @@ async def test_the_kernel_watches_the_relays_connections_too() -> None:
         with trio.fail_after(10):
             while not relay._host.get_network().get_connections(ID.from_base58(host.peer_id)):
                 await trio.sleep(0.05)
-        conn = relay._host.get_network().get_connections(ID.from_base58(host.peer_id))[0]
-        stream = find_socket_stream(conn.muxed_conn)
-        assert stream is not None and relay_id
-        sock = stream.socket
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-        timeout = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
-        assert timeout == liveness.USER_TIMEOUT_MS
+        assert relay_id
+        assert_kernel_watches(
+            relay._host.get_network().get_connections(ID.from_base58(host.peer_id))[0]
+        )
