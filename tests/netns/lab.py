@@ -112,24 +112,8 @@ class Lab:
             _run(["ip", "-n", host, "route", "add", "224.0.0.0/4", "dev", "eth0"])
 
     def destroy(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self.procs:
-            with contextlib.suppress(Exception):
-                proc.wait(timeout=5)
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                if stream is not None:
-                    with contextlib.suppress(Exception):
-                        stream.close()
-        errors = []
-        for name in reversed(self._created):
-            res = _run(["ip", "netns", "del", name], check=False)
-            if res.returncode != 0 and name in list_netns():
-                errors.append(f"{name}: {res.stderr.strip()}")
-        self._created.clear()
-        if errors:
-            raise RuntimeError("could not delete namespaces: " + "; ".join(errors))
+        kill_all(self.procs)
+        delete_namespaces(self._created)
 
     # -- using ----------------------------------------------------------------
     def ip(self, i: int) -> str:
@@ -287,3 +271,29 @@ def _is_mdns(frame: bytes) -> bool:
         return False
     sport, dport = struct.unpack("!HH", frame[off : off + 4])
     return 5353 in (sport, dport)
+
+
+def kill_all(procs: Sequence[subprocess.Popen[Any]]) -> None:
+    """Kill what a lab started inside its namespaces, and close its pipes."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=5)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    stream.close()
+
+
+def delete_namespaces(created: list[str]) -> None:
+    """Delete the namespaces a lab made, last first; empties ``created``."""
+    errors = []
+    for name in reversed(created):
+        res = _run(["ip", "netns", "del", name], check=False)
+        if res.returncode != 0 and name in list_netns():
+            errors.append(f"{name}: {res.stderr.strip()}")
+    created.clear()
+    if errors:
+        raise RuntimeError("could not delete namespaces: " + "; ".join(errors))

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.netns.lab import _run, list_netns
+from tests.netns.lab import _run, delete_namespaces, kill_all
 
 PUBLIC = "203.0.113"
 RELAY_IP = f"{PUBLIC}.10"
@@ -110,20 +110,8 @@ class NatLab:
                   "-j", "DROP"])  # fmt: skip
 
     def destroy(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self.procs:
-            with contextlib.suppress(Exception):
-                proc.wait(timeout=5)
-        errors = []
-        for name in reversed(self._created):
-            res = _run(["ip", "netns", "del", name], check=False)
-            if res.returncode != 0 and name in list_netns():
-                errors.append(f"{name}: {res.stderr.strip()}")
-        self._created.clear()
-        if errors:
-            raise RuntimeError("could not delete namespaces: " + "; ".join(errors))
+        kill_all(self.procs)
+        delete_namespaces(self._created)
 
     def exec(self, role: str, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
         """Start argv inside namespace ``role``; killed when the lab ends."""
