@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import random
 
-from nacl.signing import SigningKey
-
 from p2psync.core.foreign import ForeignPeers
-from p2psync.core.ids import peer_id_from_public_key
 from p2psync.core.peer_policy import (
     CUT_FOREIGN,
     Ban,
@@ -16,20 +13,14 @@ from p2psync.core.peer_policy import (
     Disconnect,
     Notice,
     PeerPolicy,
-    PolicyAction,
     PolicyConfig,
     StartSession,
     StopSession,
 )
 from p2psync.net.topics import live_topic, networks_of, query_topic, sync_topic
 from p2psync.node.peers import peer_view
+from tests.unit.test_peer_policy import ME, of, pid
 
-
-def pid(i: int) -> str:
-    return peer_id_from_public_key(bytes(SigningKey((i + 1).to_bytes(32)).verify_key))
-
-
-ME = pid(0)
 HOUR = 3600.0
 
 
@@ -40,10 +31,6 @@ def addr(peer: str, port: int = 4001) -> str:
 def policy(**config: float) -> PeerPolicy:
     cfg = PolicyConfig(**config)  # type: ignore[arg-type]
     return PeerPolicy(ME, random.Random(1), config=cfg, network="home")
-
-
-def of(actions: list[PolicyAction], kind: type) -> list[PolicyAction]:
-    return [a for a in actions if isinstance(a, kind)]
 
 
 def connected_by_mdns(p: PeerPolicy, peer: str, now: float = 0.0) -> None:
