@@ -297,3 +297,20 @@ def delete_namespaces(created: list[str]) -> None:
     created.clear()
     if errors:
         raise RuntimeError("could not delete namespaces: " + "; ".join(errors))
+
+
+# POST n recipes to the node's API, a short pause between them; prints how
+# many were acknowledged (201).
+WRITE_SCRIPT = """
+import json, sys, time, urllib.request
+url, n, tag, pause = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+ok = 0
+for k in range(n):
+    body = json.dumps({"name": f"{tag} {k}", "ingredients": "salt", "instructions": "stir"})
+    req = urllib.request.Request(url, data=body.encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as response:
+        ok += response.status == 201
+    time.sleep(pause)
+print(ok)
+"""

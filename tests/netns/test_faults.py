@@ -21,27 +21,12 @@ from typing import Any
 
 import pytest
 
-from tests.netns.lab import Lab, netns_lab, require_netns
+from tests.netns.lab import WRITE_SCRIPT, Lab, netns_lab, require_netns
 from tests.netns.nodes import API_PORT, api, wait_until
 
 pytestmark = pytest.mark.netns
 
 PROXY_SCRIPT = Path(__file__).with_name("delay_proxy.py")
-# POST n recipes to the node's API, a short pause between them; prints how
-# many were acknowledged (201).
-_WRITE = """
-import json, sys, time, urllib.request
-url, n, tag, pause = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
-ok = 0
-for k in range(n):
-    body = json.dumps({"name": f"{tag} {k}", "ingredients": "salt", "instructions": "stir"})
-    req = urllib.request.Request(url, data=body.encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as response:
-        ok += response.status == 201
-    time.sleep(pause)
-print(ok)
-"""
 
 
 def start_node(lab: Lab, host: int, tmp: Path, *args: str) -> subprocess.Popen[Any]:
@@ -65,7 +50,7 @@ def start_writers(lab: Lab, counts: dict[int, int], pause: float) -> list[subpro
     return [
         lab.exec(
             host,
-            [sys.executable, "-c", _WRITE, url, str(n), f"h{host}", str(pause)],
+            [sys.executable, "-c", WRITE_SCRIPT, url, str(n), f"h{host}", str(pause)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -26,7 +26,7 @@ import pytest
 
 from p2psync.core.ids import peer_id_from_seed
 from p2psync.node.identity import load_or_create_seed
-from tests.netns.lab import require_netns
+from tests.netns.lab import WRITE_SCRIPT, require_netns
 from tests.netns.nat_lab import PUBLIC_HOST_IP, RELAY_IP, NatLab, nat_lab
 
 pytestmark = pytest.mark.netns
@@ -38,18 +38,6 @@ _GET = (
     "import sys, urllib.request; "
     "print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
 )
-_WRITE = """
-import json, sys, urllib.request
-url, n, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-ok = 0
-for k in range(n):
-    body = json.dumps({"name": f"{tag} {k}", "ingredients": "salt", "instructions": "stir"})
-    req = urllib.request.Request(url, data=body.encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as response:
-        ok += response.status == 201
-print(ok)
-"""
 # Prints "open" if a TCP connection to ip:port succeeds within 3 s, else why not.
 _PROBE = """
 import socket, sys
@@ -74,7 +62,7 @@ def metrics(lab: NatLab, role: str) -> str:
 
 def write(lab: NatLab, role: str, n: int, tag: str) -> None:
     url = f"http://127.0.0.1:{API_PORT}/api/v0/recipes"
-    out = lab.run(role, [sys.executable, "-c", _WRITE, url, str(n), tag]).stdout
+    out = lab.run(role, [sys.executable, "-c", WRITE_SCRIPT, url, str(n), tag, "0"]).stdout
     assert out.strip() == str(n)
 
 
