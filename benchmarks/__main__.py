@@ -101,6 +101,7 @@ TABLE: dict[str, list[tuple[str, str, str]]] = {
         ("idle_cpu_pct_max", "idle CPU per node, max", "% core"),
         ("raw_idle_cpu_pct", "raw gossipsub idle CPU per peer", "% core"),
         ("burst_s", "burst 25/node -> all hold N*25", "s"),
+        ("burst_posts_answered_s", "  until every POST was answered", "s"),
         ("raw_flood_s", "raw gossipsub flood, same msgs", "s"),
         ("burst_ratio", "ratio burst / raw flood", ""),
         ("rss_mb", "RSS per node, mean", "MB"),

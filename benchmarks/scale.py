@@ -190,8 +190,9 @@ def _run_nodes(ctx: Context, n: int, base: Path, burst: int) -> dict[str, Any]:
         out["peers_after_idle"] = min(x.status()["peers"] for x in nodes)
 
         out["burst_loadavg"] = loadavg()
-        seconds, held, failed = _burst(nodes, burst, sizes.scale_burst_timeout)
+        seconds, held, failed, posts_s = _burst(nodes, burst, sizes.scale_burst_timeout)
         out["burst_s"] = None if seconds is None else round(seconds, 3)
+        out["burst_posts_answered_s"] = round(posts_s, 3)
         out["burst_min_held"] = held
         out["burst_failed_posts"] = failed
         entries, size = log_stats(base / "n0")
@@ -207,11 +208,13 @@ def _synced_with_all(node: Node, n: int) -> bool:
     return sum(1 for p in peers if p.get("connected") and p.get("syncs_ok", 0) >= 1) >= n - 1
 
 
-def _burst(nodes: list[Node], burst: int, timeout: float) -> tuple[float | None, int, int]:
-    """Creates on every node at once; (seconds until all hold all, min held, failed POSTs)."""
+def _burst(nodes: list[Node], burst: int, timeout: float) -> tuple[float | None, int, int, float]:
+    """Creates on every node at once: (seconds until all hold all, min held,
+    failed POSTs, seconds until every POST was answered)."""
     want = [x.entries() + burst * len(nodes) for x in nodes]
     go = threading.Event()
     failed = [0] * len(nodes)
+    answered = [0.0] * len(nodes)
 
     def post_all(index: int) -> None:
         node = nodes[index]
@@ -228,6 +231,7 @@ def _burst(nodes: list[Node], burst: int, timeout: float) -> tuple[float | None,
                 except httpx.HTTPError:
                     ok = False
                 failed[index] += not ok
+        answered[index] = time.monotonic()
 
     threads = [threading.Thread(target=post_all, args=(i,), daemon=True) for i in range(len(nodes))]
     for t in threads:
@@ -254,7 +258,8 @@ def _burst(nodes: list[Node], burst: int, timeout: float) -> tuple[float | None,
         t.join(30)
     base = [w - burst * len(nodes) for w in want]
     min_held = min(h - b for h, b in zip(held, base, strict=True))
-    return (None if pending else done_at - t0), min_held, sum(failed)
+    posts_s = max(answered) - t0
+    return (None if pending else done_at - t0), min_held, sum(failed), posts_s
 
 
 # ---------------------------------------------------------------- raw side (child)
@@ -480,6 +485,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "idle_cpu_pct_max": column("p2psync", "idle_cpu", "max"),
         "raw_idle_cpu_pct": column("raw", "idle_cpu", "mean"),
         "burst_s": burst_s,
+        "burst_posts_answered_s": column("p2psync", "burst_posts_answered_s"),
         "raw_flood_s": flood_s,
         "burst_ratio": [
             round(b / f, 2) if b is not None and f else None

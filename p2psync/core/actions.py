@@ -8,6 +8,7 @@ interpret reason strings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pyroaring import BitMap64
 
@@ -19,8 +20,7 @@ from p2psync.core.query import QueryReply
 from p2psync.core.reasons import BLAME_OF, Blame, MessageKind, Reason, Source
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
+class Accepted(NamedTuple):
     entry: Entry
     op: Op | None  # None: kept in the log (it is validly signed) but changes no recipe
     hash: bytes = b""  # entry_hash(entry.raw) when already computed; the store reuses it

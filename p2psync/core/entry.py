@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
@@ -44,8 +44,7 @@ def entry_hash(raw: bytes) -> bytes:
     return hashlib.blake2b(raw, digest_size=HASH_BYTES).digest()
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     origin: bytes
     seq: int
     prev: bytes

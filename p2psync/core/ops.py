@@ -7,8 +7,7 @@ that `id == make_recipe_id(entry.origin, c)`: only the author can produce it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -17,6 +16,7 @@ from p2psync.core.reasons import Reason
 
 OpKind = Literal["create", "update", "publish", "unpublish", "delete"]
 OP_KINDS: frozenset[str] = frozenset({"create", "update", "publish", "unpublish", "delete"})
+_OP_KEYS = frozenset({"k", "id", "c", "n", "g", "i"})
 
 MAX_NAME_CHARS = 200
 MAX_INGREDIENTS_CHARS = 4000
@@ -26,15 +26,13 @@ RECIPE_ID_CHARS = 20
 MAX_CREATE_SEQ = (1 << 48) - 1  # = entry.MAX_SEQ; also keeps it inside SQLite's int64
 
 
-@dataclass(frozen=True, slots=True)
-class RecipeFields:
+class RecipeFields(NamedTuple):
     name: str
     ingredients: str
     instructions: str
 
 
-@dataclass(frozen=True, slots=True)
-class Op:
+class Op(NamedTuple):
     kind: OpKind
     recipe_id: str
     create_seq: int | None = None  # None for create: it is the entry's own seq
@@ -82,30 +80,28 @@ def decode_op(data: bytes) -> Op:
         body = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise RemoteError(f"op is not JSON: {exc}", reason=Reason.MALFORMED) from exc
-    if not isinstance(body, dict):
+    if type(body) is not dict:
         raise RemoteError("op is not a JSON object", reason=Reason.MALFORMED)
     kind = body.get("k")
     recipe_id = body.get("id")
     if kind not in OP_KINDS:
         raise RemoteError(f"unknown op kind {kind!r}", reason=Reason.MALFORMED)
-    if not isinstance(recipe_id, str) or len(recipe_id) != RECIPE_ID_CHARS:
+    if type(recipe_id) is not str or len(recipe_id) != RECIPE_ID_CHARS:
         raise RemoteError("op has no valid recipe id", reason=Reason.MALFORMED)
     create_seq = body.get("c")
     if kind == "create":
         if create_seq is not None:
             raise RemoteError("create op must not carry a create seq", reason=Reason.MALFORMED)
-    elif (
-        not isinstance(create_seq, int)
-        or isinstance(create_seq, bool)
-        or not 0 <= create_seq <= MAX_CREATE_SEQ
-    ):
+        keys = 2
+    # type() is int: bool is a subclass of int, and True is no seq.
+    elif type(create_seq) is not int or not 0 <= create_seq <= MAX_CREATE_SEQ:
         raise RemoteError(f"{kind} op has no valid create seq", reason=Reason.MALFORMED)
+    else:
+        keys = 3
     fields = None
-    if kind in ("create", "update"):
+    if kind == "create" or kind == "update":
         name, ingredients, instructions = body.get("n"), body.get("g"), body.get("i")
-        if not (
-            isinstance(name, str) and isinstance(ingredients, str) and isinstance(instructions, str)
-        ):
+        if not (type(name) is str and type(ingredients) is str and type(instructions) is str):
             raise RemoteError(f"{kind} op lacks string fields", reason=Reason.MALFORMED)
         if (
             len(name) > MAX_NAME_CHARS
@@ -114,7 +110,12 @@ def decode_op(data: bytes) -> Op:
         ):
             raise RemoteError(f"{kind} op field too long", reason=Reason.OVERSIZED)
         fields = RecipeFields(name, ingredients, instructions)
-    extra = set(body) - {"k", "id", "c", "n", "g", "i"}
-    if extra:
-        raise RemoteError(f"op has unknown keys {sorted(extra)}", reason=Reason.MALFORMED)
+        keys += 3
+    # The keys read above are there: with no others, none is unknown. Otherwise
+    # look (a null "c" on a create, or fields on a publish, are known keys and
+    # pass, as they always have: every node must judge an op alike).
+    if len(body) != keys:
+        extra = set(body) - _OP_KEYS
+        if extra:
+            raise RemoteError(f"op has unknown keys {sorted(extra)}", reason=Reason.MALFORMED)
     return Op(kind, recipe_id, create_seq, fields)

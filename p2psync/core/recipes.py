@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import orjson
 
@@ -25,8 +25,7 @@ DIGEST_BYTES = 16
 DIGEST_MODULUS = 1 << (8 * DIGEST_BYTES)
 
 
-@dataclass(frozen=True, slots=True)
-class RecipeState:
+class RecipeState(NamedTuple):
     id: str
     author: bytes
     create_seq: int  # seq of the author's create entry; every later op names it
@@ -78,14 +77,16 @@ def merge(state: RecipeState | None, entry: Entry, op: Op) -> RecipeState:
     published, published_seq = state.published, state.published_seq
     if op.kind in ("publish", "unpublish") and entry.seq > published_seq:
         published, published_seq = op.kind == "publish", entry.seq
-    return replace(
-        state,
-        fields=fields,
-        fields_version=version,
-        published=published,
-        published_seq=published_seq,
-        deleted=state.deleted or op.kind == "delete",
-        updated=max(state.updated, entry.hlc),
+    return RecipeState(
+        state.id,
+        state.author,
+        state.create_seq,
+        fields,
+        version,
+        published,
+        state.deleted or op.kind == "delete",
+        max(state.updated, entry.hlc),
+        published_seq,
     )
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from p2psync.core.entry import ZERO_HASH, Entry, sign_entry
+from p2psync.core.errors import RemoteError
 from p2psync.core.ids import make_recipe_id
 from p2psync.core.ops import Op, RecipeFields, decode_op, encode_op
 from p2psync.core.recipes import RecipeState, digest, is_by_author, merge
@@ -163,3 +166,36 @@ def test_update_before_create_still_converges() -> None:
     rid = entries[0][1].recipe_id
     assert early[rid].fields == f2 and early[rid].author == ME
     assert _fold([entries[1], entries[0]]) == _fold(entries)
+
+
+def test_decode_op_judges_every_key_set_as_before() -> None:
+    """Which ops pass is part of the protocol: nodes of different releases must
+    agree, or their recipe books differ. Known keys that an op kind does not
+    use (a null "c" on a create, fields on a publish) pass; unknown keys, a
+    bool seq or a missing field do not."""
+    rid = "ab" * 10
+    fields = {"n": "soup", "g": "water", "i": "boil"}
+    passes = [
+        {"k": "create", "id": rid, **fields},
+        {"k": "create", "id": rid, "c": None, **fields},
+        {"k": "update", "id": rid, "c": 0, **fields},
+        {"k": "publish", "id": rid, "c": 3},
+        {"k": "publish", "id": rid, "c": 3, "n": 7},
+        {"k": "delete", "id": rid, "c": 3, **fields},
+    ]
+    fails = [
+        {"k": "create", "id": rid, **fields, "x": 1},
+        {"k": "create", "id": rid, "c": 0, **fields},
+        {"k": "publish", "id": rid, "c": True},
+        {"k": "publish", "id": rid, "c": 3, "z": None},
+        {"k": "update", "id": rid, "c": 0, "n": "soup", "g": "water"},
+        {"k": "update", "id": rid, "c": 0, **fields, "i": None},
+        {"k": "publish", "id": rid[:-1], "c": 3},
+        ["create", rid],
+    ]
+    for body in passes:
+        op = decode_op(orjson.dumps(body))
+        assert op.kind == body["k"] and op.recipe_id == rid
+    for body in fails:
+        with pytest.raises(RemoteError):
+            decode_op(orjson.dumps(body))
