@@ -7,7 +7,7 @@ that `id == make_recipe_id(entry.origin, c)`: only the author can produce it.
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import orjson
 
@@ -84,7 +84,8 @@ def decode_op(data: bytes) -> Op:
         raise RemoteError("op is not a JSON object", reason=Reason.MALFORMED)
     kind = body.get("k")
     recipe_id = body.get("id")
-    if kind not in OP_KINDS:
+    # A list or object is unhashable: `in` would raise TypeError, not refuse.
+    if type(kind) is not str or kind not in OP_KINDS:
         raise RemoteError(f"unknown op kind {kind!r}", reason=Reason.MALFORMED)
     if type(recipe_id) is not str or len(recipe_id) != RECIPE_ID_CHARS:
         raise RemoteError("op has no valid recipe id", reason=Reason.MALFORMED)
@@ -118,4 +119,4 @@ def decode_op(data: bytes) -> Op:
         extra = set(body) - _OP_KEYS
         if extra:
             raise RemoteError(f"op has unknown keys {sorted(extra)}", reason=Reason.MALFORMED)
-    return Op(kind, recipe_id, create_seq, fields)
+    return Op(cast(OpKind, kind), recipe_id, create_seq, fields)  # one of OP_KINDS

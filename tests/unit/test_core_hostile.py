@@ -197,3 +197,21 @@ def test_a_sync_peer_past_the_new_origins_budget_is_not_scored_down() -> None:
         assert actions
     assert not penalised
     assert len(node.engine.held_counts()) == 2
+
+
+def test_an_op_kind_that_is_a_list_or_object_is_a_bad_op_not_a_crash() -> None:
+    """`"k": []` made `kind in OP_KINDS` raise TypeError (unhashable) out of the
+    engine: one signed entry, from a key made for it, took down every node it
+    reached. It is a validly signed entry with an unusable op: kept, changing
+    no recipe, refused as bad_op."""
+    for kind in (b"[]", b'{"a": 1}', b"[1, 2]"):
+        key = SigningKey(secrets.token_bytes(32))
+        recipe_id = make_recipe_id(bytes(key.verify_key), 0).encode()
+        entry = sign_entry(
+            key, 0, ZERO_HASH, 1, b'{"k": ' + kind + b', "id": "' + recipe_id + b'"}'
+        )
+        node = Node(1)
+        node.session(PEER)
+        actions = node.live(entry)
+        assert isinstance(actions[0], Persist) and actions[0].entries[0].op is None
+        assert [a.reason for a in actions if isinstance(a, Rejected)] == [Reason.BAD_OP]
