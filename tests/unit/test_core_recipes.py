@@ -199,3 +199,38 @@ def test_decode_op_judges_every_key_set_as_before() -> None:
     for body in fails:
         with pytest.raises(RemoteError):
             decode_op(orjson.dumps(body))
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_OP_BODIES = st.dictionaries(
+    st.sampled_from(["k", "id", "c", "n", "g", "i", "x"]),
+    st.one_of(
+        _JSON,
+        st.sampled_from(["create", "update", "publish", "unpublish", "delete", "ab" * 10]),
+        st.integers(-1, 2**49),
+    ),
+    max_size=7,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(_OP_BODIES, _JSON))
+def test_decode_op_refuses_any_json_with_a_remote_error_only(body: object) -> None:
+    """A signed entry can carry any JSON at all (keys cost nothing): anything
+    decode_op does not accept must be a RemoteError (a bad op), never another
+    exception escaping into the engine."""
+    try:
+        op = decode_op(orjson.dumps(body))
+    except RemoteError:
+        return
+    assert isinstance(body, dict) and op.kind == body["k"] and op.recipe_id == body["id"]
