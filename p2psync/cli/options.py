@@ -141,7 +141,7 @@ RUN_FLAGS = (
     ),
     Flag(
         "--sync-interval",
-        f"anti-entropy period per peer (default {_D.sync_interval:g})",
+        f"anti-entropy period per peer (default {_D.sync_interval:g}; x peers/8 past 8 peers)",
         values.positive_seconds,
         "SECONDS",
     ),

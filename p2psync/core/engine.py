@@ -62,6 +62,7 @@ from p2psync.core.rounds import (
     PeerState,
     note_acked,
     origin_of,
+    periodic_interval,
     pump_batches,
     round_due,
 )
@@ -141,6 +142,8 @@ class SyncEngine(Ledger):
         """Time passed: fail stalled rounds, start periodic ones, record a waiting fork."""
         actions = self._due_rewrites(now)
         timeout = self.config.round_timeout
+        connected = sum(1 for state in self._peers.values() if state.connected)
+        interval = periodic_interval(self.config.sync_interval, connected)
         for peer, state in self._peers.items():
             if not state.connected:
                 continue
@@ -163,7 +166,7 @@ class SyncEngine(Ledger):
                 # Our batches or their acks were lost; their next round repairs it.
                 actions.append(Dropped(peer, Reason.ACK_TIMEOUT, f"round {out.round} stalled"))
                 state.outgoing = None
-            if round_due(state, now.monotonic, self.config.sync_interval):
+            if round_due(state, now.monotonic, interval):
                 actions.extend(self._start_round(peer, state, now, reply_wanted=True))
         return actions
 

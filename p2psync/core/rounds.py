@@ -73,6 +73,20 @@ class PeerState:
 LIVE_SETTLE = 1.0
 
 
+# A node starts at most this many periodic rounds per `sync_interval`: with
+# more peers, each pair's period stretches in proportion, so the idle cost of
+# anti-entropy stays flat in the number of peers instead of growing with it
+# (issue 13). Rounds on connect, on a gap, after a live burst and to pass
+# news on are not periodic and never wait for it.
+PERIODIC_ROUNDS_PER_INTERVAL = 8
+
+
+def periodic_interval(sync_interval: float, connected_peers: int) -> float:
+    """Seconds between two periodic rounds with one peer, for a node with
+    `connected_peers` peers."""
+    return sync_interval * max(1.0, connected_peers / PERIODIC_ROUNDS_PER_INTERVAL)
+
+
 def round_due(state: PeerState, now: float, sync_interval: float) -> bool:
     """Start a round with this peer now? (None of ours is under way.)"""
     if state.incoming is not None:
