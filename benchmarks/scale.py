@@ -13,7 +13,8 @@ daemon uses, p2psync.net.host, so the same gossipsub settings):
   ``settle_s`` passes, and only then is anything measured.
 - **Idle CPU** per process: utime+stime from /proc/<pid>/stat over
   ``idle_window_s`` divided by the window and the clock tick, in % of one core.
-  The full run's window is one whole ``--sync-interval`` (30 s), so it holds
+  The full run's window is one whole periodic interval (``--sync-interval``
+  30 s, times peers/8 past 8 peers: ``rounds.periodic_interval``), so it holds
   the periodic round with each peer: a shorter one may miss or catch them.
   The load average of the machine is recorded beside it (a shared machine).
 - **RSS** per process: VmRSS from /proc/<pid>/status after the idle window.
@@ -58,6 +59,7 @@ from typing import Any
 import httpx
 
 from benchmarks.common import REPO, BenchError, Context, Node, log_stats, rss_mb, wait_until
+from p2psync.core.rounds import periodic_interval
 
 KEYS = ("nodes", "idle_cpu_pct", "burst_s", "raw_flood_s", "burst_ratio", "rss_mb")
 TOPIC = "p2psync-bench/scale"
@@ -184,7 +186,10 @@ def _run_nodes(ctx: Context, n: int, base: Path, burst: int) -> dict[str, Any]:
         time.sleep(sizes.scale_settle_s)
         pids = [x.proc.pid for x in nodes]
         out["idle_loadavg"] = loadavg()
-        cpu = idle_cpu_pct(pids, sizes.scale_idle_window_s)
+        # One whole periodic period (longer past 8 peers, see periodic_interval):
+        # each pair's periodic round falls inside the window once.
+        out["idle_window_s"] = window = periodic_interval(sizes.scale_idle_window_s, n - 1)
+        cpu = idle_cpu_pct(pids, window)
         out["idle_cpu_pct_each"] = cpu
         out["idle_cpu"] = _summary(cpu)
         rss = [rss_mb(p) for p in pids]
@@ -420,7 +425,10 @@ def _run_raw(ctx: Context, n: int, burst: int, size: int) -> dict[str, Any]:
         time.sleep(sizes.scale_settle_s)
         pids = [c.proc.pid for c in children]
         out["idle_loadavg"] = loadavg()
-        cpu = idle_cpu_pct(pids, sizes.scale_idle_window_s)
+        # One whole periodic period (longer past 8 peers, see periodic_interval):
+        # each pair's periodic round falls inside the window once.
+        out["idle_window_s"] = window = periodic_interval(sizes.scale_idle_window_s, n - 1)
+        cpu = idle_cpu_pct(pids, window)
         out["idle_cpu_pct_each"] = cpu
         out["idle_cpu"] = _summary(cpu)
         out["rss"] = _summary([rss_mb(p) for p in pids])
@@ -484,7 +492,7 @@ def run(ctx: Context) -> dict[str, Any]:
     result: dict[str, Any] = {
         "nodes": [int(n) for n in by_n],
         "burst_per_node": burst,
-        "idle_window_s": sizes.scale_idle_window_s,
+        "idle_window_s": column("p2psync", "idle_window_s"),
         "idle_cpu_pct": column("p2psync", "idle_cpu", "mean"),
         "idle_cpu_pct_max": column("p2psync", "idle_cpu", "max"),
         "raw_idle_cpu_pct": column("raw", "idle_cpu", "mean"),
