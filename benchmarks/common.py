@@ -69,7 +69,7 @@ FULL = Sizes(
     footprint_gen_timeout=300.0,
     scale_nodes=(4, 8, 16, 32),
     scale_settle_s=10.0,
-    scale_idle_window_s=30.0,  # one --sync-interval: every periodic round inside
+    scale_idle_window_s=30.0,  # one --sync-interval, x (N-1)/8 past 9 nodes (scale.py)
     scale_mesh_timeout=180.0,
     scale_burst_timeout=120.0,
 )
