@@ -141,7 +141,8 @@ RUN_FLAGS = (
     ),
     Flag(
         "--sync-interval",
-        f"anti-entropy period per peer (default {_D.sync_interval:g}; x peers/8 past 8 peers)",
+        f"anti-entropy period per peer (default {_D.sync_interval:g};"
+        " x peers/8 past 8 peers, at most 4x)",
         values.positive_seconds,
         "SECONDS",
     ),

@@ -79,12 +79,16 @@ LIVE_SETTLE = 1.0
 # (issue 13). Rounds on connect, on a gap, after a live burst and to pass
 # news on are not periodic and never wait for it.
 PERIODIC_ROUNDS_PER_INTERVAL = 8
+# Peer ids cost nothing: a crowd of strangers must not stretch the period
+# with honest peers past this factor (2 minutes at the default 30 s).
+MAX_PERIODIC_STRETCH = 4.0
 
 
 def periodic_interval(sync_interval: float, connected_peers: int) -> float:
     """Seconds between two periodic rounds with one peer, for a node with
     `connected_peers` peers."""
-    return sync_interval * max(1.0, connected_peers / PERIODIC_ROUNDS_PER_INTERVAL)
+    stretch = connected_peers / PERIODIC_ROUNDS_PER_INTERVAL
+    return sync_interval * min(MAX_PERIODIC_STRETCH, max(1.0, stretch))
 
 
 def round_due(state: PeerState, now: float, sync_interval: float) -> bool:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from p2psync.core import protocol
-from p2psync.core.rounds import PERIODIC_ROUNDS_PER_INTERVAL, periodic_interval
+from p2psync.core.rounds import (
+    MAX_PERIODIC_STRETCH,
+    PERIODIC_ROUNDS_PER_INTERVAL,
+    periodic_interval,
+)
 from tests.unit.test_core_engine import Node, _finish_connect_round, sent
 
 
@@ -50,3 +54,15 @@ def test_a_gap_still_starts_a_round_at_once_with_many_peers() -> None:
     node.time.now += 5
     actions = node.engine.request_sync(names[3])
     assert [a.peer for a in sent(actions, "recon")] == [names[3]]
+
+
+def test_a_crowd_of_strangers_stretches_the_period_at_most_four_times() -> None:
+    """Peer ids are free: 1 000 Sybil connections must not delay the periodic
+    round with an honest peer by hours."""
+    assert periodic_interval(30, 31) == 30 * 31 / 8
+    assert periodic_interval(30, 1_000) == 30 * MAX_PERIODIC_STRETCH == 120
+    node, names = _connected(40)  # 40 / 8 = 5: capped at 4
+    node.time.now += 60 * MAX_PERIODIC_STRETCH - 1
+    assert _rounds_started(node) == set()
+    node.time.now += 1
+    assert _rounds_started(node) == set(names)
