@@ -102,7 +102,6 @@ class Drop(StrEnum):
     """
 
     SEND_FAILED = "send_failed"  # no ready session, or its outbox was full
-    INTERNAL_ERROR = "internal_error"  # the engine failed on a message (a bug; node/inbound.py)
     LIVE_NOT_SENT = "live_not_sent"  # nobody to tell, or the live outbox was full
     STORE_FAILED = "store_failed"  # the database refused a commit
     WRONG_SENDER = "wrong_sender"  # a message on a pair topic signed by a third peer

@@ -39,7 +39,6 @@ from p2psync.net.local import serve_local_discovery
 from p2psync.net.topics import live_topic, query_topic, sync_topic
 from p2psync.node.config import NodeConfig
 from p2psync.node.dialing import PeerDriver
-from p2psync.node.inbound import engine_verdict
 from p2psync.node.node import Node
 from p2psync.node.observer import Observer
 from p2psync.node.peers import peer_views
@@ -236,10 +235,9 @@ class NetworkTransport(Transport):
                         async for received in receive:
                             # The topic's validator let through only what this
                             # peer signed and handed us (else `wrong_sender`).
-                            handle = functools.partial(
-                                node.engine.message_received, peer, received.data, node.now()
+                            node.run_actions(
+                                node.engine.message_received(peer, received.data, node.now())
                             )
-                            node.run_actions(engine_verdict(peer, handle, self.observer))
                         nursery.cancel_scope.cancel()
                 finally:
                     with trio.CancelScope(shield=True), trio.move_on_after(2):
@@ -308,10 +306,8 @@ class NetworkTransport(Transport):
                     break
             now = node.now()
             # The forwarder delivered it: budgets and blame are its, not the signer's.
-            live = node.engine.live_received
             node.run_grouped(
-                [engine_verdict(r.forwarder, functools.partial(live, r.forwarder, r.data, now,
-                                                               publisher=r.sender), self.observer)
+                [node.engine.live_received(r.forwarder, r.data, now, publisher=r.sender)
                  for r in backlog]
             )  # fmt: skip
 
@@ -329,10 +325,9 @@ class NetworkTransport(Transport):
         async for received in receive:
             if received.sender in self.sessions:
                 # Through the engine, which holds the asker to its query budget.
-                handle = functools.partial(
-                    node.engine.message_received, received.sender, received.data, node.now()
+                node.run_actions(
+                    node.engine.message_received(received.sender, received.data, node.now())
                 )
-                node.run_actions(engine_verdict(received.sender, handle, self.observer))
 
     def _validator(
         self, check: Callable[[bytes], Reason | None], pair_peer: str | None = None
