@@ -73,11 +73,12 @@ class PeerState:
 LIVE_SETTLE = 1.0
 
 
-# A node starts at most this many periodic rounds per `sync_interval`: with
-# more peers, each pair's period stretches in proportion, so the idle cost of
-# anti-entropy stays flat in the number of peers instead of growing with it
-# (issue 13). Rounds on connect, on a gap, after a live burst and to pass
-# news on are not periodic and never wait for it.
+# A node starts about this many periodic rounds per `sync_interval`: with
+# more peers, each pair's period stretches in proportion (up to
+# MAX_PERIODIC_STRETCH, i.e. 32 peers), so the idle cost of anti-entropy
+# stays flat in the number of peers instead of growing with it (issue 13).
+# Rounds on connect, on a gap, after a live burst and to pass news on are
+# not periodic and never wait for it.
 PERIODIC_ROUNDS_PER_INTERVAL = 8
 # Peer ids cost nothing: a crowd of strangers must not stretch the period
 # with honest peers past this factor (2 minutes at the default 30 s).
