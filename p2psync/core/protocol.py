@@ -255,8 +255,7 @@ def decode(data: bytes) -> Message:
         (query_id,) = _QUERY.unpack_from(body)
         return QueryReply(query_id, decode_recipes(bytes(body[_QUERY.size :])))
     if kind == FORK_PROOF:
-        first, offset = _decode_blob(body, 0, MAX_SIDE_BYTES)
-        second, offset = _decode_blob(body, offset, MAX_SIDE_BYTES)
+        (first, second), offset = _decode_blobs(body, 0, 2, MAX_SIDE_BYTES)
         if offset != len(body):
             raise RemoteError("fork proof has trailing bytes", reason=Reason.MALFORMED)
         return ForkProofMsg(first, second)
@@ -268,16 +267,29 @@ def _need(body: memoryview, size: int) -> None:
         raise RemoteError("message is truncated", reason=Reason.MALFORMED)
 
 
-def _decode_blob(
-    body: memoryview, offset: int, max_bytes: int = MAX_ENTRY_BYTES
-) -> tuple[bytes, int]:
-    _need(body, offset + _LEN.size)
-    (length,) = _LEN.unpack_from(body, offset)
-    offset += _LEN.size
-    if length > max_bytes:
-        raise RemoteError(f"blob of {length} bytes is too large", reason=Reason.OVERSIZED)
-    _need(body, offset + length)
-    return bytes(body[offset : offset + length]), offset + length
+def _decode_blobs(
+    body: memoryview, offset: int, count: int, max_bytes: int = MAX_ENTRY_BYTES
+) -> tuple[list[bytes], int]:
+    """`count` length-prefixed blobs from `offset` on, and the offset after them.
+
+    One tight loop (no call per blob): a backfill BATCH holds a thousand.
+    """
+    data, end_of_body = bytes(body), len(body)
+    unpack, prefix = _LEN.unpack_from, _LEN.size
+    blobs: list[bytes] = []
+    for _ in range(count):
+        if offset + prefix > end_of_body:
+            raise RemoteError("message is truncated", reason=Reason.MALFORMED)
+        (length,) = unpack(data, offset)
+        offset += prefix
+        if length > max_bytes:
+            raise RemoteError(f"blob of {length} bytes is too large", reason=Reason.OVERSIZED)
+        end = offset + length
+        if end > end_of_body:
+            raise RemoteError("message is truncated", reason=Reason.MALFORMED)
+        blobs.append(data[offset:end])
+        offset = end
+    return blobs, offset
 
 
 def _decode_bound(body: memoryview, offset: int) -> tuple[bytes, int]:
@@ -366,22 +378,7 @@ def _decode_batch(body: memoryview) -> Batch:
         raise RemoteError(
             f"batch of {count} entries exceeds {MAX_BATCH_ENTRIES}", reason=Reason.OVERSIZED
         )
-    # _decode_blob inlined: a backfill decodes a thousand of these per message.
-    data, offset, end_of_body = bytes(body), _BATCH.size, len(body)
-    unpack, prefix = _LEN.unpack_from, _LEN.size
-    entries: list[bytes] = []
-    for _ in range(count):
-        if offset + prefix > end_of_body:
-            raise RemoteError("message is truncated", reason=Reason.MALFORMED)
-        (length,) = unpack(data, offset)
-        offset += prefix
-        if length > MAX_ENTRY_BYTES:
-            raise RemoteError(f"blob of {length} bytes is too large", reason=Reason.OVERSIZED)
-        end = offset + length
-        if end > end_of_body:
-            raise RemoteError("message is truncated", reason=Reason.MALFORMED)
-        entries.append(data[offset:end])
-        offset = end
-    if offset != end_of_body:
+    entries, offset = _decode_blobs(body, _BATCH.size, count)
+    if offset != len(body):
         raise RemoteError("batch has trailing bytes", reason=Reason.MALFORMED)
     return Batch(round_no, batch_no, bool(flags & 1), tuple(entries))
