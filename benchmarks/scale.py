@@ -147,6 +147,12 @@ def _stop_all(nodes: list[Node]) -> None:
         node.stop()
 
 
+def _idle_window(base_s: float, n: int) -> float:
+    """One whole periodic interval of a node with n - 1 peers (longer past 8
+    peers, see periodic_interval): each pair's periodic round falls inside it once."""
+    return periodic_interval(base_s, n - 1)
+
+
 def _run_nodes(ctx: Context, n: int, base: Path, burst: int) -> dict[str, Any]:
     sizes = ctx.sizes
     ports = _free_ports(n)
@@ -186,9 +192,7 @@ def _run_nodes(ctx: Context, n: int, base: Path, burst: int) -> dict[str, Any]:
         time.sleep(sizes.scale_settle_s)
         pids = [x.proc.pid for x in nodes]
         out["idle_loadavg"] = loadavg()
-        # One whole periodic period (longer past 8 peers, see periodic_interval):
-        # each pair's periodic round falls inside the window once.
-        out["idle_window_s"] = window = periodic_interval(sizes.scale_idle_window_s, n - 1)
+        out["idle_window_s"] = window = _idle_window(sizes.scale_idle_window_s, n)
         cpu = idle_cpu_pct(pids, window)
         out["idle_cpu_pct_each"] = cpu
         out["idle_cpu"] = _summary(cpu)
@@ -425,9 +429,7 @@ def _run_raw(ctx: Context, n: int, burst: int, size: int) -> dict[str, Any]:
         time.sleep(sizes.scale_settle_s)
         pids = [c.proc.pid for c in children]
         out["idle_loadavg"] = loadavg()
-        # One whole periodic period (longer past 8 peers, see periodic_interval):
-        # each pair's periodic round falls inside the window once.
-        out["idle_window_s"] = window = periodic_interval(sizes.scale_idle_window_s, n - 1)
+        out["idle_window_s"] = window = _idle_window(sizes.scale_idle_window_s, n)
         cpu = idle_cpu_pct(pids, window)
         out["idle_cpu_pct_each"] = cpu
         out["idle_cpu"] = _summary(cpu)
