@@ -337,6 +337,7 @@ async def _raw_role(args: argparse.Namespace) -> None:
                     "received": len(seen),
                     "refused": refused,
                     "mesh": len(host.mesh_peers(TOPIC)),
+                    "drops": host.drop_counts(),
                 }
             ),
             flush=True,
@@ -453,6 +454,14 @@ def _run_raw(ctx: Context, n: int, burst: int, size: int) -> dict[str, Any]:
         ]
         out["flood_min_received"] = min(r["received"] for r in results)
         out["flood_refused"] = sum(r["refused"] for r in results)
+        # Forwards py-libp2p dropped at full per-peer queues: copies the
+        # flood did not send (the mesh delivers others), work a slower node
+        # does. Summed over the peers, by reason.
+        drops: dict[str, int] = {}
+        for r in results:
+            for reason, count in (r.get("drops") or {}).items():
+                drops[reason] = drops.get(reason, 0) + count
+        out["flood_drops"] = drops
     finally:
         for child in children:
             child.kill()

@@ -249,6 +249,8 @@ class P2psyncGossipSub(GossipSub):
 
 
 DEGREE_HIGH = 24
+# How often a stream carries our signed peer record again (RoutedPubsub).
+RECORD_RESEND_SECONDS = 600.0
 
 
 def new_gossipsub(on_drop: Callable[[str, int], None]) -> P2psyncGossipSub:
@@ -319,6 +321,11 @@ class RoutedPubsub(Pubsub):
       grow to 16 MiB) or a flood arrives faster than the reader takes it,
       pings took 1 to 3 s and more here and health checks cut busy, healthy
       peers. A peer whose data keeps arriving is alive.
+    - py-libp2p puts our signed peer record (213 bytes) in every RPC, and a
+      py-libp2p receiver checks it each time (108 us here): a third of a
+      flood's bytes. Here it goes once per stream, and again when it changes
+      or after ``RECORD_RESEND_SECONDS`` (receivers keep it 2 h). The field
+      is optional in gossipsub; go and js ignore it (issue 13).
     """
 
     def __init__(
@@ -339,6 +346,10 @@ class RoutedPubsub(Pubsub):
         self._write_locks: weakref.WeakKeyDictionary[INetStream, trio.Lock] = (
             weakref.WeakKeyDictionary()
         )
+        # Per stream: the peer record last sent on it, and when.
+        self._records_sent: weakref.WeakKeyDictionary[INetStream, tuple[bytes, float]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def subscribe(self, topic_id: str) -> ISubscriptionAPI:
         # Before the announcement goes out: the peers' GRAFTs answer it.
@@ -355,7 +366,23 @@ class RoutedPubsub(Pubsub):
         if lock is None:
             lock = self._write_locks[stream] = trio.Lock()
         async with lock:
-            return await super().write_msg(stream, rpc_msg)
+            return await super().write_msg(stream, self._record_once(stream, rpc_msg))
+
+    def _record_once(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> rpc_pb2.RPC:
+        """`rpc_msg`, without our peer record if this stream carried it lately."""
+        record = rpc_msg.senderRecord
+        if not record:
+            return rpc_msg
+        now = trio.current_time()
+        sent = self._records_sent.get(stream)
+        if sent is None or sent[0] != record or now - sent[1] >= RECORD_RESEND_SECONDS:
+            self._records_sent[stream] = (record, now)
+            return rpc_msg
+        # A copy: py-libp2p writes one RPC object to several peers.
+        lean = rpc_pb2.RPC()
+        lean.CopyFrom(rpc_msg)
+        lean.ClearField("senderRecord")
+        return lean
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         self._deliver(publish_message)

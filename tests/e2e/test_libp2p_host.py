@@ -323,3 +323,38 @@ async def test_heard_from_tells_a_busy_peer_from_a_silent_one() -> None:
             await a.disconnect(b.peer_id)
             await next_event(b, "disconnected", a.peer_id)
             assert not b.heard_from(a.peer_id, 60)
+
+
+async def test_our_signed_peer_record_goes_once_per_stream_not_in_every_rpc(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # py-libp2p puts it in every RPC and the receiver checks its signature
+    # each time (~0.1 ms): a third of a flood's bytes and CPU (issue 13).
+    import libp2p.pubsub.pubsub as pubsub_module
+
+    check = pubsub_module.maybe_consume_signed_record
+    records: list[bytes] = []
+
+    def counting(msg, host, peer_id):  # type: ignore[no-untyped-def]
+        if msg.HasField("senderRecord"):
+            records.append(msg.senderRecord)
+        return check(msg, host, peer_id)
+
+    monkeypatch.setattr(pubsub_module, "maybe_consume_signed_record", counting)
+    topic = "/p2psync/test/v1/records"
+    with trio.fail_after(20):
+        async with (
+            open_libp2p_host(seed("record-a"), LOOPBACK, 0) as a,
+            open_libp2p_host(seed("record-b"), LOOPBACK, 0) as b,
+        ):
+            await a.connect(loopback_addr(b))
+            await a.subscribe(topic)
+            sub_b = await b.subscribe(topic)
+            await a.wait_for_mesh_peer(topic, b.peer_id, 5)
+            for i in range(50):
+                assert await a.publish(topic, b"%d" % i)
+            for _ in range(50):
+                await sub_b.receive()
+            # Each side's stream carried its record once (at most twice, if
+            # both dialed a pubsub stream at once); 50 RPCs and more without.
+            assert 2 <= len(records) <= 4, len(records)
