@@ -46,6 +46,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from p2psync.net.addresses import interface_ipv4_addrs
+from p2psync.net.yamux_windows import grant_window_at_half
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def new_tcp_host(key_pair: KeyPair, listen: multiaddr.Multiaddr, **options: Any)
     Noise and yamux only, no mDNS or UPnP of py-libp2p's own, 0.0.0.0
     advertised as the interface addresses, and no auto-dialing (only
     ``connect()`` dials). ``options`` go to ``new_host`` as they are."""
+    grant_window_at_half()
     host = new_host(
         key_pair=key_pair,
         sec_opt=noise_only(key_pair),
@@ -370,16 +372,13 @@ class RoutedPubsub(Pubsub):
 
     def _record_once(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> rpc_pb2.RPC:
         """`rpc_msg`, without our peer record if this stream carried it lately."""
-        record = rpc_msg.senderRecord
-        if not record:
+        if not (record := rpc_msg.senderRecord):
             return rpc_msg
-        now = trio.current_time()
-        sent = self._records_sent.get(stream)
+        now, sent = trio.current_time(), self._records_sent.get(stream)
         if sent is None or sent[0] != record or now - sent[1] >= RECORD_RESEND_SECONDS:
             self._records_sent[stream] = (record, now)
             return rpc_msg
-        # A copy: py-libp2p writes one RPC object to several peers.
-        lean = rpc_pb2.RPC()
+        lean = rpc_pb2.RPC()  # a copy: py-libp2p writes one RPC to several peers
         lean.CopyFrom(rpc_msg)
         lean.ClearField("senderRecord")
         return lean

@@ -1,0 +1,25 @@
+"""Fewer yamux window updates: one per small RPC received, not three.
+
+py-libp2p's yamux (since its go-yamux auto-tuning) by default also sends a
+WINDOW_UPDATE frame after every read that releases bytes
+(``PY_YAMUX_RELEASE_ON_READ``, default on). Pubsub reads each RPC in three
+reads (two varint bytes, then the body), so every small RPC received cost
+three frames back: each a Noise encryption and a socket write here, and a
+read, a decryption and a wake-up of the read loop at the sender. With the
+knob off, the grant comes from py-libp2p's other paths (half a window
+consumed, or "partial slack": about once per RPC), and flow control still
+holds. Measured, two hosts, 3 000 messages of 278 bytes: 3.0 -> 1.0 updates
+per message, CPU per message 1 810 -> 1 422 us (issue 13).
+"""
+
+from __future__ import annotations
+
+import os
+
+RELEASE_ON_READ = "PY_YAMUX_RELEASE_ON_READ"
+
+
+def grant_window_at_half() -> None:
+    """Make py-libp2p's yamux send window updates go-yamux's way, unless the
+    operator set the knob (py-libp2p reads it on every read)."""
+    os.environ.setdefault(RELEASE_ON_READ, "0")
