@@ -46,6 +46,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from p2psync.net.addresses import interface_ipv4_addrs
+from p2psync.net.peer_record import RecordOnce, without_record
 from p2psync.net.yamux_windows import grant_window_at_half
 
 logger = logging.getLogger(__name__)
@@ -251,8 +252,6 @@ class P2psyncGossipSub(GossipSub):
 
 
 DEGREE_HIGH = 24
-# How often a stream carries our signed peer record again (RoutedPubsub).
-RECORD_RESEND_SECONDS = 600.0
 
 
 def new_gossipsub(on_drop: Callable[[str, int], None]) -> P2psyncGossipSub:
@@ -323,11 +322,8 @@ class RoutedPubsub(Pubsub):
       grow to 16 MiB) or a flood arrives faster than the reader takes it,
       pings took 1 to 3 s and more here and health checks cut busy, healthy
       peers. A peer whose data keeps arriving is alive.
-    - py-libp2p puts our signed peer record (213 bytes) in every RPC, and a
-      py-libp2p receiver checks it each time (108 us here): a third of a
-      flood's bytes. Here it goes once per stream, and again when it changes
-      or after ``RECORD_RESEND_SECONDS`` (receivers keep it 2 h). The field
-      is optional in gossipsub; go and js ignore it (issue 13).
+    - Our signed peer record rides in a stream's hello, not in every RPC
+      (``peer_record.py``).
     """
 
     def __init__(
@@ -348,10 +344,7 @@ class RoutedPubsub(Pubsub):
         self._write_locks: weakref.WeakKeyDictionary[INetStream, trio.Lock] = (
             weakref.WeakKeyDictionary()
         )
-        # Per stream: the peer record last sent on it, and when.
-        self._records_sent: weakref.WeakKeyDictionary[INetStream, tuple[bytes, float]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._records = RecordOnce()
 
     async def subscribe(self, topic_id: str) -> ISubscriptionAPI:
         # Before the announcement goes out: the peers' GRAFTs answer it.
@@ -368,20 +361,14 @@ class RoutedPubsub(Pubsub):
         if lock is None:
             lock = self._write_locks[stream] = trio.Lock()
         async with lock:
-            return await super().write_msg(stream, self._record_once(stream, rpc_msg))
-
-    def _record_once(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> rpc_pb2.RPC:
-        """`rpc_msg`, without our peer record if this stream carried it lately."""
-        if not (record := rpc_msg.senderRecord):
-            return rpc_msg
-        now, sent = trio.current_time(), self._records_sent.get(stream)
-        if sent is None or sent[0] != record or now - sent[1] >= RECORD_RESEND_SECONDS:
-            self._records_sent[stream] = (record, now)
-            return rpc_msg
-        lean = rpc_pb2.RPC()  # a copy: py-libp2p writes one RPC to several peers
-        lean.CopyFrom(rpc_msg)
-        lean.ClearField("senderRecord")
-        return lean
+            record, now = rpc_msg.senderRecord, trio.current_time()
+            hello = self.peers.get(stream.muxed_conn.peer_id) is stream
+            if record and self._records.carried(stream, record, now, hello=hello):
+                return await super().write_msg(stream, without_record(rpc_msg))
+            written = await super().write_msg(stream, rpc_msg)
+            if written and record:
+                self._records.written(stream, record, now)
+            return written
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         self._deliver(publish_message)
