@@ -26,6 +26,7 @@ RELEASE_ON_READ = "PY_YAMUX_RELEASE_ON_READ"
 
 
 def grant_window_at_half() -> None:
-    """Make py-libp2p's yamux send window updates go-yamux's way, unless the
-    operator set the knob (py-libp2p reads it on every read)."""
+    """Turn off py-libp2p's window update after every read, so grants come
+    at half a window or once per RPC, unless the operator set the knob
+    (py-libp2p reads it on every read)."""
     os.environ.setdefault(RELEASE_ON_READ, "0")
