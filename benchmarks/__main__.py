@@ -29,6 +29,7 @@ SCENARIOS = (
     "core",
     "scale",
 )
+_ABSENT = object()
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # What the table shows per scenario: (key, label, unit).
@@ -52,6 +53,19 @@ TABLE: dict[str, list[tuple[str, str, str]]] = {
         ("raw_p50_ms", "raw gossipsub p50", "ms"),
         ("raw_p99_ms", "raw gossipsub p99", "ms"),
         ("raw_max_ms", "raw gossipsub max", "ms"),
+        ("p50_ratio", "ratio p50 / raw p50", ""),
+        ("p99_ratio", "ratio p99 / raw p99", ""),
+        ("cpu_pct_sum", "CPU of our 5 nodes, summed", "% core"),
+        ("raw_cpu_pct_sum", "CPU of the 5 raw peers, summed", "% core"),
+        ("client_cpu_pct", "CPU of the POSTing client", "% core"),
+        ("light.rate", "light run: ops/s", ""),
+        ("light.p50_ms", "  p50 / raw p50", "ms"),
+        ("light.raw_p50_ms", "", "ms"),
+        ("light.p99_ms", "  p99 / raw p99", "ms"),
+        ("light.raw_p99_ms", "", "ms"),
+        ("light.p50_ratio", "  ratio p50", ""),
+        ("light.p99_ratio", "  ratio p99", ""),
+        ("light.missing", "  missing after settle", "entries"),
     ],
     "in_sync_round": [
         ("entries", "entries each side", ""),
@@ -170,8 +184,11 @@ def print_table(report: dict[str, Any]) -> None:
         if "error" in figures:
             lines.append(f"  ERROR: {figures['error']}")
         for key, label, unit in TABLE.get(name, []):
-            if key in figures:
-                lines.append(f"  {label:<38} {_fmt(figures[key]):>16} {unit}")
+            value: Any = figures
+            for part in key.split("."):  # "light.p50_ms": a figure of a sub-run
+                value = value.get(part, _ABSENT) if isinstance(value, dict) else _ABSENT
+            if value is not _ABSENT:
+                lines.append(f"  {label:<38} {_fmt(value):>16} {unit}")
     print("\n".join(lines), flush=True)
 
 

@@ -29,6 +29,7 @@ class Sizes:
     live_nodes: int
     live_rate: float  # ops per second at the creator
     live_seconds: float
+    live_light_rate: float  # a second run at a rate the machine carries
     in_sync_entries: int
     relay_nodes: int
     relay_entries: int
@@ -56,6 +57,7 @@ FULL = Sizes(
     live_nodes=5,
     live_rate=100.0,
     live_seconds=20.0,
+    live_light_rate=30.0,
     in_sync_entries=100_000,
     relay_nodes=5,
     relay_entries=10_000,
@@ -80,6 +82,7 @@ QUICK = Sizes(
     live_nodes=5,
     live_rate=100.0,
     live_seconds=5.0,
+    live_light_rate=30.0,
     in_sync_entries=20_000,
     relay_nodes=5,
     relay_entries=2_000,
@@ -262,6 +265,12 @@ class Nodes:
     def __exit__(self, *exc: object) -> None:
         for node in self.started:
             node.stop()
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:

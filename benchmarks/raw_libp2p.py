@@ -165,16 +165,38 @@ async def latency(args: argparse.Namespace) -> None:
             await _publish_paced(host, args)
             return
         latencies: list[float] = []
+        cpu = _CpuWindow()
         with trio.move_on_after(args.timeout):
             async for received in channel:
                 now = time.time()
                 stamp, _seq, kind = _HEAD.unpack_from(received.data)
                 if kind == END:
                     break
+                cpu.mark()
                 latencies.append((now - stamp) * 1000)
                 if len(latencies) >= int(args.rate * args.seconds):
                     break
-        _emit("RESULT", {"latencies_ms": [round(x, 3) for x in latencies]})
+        _emit("RESULT", {"latencies_ms": [round(x, 3) for x in latencies], "cpu_pct": cpu.pct()})
+
+
+class _CpuWindow:
+    """This process's CPU between the first and the last `mark()`, in % of one core."""
+
+    def __init__(self) -> None:
+        self._first: tuple[float, float] | None = None
+        self._last: tuple[float, float] | None = None
+
+    def mark(self) -> None:
+        now = (time.monotonic(), time.process_time())
+        if self._first is None:
+            self._first = now
+        self._last = now
+
+    def pct(self) -> float | None:
+        if self._first is None or self._last is None or self._last[0] <= self._first[0]:
+            return None
+        wall = self._last[0] - self._first[0]
+        return round(100 * (self._last[1] - self._first[1]) / wall, 1)
 
 
 async def _publish_paced(host: Any, args: argparse.Namespace) -> None:
@@ -185,17 +207,22 @@ async def _publish_paced(host: Any, args: argparse.Namespace) -> None:
     count = int(args.rate * args.seconds)
     start = trio.current_time()
     sent = refused = 0
+    cpu = _CpuWindow()
+    cpu.mark()
     for seq in range(count):
         await trio.sleep_until(start + seq / args.rate)
         result = await host.publish(TOPIC, _payload(time.time(), seq, args.size), timeout=1)
         sent += bool(result)
         refused += not result
+    await trio.sleep_until(start + count / args.rate)
+    cpu.mark()
     await trio.sleep(1.0)
     for _ in range(5):  # END is best effort too; receivers also stop on their timeout
         await host.publish(TOPIC, _payload(time.time(), count, args.size, END), timeout=1)
         await trio.sleep(0.1)
     await trio.sleep(1.0)
-    _emit("RESULT", {"published": sent, "refused": refused, "mesh": len(host.mesh_peers(TOPIC))})
+    mesh = len(host.mesh_peers(TOPIC))
+    _emit("RESULT", {"published": sent, "refused": refused, "mesh": mesh, "cpu_pct": cpu.pct()})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,7 +326,9 @@ def run_throughput(mode: str, count: int, size: int, timeout: float = 120) -> di
 def run_latency(
     nodes: int, rate: float, seconds: float, size: int, *, topology: str = "mesh"
 ) -> dict[str, Any]:
-    """One publisher and nodes-1 receivers; all latencies in ms.
+    """One publisher and nodes-1 receivers; all latencies in ms, and each
+    process's CPU over its window in % of one core (`cpu_pct`, publisher first:
+    while it publishes; a receiver: from its first message to its last).
 
     topology "mesh": every process dials every earlier one; "star": all dial the publisher.
     """
@@ -319,12 +348,16 @@ def run_latency(
             addrs.append(child.line("ADDR", 30))
         latencies: list[float] = []
         received: list[int] = []
+        cpu: list[float | None] = []
         for child in children[1:]:
-            got = child.result(timeout + 10)["latencies_ms"]
+            result = child.result(timeout + 10)
+            got = result["latencies_ms"]
             received.append(len(got))
             latencies.extend(got)
+            cpu.append(result.get("cpu_pct"))
         published = children[0].result(15)
-        return {"latencies_ms": latencies, "received": received, **published}
+        cpu.insert(0, published.pop("cpu_pct", None))
+        return {"latencies_ms": latencies, "received": received, "cpu_pct": cpu, **published}
     finally:
         for child in children:
             child.kill()
