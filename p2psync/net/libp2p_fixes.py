@@ -47,6 +47,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from p2psync.net.addresses import interface_ipv4_addrs
 from p2psync.net.peer_record import RecordOnce, without_record
+from p2psync.net.pubsub_receive import BufferedReads, LruValidationCache
 from p2psync.net.yamux_windows import grant_window_at_half
 
 logger = logging.getLogger(__name__)
@@ -324,6 +325,8 @@ class RoutedPubsub(Pubsub):
       peers. A peer whose data keeps arriving is alive.
     - Our signed peer record rides in a stream's hello, not in every RPC
       (``peer_record.py``).
+    - Reads are buffered and the validation cache is O(1) per message
+      (``pubsub_receive.py``).
     """
 
     def __init__(
@@ -345,6 +348,9 @@ class RoutedPubsub(Pubsub):
             weakref.WeakKeyDictionary()
         )
         self._records = RecordOnce()
+        self.validation_cache = LruValidationCache(
+            self.validation_cache.ttl, self.validation_cache.max_size
+        )
 
     async def subscribe(self, topic_id: str) -> ISubscriptionAPI:
         # Before the announcement goes out: the peers' GRAFTs answer it.
@@ -376,32 +382,15 @@ class RoutedPubsub(Pubsub):
     async def continuously_read_stream(self, stream: INetStream) -> None:
         peer_id = stream.muxed_conn.peer_id
         try:
-            await super().continuously_read_stream(cast(INetStream, _ReadWatcher(stream, self)))
+            await super().continuously_read_stream(
+                cast(INetStream, BufferedReads(stream, self.last_heard))
+            )
         except Exception as exc:
             logger.warning("unreadable pubsub stream from %s: %r", peer_id, exc)
             with contextlib.suppress(Exception):
                 await stream.reset()
             self._handle_dead_peer(peer_id)
             self._on_bad_stream(peer_id, type(exc).__name__)
-
-
-class _ReadWatcher:
-    """A pubsub stream as ``Pubsub.continuously_read_stream`` reads it, noting
-    in ``pubsub.last_heard`` each time bytes arrive."""
-
-    def __init__(self, stream: INetStream, pubsub: RoutedPubsub) -> None:
-        self._stream = stream
-        self._peer = stream.muxed_conn.peer_id
-        self._last_heard = pubsub.last_heard
-
-    async def read(self, n: int | None = None) -> bytes:
-        data = await self._stream.read(n)
-        if data:
-            self._last_heard[self._peer] = trio.current_time()
-        return data
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
 
 
 def send_targets(pubsub: Pubsub, router: GossipSub, topic: str) -> tuple[set[ID], str | None]:
