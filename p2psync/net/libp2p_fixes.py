@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 import weakref
+from collections import defaultdict
 from collections.abc import Callable, Container, Iterable
 from typing import Any, cast
 
@@ -235,6 +236,18 @@ class P2psyncGossipSub(GossipSub):
             self._on_drop(reason, len(rpc.publish))
         super()._handle_dropped_rpc(peer_id, rpc, reason)
 
+    def _perform_opportunistic_grafting(
+        self, topic: str, peers_to_graft: defaultdict[ID, list[str]]
+    ) -> int:
+        """Never: py-libp2p grafts up to 2 more peers at EVERY heartbeat while a
+        mesh holds D_low or more, and every peer of ours qualifies (nobody is
+        scored, all score 0), so meshes grew by 2 a second to D_high, were
+        pruned to D and grew again, or stayed complete: each live op went to
+        every peer and was forwarded by every peer. go-libp2p does it every 60
+        heartbeats, and only for a mesh whose median score fell below a
+        threshold; we do not score, so the mesh keeps to D_low..D_high."""
+        return 0
+
     async def handle_graft(self, graft_msg: rpc_pb2.ControlGraft, sender_peer_id: ID) -> None:
         self.forget_backoff(graft_msg.topicID, sender_peer_id)
         await super().handle_graft(graft_msg, sender_peer_id)
@@ -252,27 +265,26 @@ class P2psyncGossipSub(GossipSub):
             pruned_by.pop(topic, None)
 
 
-DEGREE_HIGH = 24
+DEGREE, DEGREE_LOW, DEGREE_HIGH = 6, 4, 12
 
 
 def new_gossipsub(on_drop: Callable[[str, int], None]) -> P2psyncGossipSub:
-    """The router: heartbeat 1 s, mesh degree 6 (low 4), default score
-    parameters (all thresholds -inf: scoring never gates our traffic).
+    """The router: heartbeat 1 s, mesh degree 6 (low 4, high 12: the gossipsub
+    spec's defaults), no opportunistic grafting, default score parameters
+    (all thresholds -inf: scoring never gates our traffic).
 
-    The high mark is 24, not 12: with 16 peers on a topic, inbound GRAFTs
-    pushed some meshes past 12, the prune cut them back to 6, which left
-    others below 4 and re-grafting: GRAFT/PRUNE churn on the live and query
-    topics every few heartbeats while idle (~2.4 control RPCs a second per
-    node, each a Noise frame and a signed peer record to check). Meshes still
-    start at 6 and average about 2 x 6 (our GRAFTs plus theirs).
+    The high mark was 24 for a while: with 12, meshes churned (GRAFT/PRUNE
+    every few heartbeats while idle, 16 peers). The churn was py-libp2p's
+    opportunistic grafting (``P2psyncGossipSub``), which also kept every
+    mesh complete; without it, 12 holds still.
 
     Adaptive gossip, spam and eclipse protection are off: with them on,
     throughput collapses to about 10 msg/s per topic.
     """
     return P2psyncGossipSub(
         protocols=list(GOSSIPSUB_PROTOCOLS),
-        degree=6,
-        degree_low=4,
+        degree=DEGREE,
+        degree_low=DEGREE_LOW,
         degree_high=DEGREE_HIGH,
         heartbeat_interval=HEARTBEAT_SECONDS,
         adaptive_gossip_enabled=False,

@@ -301,6 +301,8 @@ def delete_namespaces(created: list[str]) -> None:
 
 # POST n recipes to the node's API, a short pause between them; prints how
 # many were acknowledged (201).
+# The timeout is past OWN_HEAD_WAIT_SECONDS (10 s): a node's first write may
+# wait that long for a round with a peer, and through a lossy link it does.
 WRITE_SCRIPT = """
 import json, sys, time, urllib.request
 url, n, tag, pause = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
@@ -309,7 +311,7 @@ for k in range(n):
     body = json.dumps({"name": f"{tag} {k}", "ingredients": "salt", "instructions": "stir"})
     req = urllib.request.Request(url, data=body.encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as response:
+    with urllib.request.urlopen(req, timeout=30) as response:
         ok += response.status == 201
     time.sleep(pause)
 print(ok)

@@ -1,4 +1,5 @@
-"""The live topic's mesh holds still while idle: no GRAFT/PRUNE churn with many peers."""
+"""The live topic's mesh keeps to D_low..D_high (4..12) and holds still: no opportunistic
+grafting, so no GRAFT/PRUNE churn and no complete mesh with many peers (issue 13)."""
 
 from __future__ import annotations
 
@@ -24,14 +25,23 @@ def _router_with_mesh(size: int, subscribers: int):  # type: ignore[no-untyped-d
     return router
 
 
-def test_a_mesh_that_inbound_grafts_grew_past_twelve_is_not_pruned() -> None:
-    # 15 peers each grafting 6: inbound GRAFTs push some meshes to 13..16.
-    # Pruned back to 6 at once (py-libp2p's default high mark of 12), those
-    # peers fell below 4 elsewhere and re-grafted: churn every few heartbeats.
-    router = _router_with_mesh(16, 16)
-    to_graft, to_prune = router.mesh_heartbeat()
-    assert not to_prune and not to_graft
-    assert len(router.mesh[TOPIC]) == 16
+def test_a_mesh_at_its_low_mark_or_above_gets_no_more_peers() -> None:
+    # py-libp2p grafted up to 2 more peers at every heartbeat while a mesh was
+    # at 4 or more (its "opportunistic grafting"; every peer of ours scores 0,
+    # so all qualified): meshes grew to the high mark, were pruned to 6, grew
+    # again, and with a high mark above the peer count stayed complete.
+    for size in (4, 6, 12):
+        router = _router_with_mesh(size, 16)
+        to_graft, to_prune = router.mesh_heartbeat()
+        assert not to_graft and not to_prune
+        assert len(router.mesh[TOPIC]) == size
+
+
+def test_a_mesh_that_inbound_grafts_grew_past_twelve_is_pruned_to_six() -> None:
+    # The spec's high mark: without opportunistic grafting it no longer churns.
+    router = _router_with_mesh(13, 16)
+    _, to_prune = router.mesh_heartbeat()
+    assert len(to_prune) == 7 and len(router.mesh[TOPIC]) == 6
 
 
 def test_a_thin_mesh_is_still_grafted_up_and_a_huge_one_pruned() -> None:
