@@ -249,7 +249,15 @@ class P2psyncGossipSub(GossipSub):
         return 0
 
     async def handle_graft(self, graft_msg: rpc_pb2.ControlGraft, sender_peer_id: ID) -> None:
-        self.forget_backoff(graft_msg.topicID, sender_peer_id)
+        topic = graft_msg.topicID
+        mesh = self.mesh.get(topic)
+        if mesh is not None and sender_peer_id not in mesh and len(mesh) >= self.degree_high:
+            # go-libp2p's rule: a full mesh takes no more. py-libp2p took every
+            # GRAFT and pruned at random later, so fresh keys grafting at once
+            # could push honest peers out (and into 60 s of back-off).
+            await self.emit_prune(topic, sender_peer_id, False, False)
+            return
+        self.forget_backoff(topic, sender_peer_id)
         await super().handle_graft(graft_msg, sender_peer_id)
 
     def forget_backoff(self, topic: str, peer: ID | None = None) -> None:
@@ -276,7 +284,7 @@ def new_gossipsub(on_drop: Callable[[str, int], None]) -> P2psyncGossipSub:
     The high mark was 24 for a while: with 12, meshes churned (GRAFT/PRUNE
     every few heartbeats while idle, 16 peers). The churn was py-libp2p's
     opportunistic grafting (``P2psyncGossipSub``), which also kept every
-    mesh complete; without it, 12 holds still.
+    mesh complete; without it, 12 and 24 measured the same idle cost.
 
     Adaptive gossip, spam and eclipse protection are off: with them on,
     throughput collapses to about 10 msg/s per topic.

@@ -3,13 +3,16 @@
 - ``BufferedReads``: py-libp2p reads an RPC in two or three stream reads (its
   varint length a byte at a time, then the body), and each goes through the
   stream's state lock and yamux's ``read_stream`` (a lock and three debug
-  f-strings built whether logged or not). Here one read takes whatever yamux
-  holds for the stream, often several RPCs, and the parser's small reads are
-  served from it, each still a checkpoint so messages keep their order.
+  f-strings built whether logged or not). Here one read takes up to
+  ``READ_CHUNK`` bytes of what yamux holds for the stream, often several
+  RPCs, and the parser's small reads are served from it, each still a
+  checkpoint so messages keep their order.
 - ``LruValidationCache``: py-libp2p's ``ValidationCache`` keeps its LRU order
   in a list and scans it on every put and hit (``in``, ``remove``,
   ``pop(0)``: up to 1 000 ids compared per message once full). Same rules
-  here, in an ordered dict.
+  here, in an ordered dict, except that a refusal is not remembered: our
+  pair-topic validator refuses a message for who forwarded it, and a
+  refusal cached under the message id dropped the genuine copy after it.
 """
 
 from __future__ import annotations
@@ -23,14 +26,19 @@ from libp2p.abc import INetStream
 from libp2p.peer.id import ID
 from libp2p.pubsub.pubsub import ValidationCache, ValidationResult
 
+# A sized read returns at once with what yamux holds, up to this. An unsized
+# one loops until the stream's buffer is empty, handing the peer its window
+# back as it goes: a peer that keeps sending could keep it from returning
+# while it grew without bound.
+READ_CHUNK = 64 * 1024
+
 
 class BufferedReads:
     """A pubsub stream as ``Pubsub.continuously_read_stream`` reads it:
     buffered, and noting in ``last_heard[peer]`` (trio time) when bytes arrive.
 
-    What is buffered is what yamux already held for this stream (at most its
-    receive window): nothing is read ahead of the peer's credit, and the size
-    limit still applies to each RPC as the parser reads its length.
+    At most ``READ_CHUNK`` bytes are held here, and the size limit still
+    applies to each RPC as the parser reads its length.
     """
 
     def __init__(self, stream: INetStream, last_heard: dict[ID, float]) -> None:
@@ -44,7 +52,7 @@ class BufferedReads:
         if n == 0:
             return b""
         if self._at >= len(self._buffer):
-            self._buffer, self._at = await self._stream.read(), 0
+            self._buffer, self._at = await self._stream.read(READ_CHUNK), 0
             if not self._buffer:
                 return b""  # the end: the parser raises IncompleteReadError, as before
             self._last_heard[self._peer] = trio.current_time()
@@ -81,6 +89,8 @@ class LruValidationCache(ValidationCache):
         return result
 
     def put(self, msg_id: bytes, result: ValidationResult) -> None:
+        if not result.is_valid:
+            return  # validity may depend on the forwarder: ask again next time
         while len(self.cache) >= self.max_size and self._order:
             oldest, _ = self._order.popitem(last=False)
             self.cache.pop(oldest, None)

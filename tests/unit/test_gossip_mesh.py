@@ -51,3 +51,22 @@ def test_a_thin_mesh_is_still_grafted_up_and_a_huge_one_pruned() -> None:
     huge = _router_with_mesh(30, 30)
     _, to_prune = huge.mesh_heartbeat()
     assert len(to_prune) == 24 and len(huge.mesh[TOPIC]) == 6
+
+
+async def test_a_full_mesh_refuses_a_graft_instead_of_pruning_at_random_later() -> None:
+    # Keys cost nothing: py-libp2p took every GRAFT and pruned back to 6 at
+    # random, so a dozen fresh keys grafting at once could push honest peers
+    # out. As go-libp2p does, a mesh at its high mark answers with a PRUNE.
+    from libp2p.pubsub.pb import rpc_pb2
+
+    router = _router_with_mesh(12, 20)
+    pruned: list[tuple[str, ID]] = []
+
+    async def emit_prune(topic: str, peer: ID, do_px: bool, is_unsubscribe: bool) -> None:
+        pruned.append((topic, peer))
+
+    router.emit_prune = emit_prune  # type: ignore[method-assign]
+    stranger = _peer(19)
+    await router.handle_graft(rpc_pb2.ControlGraft(topicID=TOPIC), stranger)
+    assert pruned == [(TOPIC, stranger)]
+    assert stranger not in router.mesh[TOPIC] and len(router.mesh[TOPIC]) == 12

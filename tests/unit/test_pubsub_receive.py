@@ -22,7 +22,7 @@ from libp2p.utils.varint import (
     read_varint_prefixed_bytes_limited,
 )
 
-from p2psync.net.pubsub_receive import BufferedReads, LruValidationCache
+from p2psync.net.pubsub_receive import READ_CHUNK, BufferedReads, LruValidationCache
 
 
 class _Conn:
@@ -71,7 +71,7 @@ async def test_rpcs_that_arrived_together_cost_one_stream_read() -> None:
     assert got == bodies
     # Unbuffered, py-libp2p's parser read the stream 3 times per RPC: 15 here.
     assert len(stream.reads) == 1
-    assert stream.reads == [None]  # "whatever the stream holds"
+    assert stream.reads == [READ_CHUNK]  # sized: an unsized yamux read is unbounded
     assert "peer-a" in pubsub.last_heard  # the liveness check sees the peer speak
 
 
@@ -122,7 +122,7 @@ def test_the_validation_cache_keeps_py_libp2ps_rules() -> None:
     cache.put(b"d", _result())  # full: the least recently used (b) goes
     assert cache.get(b"b") is None
     assert {k for k in (b"a", b"c", b"d") if cache.get(k) is not None} == {b"a", b"c", b"d"}
-    cache.put(b"e", _result(valid=False, age=301))  # full again: a goes; e is stale
+    cache.put(b"e", _result(age=301))  # full again: a goes; e is stale
     assert cache.get(b"a") is None
     assert cache.get(b"e") is None  # stale results are not served, and are dropped
     assert set(cache.cache) == {b"c", b"d"}
@@ -137,8 +137,18 @@ def test_the_validation_cache_does_not_scan_a_list_per_message() -> None:
     cache = LruValidationCache(ttl=300, max_size=1000)
     for i in range(5000):
         cache.put(i.to_bytes(8, "big"), _result())
-    assert len(cache.cache) == 1000
+    assert len(cache.cache) == 1000 == len(cache._order)
     assert cache.access_order == []  # the base class's list is never filled
+
+
+def test_a_refusal_is_not_cached_under_the_message_id() -> None:
+    # A pair-topic message is refused when the wrong peer forwards it; cached,
+    # that refusal dropped the genuine copy from the pair peer after it.
+    cache = LruValidationCache(ttl=300, max_size=10)
+    cache.put(b"m", _result(valid=False))
+    assert cache.get(b"m") is None
+    cache.put(b"m", _result(valid=True))
+    assert cache.get(b"m") is not None
 
 
 async def test_a_read_served_from_the_buffer_is_still_a_checkpoint() -> None:
@@ -150,3 +160,12 @@ async def test_a_read_served_from_the_buffer_is_still_a_checkpoint() -> None:
     assert await read_varint_prefixed_bytes_limited(reader, 1 << 20) == b"first"
     with trio.testing.assert_checkpoints():
         assert await reader.read(1) == bytes([len(b"second")])
+
+
+async def test_a_stream_holding_more_than_a_chunk_is_read_a_chunk_at_a_time() -> None:
+    big = [b"q" * 50_000 for _ in range(4)]
+    stream = _Stream([_framed(*big)])
+    reader = _watcher(stream, _Pubsub())
+    assert [await read_varint_prefixed_bytes_limited(reader, 1 << 20) for _ in big] == big
+    assert all(n == READ_CHUNK for n in stream.reads)
+    assert len(stream.reads) == -(-len(_framed(*big)) // READ_CHUNK)
