@@ -42,13 +42,13 @@ from benchmarks.common import (
     histogram,
     log_stats,
     parse_metrics,
-    process_cpu_s,
     quantile,
     rounded,
     sum_buckets,
     wait_until,
 )
 from benchmarks.raw_libp2p import run_latency
+from benchmarks.scale import cpu_seconds
 
 KEYS = ("p50_ms", "p99_ms", "max_ms", "missing", "raw_p50_ms", "raw_p99_ms")
 HISTOGRAM = "p2psync_op_apply_latency_seconds"
@@ -107,13 +107,13 @@ def _measure(ctx: Context, name: str, rate: float, window: float) -> dict[str, A
         made_before = creator.status()["entries"]
         before = [_snapshot(n) for n in receivers]
         pids = [creator.proc.pid] + [n.proc.pid for n in receivers]
-        cpu_before = [process_cpu_s(pid) for pid in pids]
+        cpu_before = [cpu_seconds(pid) for pid in pids]
         client_before = time.process_time()
         t0 = time.monotonic()
         failed_posts = _create_paced(creator, rate, window)
         elapsed = time.monotonic() - t0
         client_cpu = time.process_time() - client_before
-        cpu_after = [process_cpu_s(pid) for pid in pids]
+        cpu_after = [cpu_seconds(pid) for pid in pids]
         made_after = creator.status()["entries"]
         time.sleep(1.0)  # the last ops' way through the mesh
         after = [_snapshot(n) for n in receivers]
