@@ -28,7 +28,8 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.rpc_queue import DefaultMaxMessageSize
 
-from p2psync.net.libp2p_fixes import RoutedPubsub, new_gossipsub, send_targets
+from p2psync.net.libp2p_fixes import RoutedPubsub, send_targets
+from p2psync.net.router import new_gossipsub
 
 __all__ = ["ENVELOPE_HEADROOM", "Gossip", "PublishResult", "Received"]
 

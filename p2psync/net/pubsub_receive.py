@@ -1,12 +1,16 @@
-"""The receive path of a pubsub stream, without two per-message costs of py-libp2p.
+"""The receive path of a pubsub stream, without three per-message costs of py-libp2p.
 
+- ``read_rpcs``: py-libp2p's read loop spawned a task through its service
+  manager for every message it parsed (about a fifth of a message's CPU
+  here, and the tasks of one batch ran in either order); here each is
+  handled in line, in the order it came.
 - ``BufferedReads``: py-libp2p reads an RPC in two or three stream reads (its
   varint length a byte at a time, then the body), and each goes through the
   stream's state lock and yamux's ``read_stream`` (a lock and three debug
   f-strings built whether logged or not). Here one read takes up to
   ``READ_CHUNK`` bytes of what yamux holds for the stream, often several
   RPCs, and the parser's small reads are served from it, each still a
-  checkpoint so messages keep their order.
+  checkpoint.
 - ``LruValidationCache``: py-libp2p's ``ValidationCache`` keeps its LRU order
   in a list and scans it on every put and hit (``in``, ``remove``,
   ``pop(0)``: up to 1 000 ids compared per message once full). Same rules
@@ -17,14 +21,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 
 import trio
 from libp2p.abc import INetStream
+from libp2p.io.abc import Reader
+from libp2p.io.exceptions import IOException, MessageTooLarge
+from libp2p.network.connection.exceptions import RawConnError
+from libp2p.network.stream.exceptions import StreamEOF, StreamError
 from libp2p.peer.id import ID
-from libp2p.pubsub.pubsub import ValidationCache, ValidationResult
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub, ValidationCache, ValidationResult
+from libp2p.pubsub.utils import maybe_consume_signed_record
+from libp2p.utils.varint import read_varint_prefixed_bytes_limited
+
+logger = logging.getLogger(__name__)
 
 # A sized read returns at once with what yamux holds, up to this. An unsized
 # one loops until the stream's buffer is empty, handing the peer its window
@@ -34,7 +49,7 @@ READ_CHUNK = 64 * 1024
 
 
 class BufferedReads:
-    """A pubsub stream as ``Pubsub.continuously_read_stream`` reads it:
+    """A pubsub stream as ``read_rpcs`` reads it:
     buffered, and noting in ``last_heard[peer]`` (trio time) when bytes arrive.
 
     At most ``READ_CHUNK`` bytes are held here, and the size limit still
@@ -57,10 +72,8 @@ class BufferedReads:
                 return b""  # the end: the parser raises IncompleteReadError, as before
             self._last_heard[self._peer] = trio.current_time()
         else:
-            # A read is still a checkpoint. py-libp2p spawns a task per message
-            # it parses, and trio runs the tasks of one batch in either order:
-            # parsed without yielding, a peer's messages were delivered and
-            # forwarded out of order.
+            # A read is still a checkpoint: handling what one read brought
+            # (up to READ_CHUNK of small RPCs) must not hold the event loop.
             await trio.lowlevel.checkpoint()
         start = self._at
         end = len(self._buffer) if n is None or n < 0 else min(len(self._buffer), start + n)
@@ -69,6 +82,52 @@ class BufferedReads:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+async def read_rpcs(pubsub: Pubsub, stream: INetStream, last_heard: dict[ID, float]) -> None:
+    """``Pubsub.continuously_read_stream``, each message handled in line.
+
+    py-libp2p spawns a task (through its service manager) for every message
+    it parses and lets the tasks run in any order; here each is pushed
+    (checked, delivered, forwarded) before the next RPC is parsed, in the
+    order the peer sent them. Nothing in a push waits on the network (a
+    forward is queued, a full queue drops), so a slow peer cannot stall
+    this loop, and each served read is a checkpoint, so a peer whose RPCs
+    fill the buffer does not hold the event loop either. An error escapes to
+    the caller, which drops the stream and blames the peer.
+    """
+    peer_id = stream.muxed_conn.peer_id
+    reads = cast(Reader, BufferedReads(stream, last_heard))
+    try:
+        while pubsub.manager.is_running:
+            incoming = await read_varint_prefixed_bytes_limited(reads, pubsub.max_inbound_rpc_size)
+            rpc = rpc_pb2.RPC()
+            rpc.ParseFromString(incoming)
+            if not maybe_consume_signed_record(rpc, pubsub.host, peer_id):
+                logger.debug("RPC from %s ignored: its peer record is invalid", peer_id)
+                continue
+            for msg in rpc.publish:
+                if pubsub._is_subscribed_to_msg(msg):
+                    await pubsub.push_msg(peer_id, msg)
+            if len(rpc.subscriptions) > pubsub.max_subscriptions_per_rpc:
+                logger.warning(
+                    "%s announced %d subscriptions in one RPC (limit %d): ignored",
+                    peer_id,
+                    len(rpc.subscriptions),
+                    pubsub.max_subscriptions_per_rpc,
+                )
+            else:
+                for subscription in rpc.subscriptions:
+                    pubsub.handle_subscription(peer_id, subscription)
+            if rpc.HasField("control"):
+                await pubsub.router.handle_rpc(rpc, peer_id)
+    except MessageTooLarge as exc:
+        logger.warning("pubsub RPC from %s over the size limit: %s", peer_id, exc)
+        with contextlib.suppress(Exception):
+            await stream.reset()
+        pubsub._handle_dead_peer(peer_id)
+    except (StreamEOF, StreamError, IOException, RawConnError):
+        pass  # the stream or connection closed: py-libp2p's own loop ends quietly too
 
 
 class LruValidationCache(ValidationCache):

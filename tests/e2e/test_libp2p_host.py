@@ -364,7 +364,7 @@ async def test_our_signed_peer_record_goes_once_per_stream_not_in_every_rpc(
 ) -> None:
     # py-libp2p puts it in every RPC and the receiver checks its signature
     # each time (~0.1 ms): a third of a flood's bytes and CPU (issue 13).
-    import libp2p.pubsub.pubsub as pubsub_module
+    import p2psync.net.pubsub_receive as pubsub_module  # the read loop that checks records
 
     check = pubsub_module.maybe_consume_signed_record
     records: list[object] = []

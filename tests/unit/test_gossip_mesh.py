@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from libp2p.peer.id import ID
 
-from p2psync.net.libp2p_fixes import new_gossipsub
+from p2psync.net.router import new_gossipsub
 
 TOPIC = "/p2psync/default/v3/live"
 

@@ -1,0 +1,133 @@
+"""The gossipsub router p2psync runs: py-libp2p's ``GossipSub`` with its mesh
+rules corrected and its per-message work trimmed (issue 13).
+
+``new_gossipsub`` is the one way to make it; ``libp2p_fixes.RoutedPubsub``
+drives it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID as MESHSUB_V10
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as MESHSUB_V11
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+
+HEARTBEAT_SECONDS = 1
+
+# Only /meshsub/1.1.0 and 1.0.0: on 1.2.0 py sends an IDONTWANT RPC to every
+# mesh peer for every message, even 200-byte ones and its own publishes, which
+# doubles the RPCs per message and cut one-process throughput from about 570
+# to 250 msg/s here.
+GOSSIPSUB_PROTOCOLS = (MESHSUB_V11, MESHSUB_V10)
+
+
+class P2psyncGossipSub(GossipSub):
+    """The router, with these corrections.
+
+    - Drops inside the router (forwarded messages, races) are only logged at
+      DEBUG by py-libp2p; this reports them through ``on_drop(reason, count)``.
+    - Mesh back-off never blocks a pair topic for long. py-libp2p keeps a
+      peer's back-off per topic (``back_off``: 10 s after an unsubscribe PRUNE,
+      60 s after any other) across unsubscribe/subscribe and even across
+      reconnects (``remove_peer`` leaves it), and it refuses a GRAFT that
+      comes during back-off or within 10 s of that peer's own PRUNE ("GRAFT
+      flood", ``graft_flood_tracking``, checked whatever
+      ``spam_protection_enabled`` says) with a PRUNE that stretches the
+      back-off to 60 s on both sides. A sync session that ends and starts
+      again (a reconnect, a resumed session) unsubscribes and resubscribes
+      its pair topic, and its GRAFT goes out before its subscription (control
+      RPCs jump the queue), so the two peers could not re-form that mesh for
+      10 to 60 s: measured 9.5 s for every resubscribe here, and a minute
+      after a GRAFT crossed the back-off, sessions connected but silent. So a
+      GRAFT is taken on its merits (``handle_graft`` forgets the sender's
+      back-off first), and ``forget_backoff`` also runs when a peer announces
+      a subscription and when we subscribe (``RoutedPubsub``): a
+      (re)subscription starts the membership afresh. Our own heartbeat still
+      respects back-off, so a peer we PRUNEd is not grafted straight back.
+    - No peer scoring. py-libp2p always builds a ``PeerScorer``, with
+      default parameters (every weight 0, every threshold -inf) when none
+      are given, so it never gates anything, yet it was asked on every
+      message (the publish gate for the forwarder, the gossip and graylist
+      gates for each mesh peer, a first-delivery count) and decayed every
+      peer's counters at each heartbeat. Without it (``scorer = None``, which
+      every call site of py-libp2p checks) nothing is decided differently.
+    """
+
+    def __init__(self, *args: Any, on_drop: Callable[[str, int], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_drop = on_drop
+        self.scorer = None
+
+    def _handle_dropped_rpc(self, peer_id: ID, rpc: rpc_pb2.RPC, reason: str) -> None:
+        if len(rpc.publish):
+            self._on_drop(reason, len(rpc.publish))
+        super()._handle_dropped_rpc(peer_id, rpc, reason)
+
+    def _perform_opportunistic_grafting(
+        self, topic: str, peers_to_graft: defaultdict[ID, list[str]]
+    ) -> int:
+        """Never: py-libp2p grafts up to 2 more peers at EVERY heartbeat while a
+        mesh holds D_low or more, and every peer of ours qualifies (nobody is
+        scored, all score 0), so meshes grew by 2 a second to D_high, were
+        pruned to D and grew again, or stayed complete: each live op went to
+        every peer and was forwarded by every peer. go-libp2p does it every 60
+        heartbeats, and only for a mesh whose median score fell below a
+        threshold; we do not score, so the mesh keeps to D_low..D_high."""
+        return 0
+
+    async def handle_graft(self, graft_msg: rpc_pb2.ControlGraft, sender_peer_id: ID) -> None:
+        topic = graft_msg.topicID
+        mesh = self.mesh.get(topic)
+        if mesh is not None and sender_peer_id not in mesh and len(mesh) >= self.degree_high:
+            # go-libp2p's rule: a full mesh takes no more. py-libp2p took every
+            # GRAFT and pruned at random later, so fresh keys grafting at once
+            # could push honest peers out (and into 60 s of back-off).
+            await self.emit_prune(topic, sender_peer_id, False, False)
+            return
+        self.forget_backoff(topic, sender_peer_id)
+        await super().handle_graft(graft_msg, sender_peer_id)
+
+    def forget_backoff(self, topic: str, peer: ID | None = None) -> None:
+        """Drop back-off and GRAFT-flood state for ``peer`` (every peer if None) on ``topic``."""
+        if peer is None:
+            self.back_off.pop(topic, None)
+            for pruned in self.graft_flood_tracking.values():
+                pruned.pop(topic, None)
+            return
+        self.back_off.get(topic, {}).pop(peer, None)
+        pruned_by = self.graft_flood_tracking.get(peer)
+        if pruned_by is not None:
+            pruned_by.pop(topic, None)
+
+
+DEGREE, DEGREE_LOW, DEGREE_HIGH = 6, 4, 12
+
+
+def new_gossipsub(on_drop: Callable[[str, int], None]) -> P2psyncGossipSub:
+    """The router: heartbeat 1 s, mesh degree 6 (low 4, high 12: the gossipsub
+    spec's defaults), no opportunistic grafting, no peer scoring.
+
+    The high mark was 24 for a while: with 12, meshes churned (GRAFT/PRUNE
+    every few heartbeats while idle, 16 peers). The churn was py-libp2p's
+    opportunistic grafting (``P2psyncGossipSub``), which also kept every
+    mesh complete; without it, 12 and 24 measured the same idle cost.
+
+    Adaptive gossip, spam and eclipse protection are off: with them on,
+    throughput collapses to about 10 msg/s per topic.
+    """
+    return P2psyncGossipSub(
+        protocols=list(GOSSIPSUB_PROTOCOLS),
+        degree=DEGREE,
+        degree_low=DEGREE_LOW,
+        degree_high=DEGREE_HIGH,
+        heartbeat_interval=HEARTBEAT_SECONDS,
+        adaptive_gossip_enabled=False,
+        spam_protection_enabled=False,
+        eclipse_protection_enabled=False,
+        on_drop=on_drop,
+    )

@@ -1,0 +1,72 @@
+"""Work py-libp2p did on every message that decided nothing (issue 13).
+
+- The router asked a peer scorer built with default parameters (every weight
+  0, every threshold -inf) on every message and for every mesh peer.
+- Our own publication went through the checks meant for a message from
+  elsewhere: the signature just made was verified again (about 90 us).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import libp2p.pubsub.pubsub as pubsub_module
+import pytest
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.validators import signature_validator
+
+from p2psync.net.libp2p_fixes import RoutedPubsub
+from p2psync.net.router import new_gossipsub
+
+
+def test_the_router_does_not_score_peers() -> None:
+    # With py-libp2p's default scorer nothing was ever gated (thresholds
+    # -inf), yet each message paid for the gates and each heartbeat decayed
+    # every peer's counters. Every call site checks `scorer is not None`.
+    router = new_gossipsub(on_drop=lambda reason, count: None)
+    assert router.scorer is None
+
+
+async def test_our_own_publication_is_signed_delivered_and_routed_without_reverifying(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = new_host(key_pair=create_new_key_pair(secrets.token_bytes(32)))
+    router = new_gossipsub(on_drop=lambda reason, count: None)
+    delivered: list[rpc_pb2.Message] = []
+    pubsub = RoutedPubsub(
+        host,
+        router,
+        deliver=delivered.append,
+        on_bad_stream=lambda peer, reason: None,
+        strict_signing=True,
+    )
+    routed: list[tuple[Any, rpc_pb2.Message]] = []
+
+    async def route(forwarder: Any, msg: rpc_pb2.Message) -> None:
+        routed.append((forwarder, msg))
+
+    monkeypatch.setattr(router, "publish", route)
+    verified: list[rpc_pb2.Message] = []
+    real_validator = pubsub_module.signature_validator
+
+    def counting_validator(msg: rpc_pb2.Message) -> bool:
+        verified.append(msg)
+        return real_validator(msg)
+
+    monkeypatch.setattr(pubsub_module, "signature_validator", counting_validator)
+
+    await pubsub.publish("topic", b"hello")
+    await pubsub.publish("topic", b"again")
+
+    assert verified == []  # py-libp2p's push_msg verified each one it had just signed
+    assert [msg.data for _, msg in routed] == [b"hello", b"again"]
+    assert all(forwarder == host.get_id() for forwarder, _ in routed)
+    first, second = (msg for _, msg in routed)
+    assert signature_validator(first) and signature_validator(second)  # peers will accept them
+    assert first.from_id == host.get_id().to_bytes()
+    assert int.from_bytes(second.seqno, "big") == int.from_bytes(first.seqno, "big") + 1
+    assert pubsub._is_msg_seen(first)  # a copy forwarded back to us is a duplicate
+    assert delivered == [first, second]
