@@ -9,14 +9,17 @@
 from __future__ import annotations
 
 import secrets
+from types import SimpleNamespace
 from typing import Any
 
 import libp2p.pubsub.pubsub as pubsub_module
 import pytest
+import trio
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.validators import signature_validator
+from libp2p.utils.varint import encode_uvarint
 
 from p2psync.net.libp2p_fixes import RoutedPubsub
 from p2psync.net.router import new_gossipsub
@@ -70,3 +73,58 @@ async def test_our_own_publication_is_signed_delivered_and_routed_without_reveri
     assert int.from_bytes(second.seqno, "big") == int.from_bytes(first.seqno, "big") + 1
     assert pubsub._is_msg_seen(first)  # a copy forwarded back to us is a duplicate
     assert delivered == [first, second]
+
+
+class _Conn:
+    def __init__(self, peer: Any) -> None:
+        self.peer_id = peer
+
+
+class _OneRpcStream:
+    def __init__(self, peer: Any, rpc: rpc_pb2.RPC) -> None:
+        self.muxed_conn = _Conn(peer)
+        body = rpc.SerializeToString()
+        self._chunks = [encode_uvarint(len(body)) + body]
+        self.was_reset = False
+
+    async def read(self, n: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self._chunks.pop(0) if self._chunks else b""
+
+    async def reset(self) -> None:
+        self.was_reset = True
+
+
+async def test_a_message_that_makes_py_libp2p_raise_costs_its_sender_the_stream_not_pubsub(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An unparsable key makes py-libp2p's signature check raise. In its
+    # per-message task the error cancelled the whole pubsub service (a
+    # throwaway key could take every node's gossip down); handled in line, it
+    # reaches RoutedPubsub's read loop guard: that stream is reset and the
+    # owner told, who disconnects the sender.
+    host = new_host(key_pair=create_new_key_pair(secrets.token_bytes(32)))
+    bad: list[tuple[Any, str]] = []
+    pubsub = RoutedPubsub(
+        host,
+        new_gossipsub(on_drop=lambda reason, count: None),
+        deliver=lambda msg: None,
+        on_bad_stream=lambda peer, reason: bad.append((peer, reason)),
+        strict_signing=True,
+    )
+
+    def spawn(*args: Any) -> None:  # py-libp2p's way: an error there cancelled the service
+        raise AssertionError("a task spawned for a message")
+
+    manager = SimpleNamespace(is_running=True, run_task=spawn)
+    monkeypatch.setattr(pubsub, "_manager", manager, raising=False)
+    monkeypatch.setattr(pubsub, "_is_subscribed_to_msg", lambda msg: True)
+    sender = new_host(key_pair=create_new_key_pair(secrets.token_bytes(32))).get_id()
+    garbage = rpc_pb2.Message(
+        data=b"x", topicIDs=["t"], from_id=b"\x01garbage", seqno=b"\x00" * 8, key=b"\xff\x00"
+    )
+    garbage.signature = b"s" * 64
+    stream = _OneRpcStream(sender, rpc_pb2.RPC(publish=[garbage]))
+    await pubsub.continuously_read_stream(stream)  # type: ignore[arg-type]
+    assert stream.was_reset
+    assert bad == [(sender, "DecodeError")]
