@@ -1,32 +1,59 @@
-"""Fewer yamux window updates: one per small RPC received, not three.
+"""Yamux window updates at half a window, as go-yamux sends them, not per read.
 
-py-libp2p's yamux (since its go-yamux auto-tuning) by default also sends a
-WINDOW_UPDATE frame after every read that releases bytes
-(``PY_YAMUX_RELEASE_ON_READ``, default on). Pubsub reads each RPC in three
-reads (two varint bytes, then the body), so every small RPC received cost
-three frames back: each a Noise encryption and a socket write here, and a
-read, a decryption and a wake-up of the read loop at the sender. With the
-knob off, the grant comes from py-libp2p's other paths (half a window
-consumed, or "partial slack": about once per RPC), and flow control still
-holds: after every read the sender's credit is at least the target window
-less what is still unread. (A grant is counted before its frame is written;
-a read cancelled in that write loses it. With the knob on, later reads would
-grant those bytes again; here nothing cancels a read and keeps the stream:
-pubsub, the relay and yamux's own timeout close it.) Measured, two hosts,
-3 000 messages of 278 bytes: 3.0 -> 1.0 updates per message, CPU per
-message 1 810 -> 1 422 us (issue 13). The variable is process-wide and
-children inherit it.
+py-libp2p's yamux (since its go-yamux auto-tuning) sends a WINDOW_UPDATE
+frame after every read that releases bytes: directly when
+``PY_YAMUX_RELEASE_ON_READ`` is on (its default), and otherwise through its
+own "partial slack" branch, which grants whatever was consumed whenever
+anything was. Each update is a yamux frame back to the sender: a Noise
+encryption and a socket write here, a read, a decryption and a wake-up of
+the read loop there. With pubsub RPCs of a few hundred bytes that was one
+frame back per RPC received, 8-9 % of a receiving node's CPU in the live
+scenario (py-spy, issue 13), and before the knob was turned off, three.
+
+Here a stream grants credit only once at least half its target window has
+been consumed (go-yamux's ``sendWindowUpdate`` hysteresis, which py-libp2p
+also implements: we only drop the branches that bypass it). Flow control
+holds: what the sender may still send is at least the target window less
+what is unread and less what was consumed since the last grant (under half
+a window), so a reader that keeps reading never leaves the sender without
+credit; py-libp2p's writer sends partial frames to fit its credit. Every
+implementation of yamux accepts updates of any size at any time.
+
+An operator who sets ``PY_YAMUX_RELEASE_ON_READ`` or
+``PY_YAMUX_DISABLE_HYSTERESIS`` gets py-libp2p's own behaviour back.
 """
 
 from __future__ import annotations
 
 import os
 
-RELEASE_ON_READ = "PY_YAMUX_RELEASE_ON_READ"
+from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+OPERATOR_KNOBS = ("PY_YAMUX_RELEASE_ON_READ", "PY_YAMUX_DISABLE_HYSTERESIS")
+
+_py_libp2p_grant = YamuxStream._auto_tune_and_send_window_update
+
+
+async def _grant_at_half(self: YamuxStream, *, bytes_read: int = 0) -> None:
+    """py-libp2p's ``_auto_tune_and_send_window_update`` with only its
+    go-yamux branch: grow the window back to target (and auto-tune it) once
+    the consumed, ungranted bytes reach the threshold (half the target)."""
+    increment = 0
+    async with self.window_lock:
+        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+        consumed = self.target_recv_window - (self.recv_window + buffered)
+        if consumed > 0 and consumed >= self._grow_threshold():
+            increment = self._grow_to_delta(buffered)
+            increment += self._apply_autotune_epoch(buffered)
+            self._pending_recv_release = 0
+    if increment > 0:  # never with the window lock held: see send_window_update
+        await self.send_window_update(increment, skip_lock=True)
 
 
 def grant_window_at_half() -> None:
-    """Turn off py-libp2p's window update after every read, so grants come
-    at half a window or once per RPC, unless the operator set the knob
-    (py-libp2p reads it on every read)."""
-    os.environ.setdefault(RELEASE_ON_READ, "0")
+    """Make every yamux stream of this process grant at half a window,
+    unless the operator set one of py-libp2p's knobs. Idempotent."""
+    if any(knob in os.environ for knob in OPERATOR_KNOBS):
+        YamuxStream._auto_tune_and_send_window_update = _py_libp2p_grant  # type: ignore[method-assign]
+        return
+    YamuxStream._auto_tune_and_send_window_update = _grant_at_half  # type: ignore[method-assign]
