@@ -48,7 +48,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from p2psync.net.addresses import interface_ipv4_addrs
 from p2psync.net.peer_record import RecordOnce, without_record
-from p2psync.net.pubsub_receive import LruValidationCache, read_rpcs
+from p2psync.net.pubsub_receive import NoValidationCache, read_rpcs
 from p2psync.net.router import P2psyncGossipSub
 from p2psync.net.yamux_windows import grant_window_at_half
 
@@ -240,8 +240,8 @@ class RoutedPubsub(Pubsub):
       peers. A peer whose data keeps arriving is alive.
     - Our signed peer record rides in a stream's hello, not in every RPC
       (``peer_record.py``).
-    - Messages are read with buffered reads and handled in line, and the
-      validation cache is O(1) per message (``pubsub_receive.py``).
+    - Messages are read with buffered reads and handled in line, and every
+      one the seen cache does not hold is validated (``pubsub_receive.py``).
     - Our own publications skip the checks meant for others' (``publish``).
     """
 
@@ -264,9 +264,7 @@ class RoutedPubsub(Pubsub):
             weakref.WeakKeyDictionary()
         )
         self._records = RecordOnce()
-        self.validation_cache = LruValidationCache(
-            self.validation_cache.ttl, self.validation_cache.max_size
-        )
+        self.validation_cache = NoValidationCache()
 
     async def subscribe(self, topic_id: str) -> ISubscriptionAPI:
         # Before the announcement goes out: the peers' GRAFTs answer it.

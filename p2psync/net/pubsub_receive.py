@@ -11,20 +11,17 @@
   ``READ_CHUNK`` bytes of what yamux holds for the stream, often several
   RPCs, and the parser's small reads are served from it, each still a
   checkpoint.
-- ``LruValidationCache``: py-libp2p's ``ValidationCache`` keeps its LRU order
-  in a list and scans it on every put and hit (``in``, ``remove``,
-  ``pop(0)``: up to 1 000 ids compared per message once full). Same rules
-  here, in an ordered dict, except that a refusal is not remembered: our
-  pair-topic validator refuses a message for who forwarded it, and a
-  refusal cached under the message id dropped the genuine copy after it.
+- ``NoValidationCache``: py-libp2p cached validation verdicts under the
+  message id, scanning a list of up to 1 000 ids on every put and hit; a
+  refusal cached that way dropped the genuine pair-topic copy after a
+  wrongly forwarded one, and a valid verdict let a publisher reuse an id for
+  other content once the seen cache forgot it. Nothing is cached.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
-from collections import OrderedDict
 from typing import Any, cast
 
 import trio
@@ -136,33 +133,22 @@ async def read_rpcs(pubsub: Pubsub, stream: INetStream, last_heard: dict[ID, flo
         pass  # the stream or connection closed: py-libp2p's own loop ends quietly too
 
 
-class LruValidationCache(ValidationCache):
-    """``ValidationCache`` with its least-recently-used order kept in O(1)."""
+class NoValidationCache(ValidationCache):
+    """A validation cache that remembers nothing: every message the seen
+    cache does not hold goes through the validators.
 
-    def __init__(self, ttl: int = 300, max_size: int = 1000) -> None:
-        super().__init__(ttl, max_size)
-        self._order: OrderedDict[bytes, None] = OrderedDict()
+    py-libp2p keeps each verdict under the message id (publisher + seqno)
+    for 300 s and skips the validators on a hit. A verdict belongs to the
+    content, though (and on our pair topics to the forwarder too), and the id
+    is the publisher's to reuse: once the seen cache forgets an id (120 s
+    after it was last seen), the same publisher could send other content
+    under it and every node holding the verdict would pass it on unchecked.
+    Nothing is lost: our validators are synchronous, so a message reaches
+    validation twice only after the seen cache forgot it.
+    """
 
     def get(self, msg_id: bytes) -> ValidationResult | None:
-        result = self.cache.get(msg_id)
-        if result is None:
-            return None
-        if time.time() - result.timestamp > self.ttl:  # py-libp2p stamps results so
-            self._remove(msg_id)
-            return None
-        self._order.move_to_end(msg_id)
-        return result
+        return None
 
     def put(self, msg_id: bytes, result: ValidationResult) -> None:
-        if not result.is_valid:
-            return  # validity may depend on the forwarder: ask again next time
-        while len(self.cache) >= self.max_size and self._order:
-            oldest, _ = self._order.popitem(last=False)
-            self.cache.pop(oldest, None)
-        self.cache[msg_id] = result
-        self._order[msg_id] = None
-        self._order.move_to_end(msg_id)
-
-    def _remove(self, msg_id: bytes) -> None:
-        self.cache.pop(msg_id, None)
-        self._order.pop(msg_id, None)
+        return None
