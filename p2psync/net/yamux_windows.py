@@ -17,7 +17,10 @@ holds: what the sender may still send is at least the target window less
 what is unread and less what was consumed since the last grant (under half
 a window), so a reader that keeps reading never leaves the sender without
 credit; py-libp2p's writer sends partial frames to fit its credit. Every
-implementation of yamux accepts updates of any size at any time.
+implementation of yamux accepts updates of any size at any time. The price:
+a sender that ran out of credit (its reader is a whole window behind) waits
+until half a window is read, not the next read, and py-libp2p's writer gives
+up after 5 s without credit: a reader that far behind is overloaded anyway.
 
 An operator who sets ``PY_YAMUX_RELEASE_ON_READ`` or
 ``PY_YAMUX_DISABLE_HYSTERESIS`` gets py-libp2p's own behaviour back.
