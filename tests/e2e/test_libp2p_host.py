@@ -387,14 +387,9 @@ async def test_our_signed_peer_record_goes_once_per_stream_not_in_every_rpc(
         assert arrived
 
 
-async def test_yamux_grants_window_at_half_not_after_every_small_read(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # py-libp2p's default sends a WINDOW_UPDATE frame after every read: three
-    # per small RPC received (two varint bytes, then the body), each a Noise
-    # frame back to the sender; with its knob off, still one per RPC ("partial
-    # slack"). Granted at half a window, as go-yamux does, 100 RPCs of a few
-    # hundred bytes need none (issue 13).
+def _count_window_updates(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The increments of every yamux WINDOW_UPDATE sent from now on, with our
+    grant rule in force (no py-libp2p knob set)."""
     from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
     from p2psync.net.yamux_windows import OPERATOR_KNOBS
@@ -409,6 +404,18 @@ async def test_yamux_grants_window_at_half_not_after_every_small_read(
     monkeypatch.setattr(YamuxStream, "send_window_update", counting)
     for knob in OPERATOR_KNOBS:
         monkeypatch.delenv(knob, raising=False)
+    return updates
+
+
+async def test_yamux_grants_window_at_half_not_after_every_small_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # py-libp2p's default sends a WINDOW_UPDATE frame after every read: three
+    # per small RPC received (two varint bytes, then the body), each a Noise
+    # frame back to the sender; with its knob off, still one per RPC ("partial
+    # slack"). Granted at half a window, as go-yamux does, 100 RPCs of a few
+    # hundred bytes need none (issue 13).
+    updates = _count_window_updates(monkeypatch)
     with trio.fail_after(60):
         for attempt in range(3):
             sent = [b"%d" % i * 100 for i in range(100)]
@@ -424,20 +431,9 @@ async def test_a_stream_carrying_many_windows_flows_on_grants_at_half(
 ) -> None:
     # Granting only at half a window must never leave the sender without
     # credit: 4 MiB through one pubsub stream whose window starts at 256 KiB.
-    from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE, YamuxStream
+    from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE
 
-    from p2psync.net.yamux_windows import OPERATOR_KNOBS
-
-    updates: list[int] = []
-    send_window_update = YamuxStream.send_window_update
-
-    async def counting(self, increment, skip_lock=False):  # type: ignore[no-untyped-def]
-        updates.append(increment)
-        await send_window_update(self, increment, skip_lock=skip_lock)
-
-    monkeypatch.setattr(YamuxStream, "send_window_update", counting)
-    for knob in OPERATOR_KNOBS:
-        monkeypatch.delenv(knob, raising=False)
+    updates = _count_window_updates(monkeypatch)
     sent = [bytes([i]) * 60_000 for i in range(70)]
     with trio.fail_after(60):
         for attempt in range(3):
