@@ -5,7 +5,7 @@ to write: on a terminal, one line rewritten in place (`\\r`) at most
 `TTY_INTERVAL` apart, ended with a newline when the backfill is over; on a
 pipe, a plain line every `PIPE_INTERVAL`, and the last one. `watch_backfill`
 polls the engine for it. Held is what we hold; known the most that we or any
-connected peer is known to hold, summed over origins (`SyncEngine.peer_claims`).
+connected peer is known to hold, summed over origins (`SyncEngine.known_counts`).
 """
 
 from __future__ import annotations
@@ -28,12 +28,7 @@ RATE_WINDOW = 5.0  # seconds the rate is measured over
 
 def backfill_counts(engine: SyncEngine) -> tuple[int, int]:
     """(held, known): entries we hold, and the most anyone connected holds, summed."""
-    known = engine.held_counts()
-    for claims in engine.peer_claims().values():
-        for origin, count in claims.items():
-            if count > known.get(origin, 0):
-                known[origin] = count
-    return engine.entry_count(), sum(known.values())
+    return engine.entry_count(), sum(engine.known_counts().values())
 
 
 def format_backfill(held: int, known: int, rate: float | None, *, done: bool = False) -> str:

@@ -60,8 +60,9 @@ from p2psync.core.rounds import (
     Incoming,
     Outgoing,
     PeerState,
+    claims_of,
+    most_known,
     note_acked,
-    origin_of,
     periodic_interval,
     pump_batches,
     round_due,
@@ -95,15 +96,12 @@ class SyncEngine(Ledger):
         self._round_counter = 0  # one sequence for all peers: a reconnect never reuses one
 
     def peer_claims(self) -> dict[str, dict[bytes, int]]:
-        """What each connected peer holds as far as we know, as counts per origin:
-        their counts at our last reconciliation plus the batches they acked
-        since, and never less of their own log than we hold (they wrote it)."""
-        ours = self.held_counts()
-        claims = {p: {**ours, **s.differs} for p, s in self._peers.items() if s.connected}
-        for peer, theirs in claims.items():
-            if (own := origin_of(peer)) in ours:
-                theirs[own] = max(theirs.get(own, 0), ours[own])
-        return claims
+        """What each connected peer holds as far as we know (`rounds.claims_of`)."""
+        return claims_of(self._peers, self.held_counts())
+
+    def known_counts(self) -> dict[bytes, int]:
+        """Per origin, the most we or any connected peer is known to hold."""
+        return most_known(self._peers, self.held_counts())
 
     def round_active(self, peer: str) -> bool:
         state = self._peers.get(peer)

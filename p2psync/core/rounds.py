@@ -8,7 +8,7 @@ stream what their summary lacks).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pyroaring import BitMap64
@@ -204,6 +204,33 @@ def note_acked(
         before = differs.get(origin)
         if before is not None:
             differs[origin] = min(before + n, max(before, held(origin)))
+
+
+def claims_of(
+    peers: Mapping[str, PeerState], ours: dict[bytes, int]
+) -> dict[str, dict[bytes, int]]:
+    """What each connected peer holds as far as we know, as counts per origin:
+    their counts at our last reconciliation plus the batches they acked
+    since, and never less of their own log than we hold (they wrote it)."""
+    claims = {p: {**ours, **s.differs} for p, s in peers.items() if s.connected}
+    for peer, theirs in claims.items():
+        if (own := origin_of(peer)) in ours:
+            theirs[own] = max(theirs.get(own, 0), ours[own])
+    return claims
+
+
+def most_known(peers: Mapping[str, PeerState], ours: dict[bytes, int]) -> dict[bytes, int]:
+    """`claims_of` folded into one count per origin, the most anyone holds,
+    without a dict per peer or a peer id decoded per peer (the progress line
+    asks four times a second). The rule that a peer holds no less of its own
+    log than we do adds nothing to a maximum that counts ours already."""
+    known = dict(ours)
+    for state in peers.values():
+        if state.connected:
+            for origin, count in state.differs.items():
+                if count > known.get(origin, 0):
+                    known[origin] = count
+    return known
 
 
 def origin_of(peer: str) -> bytes | None:

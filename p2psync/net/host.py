@@ -30,6 +30,7 @@ API::
         def peers_in_topic(self, topic: str) -> list[str]
         def topics_of(self, peer_id: str) -> list[str]
         def mesh_peers(self, topic: str) -> list[str]
+        def has_pubsub_stream(self, peer_id: str) -> bool  # ours to the peer
         async def wait_for_topic_peer(self, topic, peer_id, timeout) -> None
         async def wait_for_mesh_peer(self, topic, peer_id, timeout) -> None
         def drop_counts(self) -> dict[str, int]
@@ -262,6 +263,11 @@ class Libp2pHost:
 
     def mesh_peers(self, topic: str) -> list[str]:
         return self._gossip.mesh_peers(topic)
+
+    def has_pubsub_stream(self, peer_id: str) -> bool:
+        """Whether py-libp2p holds our pubsub stream to the peer: without it
+        nothing we publish or forward reaches the peer."""
+        return ID.from_base58(peer_id) in self._pubsub.peers
 
     async def wait_for_topic_peer(self, topic: str, peer_id: str, timeout: float) -> None:
         await self._gossip.wait_for_topic_peer(topic, peer_id, timeout)

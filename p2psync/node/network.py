@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import trio
 from libp2p.peer.id import ID
 
-from p2psync.core.peer_policy import CUT_UNRESPONSIVE, PeerPolicy, PolicyAction
+from p2psync.core.peer_policy import CUT_NO_PUBSUB, CUT_UNRESPONSIVE, PeerPolicy, PolicyAction
 from p2psync.core.query import QueryReply
 from p2psync.core.reasons import Drop, Reason
 from p2psync.net.addresses import peer_id_of
@@ -153,8 +153,15 @@ class NetworkTransport(Transport):
 
     def restart_session(self, peer: str) -> None:
         session = self.sessions.get(peer)
-        if session is not None:
-            session.cancel.cancel()  # its end resumes a fresh session if still connected
+        if session is None:
+            return
+        if not self.host.has_pubsub_stream(peer):
+            # py-libp2p lost that stream (or never opened it: seen when 32
+            # nodes dialed each other at once) and opens one only when a
+            # connection comes up: a new session here would stall again.
+            log.warning("no pubsub stream to %s on this connection; reconnecting", peer)
+            self._policy_event(self.policy.peer_lost, peer, CUT_NO_PUBSUB)
+        session.cancel.cancel()  # its end resumes a fresh session if still connected
 
     def penalize(self, peer: str, reason: str) -> None:
         """Score a peer down; too many offences in a short time get it banned."""

@@ -68,15 +68,13 @@ def test_a_stalled_backfill_ends_its_line_and_small_catchups_show_nothing() -> N
 
 
 class FakeEngine:
-    def held_counts(self) -> dict[bytes, int]:
-        return {b"a": 10, b"b": 5}
-
-    def peer_claims(self) -> dict[str, dict[bytes, int]]:
-        return {"p": {b"a": 30, b"b": 1}, "q": {b"a": 20, b"c": 7}}
+    def known_counts(self) -> dict[bytes, int]:
+        return {b"a": 30, b"b": 5, b"c": 7}
 
     def entry_count(self) -> int:
         return 15
 
 
-def test_known_is_the_most_anyone_holds_per_origin() -> None:
+def test_known_is_summed_over_origins() -> None:
+    # How known_counts folds the peers' claims: tests/unit/test_core_engine.py.
     assert backfill_counts(FakeEngine()) == (15, 30 + 5 + 7)  # type: ignore[arg-type]

@@ -671,6 +671,33 @@ def test_acked_batches_count_in_the_peers_holdings() -> None:
     assert b.engine.peer_claims()["a"][X_ORIGIN] == 30
 
 
+def _claims_folded(engine: SyncEngine) -> dict[bytes, int]:
+    known = engine.held_counts()
+    for claims in engine.peer_claims().values():
+        for origin, count in claims.items():
+            known[origin] = max(known.get(origin, 0), count)
+    return known
+
+
+def test_known_counts_fold_every_peers_claims_at_every_step() -> None:
+    a, b = Node(1), Node(2)
+    a.batch([e.raw for e in chain(X, 30)], peer="someone")
+    queue = [("a", s) for s in sent(a.engine.peer_connected("b"), "recon")]
+    queue += [("b", s) for s in sent(b.engine.peer_connected("a"), "recon")]
+    b_knew_more_than_it_held = False
+    while queue:
+        src, action = queue.pop(0)
+        dst, name = (a, "b") if src == "b" else (b, "a")
+        out = dst.run(dst.engine.message_received(name, action.data))
+        queue.extend((("a" if dst is a else "b"), s) for s in kinds(out, SendTo))
+        for node in (a, b):
+            assert node.engine.known_counts() == _claims_folded(node.engine)
+        held = b.engine.held_counts().get(X_ORIGIN, 0)
+        b_knew_more_than_it_held |= b.engine.known_counts().get(X_ORIGIN, 0) > held
+    assert b_knew_more_than_it_held
+    assert b.engine.known_counts()[X_ORIGIN] == 30
+
+
 def test_unacked_batches_do_not_count() -> None:
     a = Node(1)
     a.batch([e.raw for e in chain(X, 30)], peer="someone")
