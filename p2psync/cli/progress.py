@@ -20,7 +20,8 @@ from p2psync.core.engine import SyncEngine
 
 TTY_INTERVAL = 0.25  # seconds between redraws of the line on a terminal
 PIPE_INTERVAL = 5.0  # seconds between plain lines on a pipe
-POLL_INTERVAL = 0.25
+POLL_INTERVAL = 0.25  # seconds between looks while a backfill is shown
+IDLE_POLL_INTERVAL = 1.0  # and otherwise: a line starts within a second
 MIN_GAP = 200  # entries: a smaller catch-up is no backfill worth a line
 IDLE_END = 3.0  # seconds without a new entry: the backfill is over (or stalled)
 RATE_WINDOW = 5.0  # seconds the rate is measured over
@@ -125,7 +126,7 @@ async def watch_backfill(
         while True:
             held, known = backfill_counts(engine)
             meter.update(held, known, trio.current_time())
-            await trio.sleep(POLL_INTERVAL)
+            await trio.sleep(POLL_INTERVAL if meter.active else IDLE_POLL_INTERVAL)
     finally:
         meter.finish()
 

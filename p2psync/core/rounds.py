@@ -221,9 +221,9 @@ def claims_of(
 
 def most_known(peers: Mapping[str, PeerState], ours: dict[bytes, int]) -> dict[bytes, int]:
     """`claims_of` folded into one count per origin, the most anyone holds,
-    without a dict per peer or a peer id decoded per peer (the progress line
-    asks four times a second). The rule that a peer holds no less of its own
-    log than we do adds nothing to a maximum that counts ours already."""
+    without a dict per peer or a peer id decoded per peer (the progress
+    line asks up to four times a second). The rule that a peer holds no less
+    of its own log than we do adds nothing to a maximum that counts ours."""
     known = dict(ours)
     for state in peers.values():
         if state.connected:

@@ -56,12 +56,14 @@ class P2psyncGossipSub(GossipSub):
       gates for each mesh peer, a first-delivery count) and decayed every
       peer's counters at each heartbeat. Without it (``scorer = None``, which
       every call site of py-libp2p checks) nothing is decided differently.
+    - No pending-message queue (``NoPendingMessages``).
     """
 
     def __init__(self, *args: Any, on_drop: Callable[[str, int], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._on_drop = on_drop
         self.scorer = None
+        self._pending_messages = NoPendingMessages()
 
     def _handle_dropped_rpc(self, peer_id: ID, rpc: rpc_pb2.RPC, reason: str) -> None:
         if len(rpc.publish):
@@ -103,6 +105,24 @@ class P2psyncGossipSub(GossipSub):
         pruned_by = self.graft_flood_tracking.get(peer)
         if pruned_by is not None:
             pruned_by.pop(topic, None)
+
+
+class NoPendingMessages(defaultdict[ID, list[tuple[float, rpc_pb2.RPC]]]):
+    """Keeps nothing. py-libp2p's ``publish`` queued each message, for 30 s,
+    for every connected peer not known in its topic, to send if that peer
+    subscribes to the topic before then (a race at connect). A pair topic
+    has one other member, so each sync message was queued for every other
+    peer, and the list of each was walked to expire old ones: O(peers)
+    work per message, and up to 100 messages (backfill batches of up to
+    1 MiB among them) kept per peer. Nothing needs the queue here: the sync
+    round a connection starts fetches whatever live message a new peer
+    missed, and pair topics are joined before their session sends."""
+
+    def __contains__(self, peer: object) -> bool:
+        return False
+
+    def __getitem__(self, peer: ID) -> list[tuple[float, rpc_pb2.RPC]]:
+        return []  # what py-libp2p appends to it goes nowhere
 
 
 DEGREE, DEGREE_LOW, DEGREE_HIGH = 6, 4, 12
