@@ -7,14 +7,14 @@ out the actions each call returns, in order. Every entry point returns
 `list[PolicyAction]`; `tick(now)` (twice a second in the daemon) fires what
 is due: dials after a tie-break or a backoff, resumed sessions.
 
-It owns the peer table (`ls p`), the allow-list, strikes, bans that grow for
-repeat offenders, dial backoff (jittered by the `rng` it is given, never
+It owns the peer table (`ls p`, /api/v0/peers), the allow-list, strikes, bans that
+grow for repeat offenders, dial backoff (jittered by the `rng` it is given, never
 shrinking while failures go on), static peers re-dialed forever, lost peers
-re-dialed a while, discovered peers dialed once per discovery (smaller id
-first), sessions resumed while a peer stays connected, peers of other networks
-cut off and left alone (`core/foreign.py`; bans: `core/offences.py`). Per-peer
-state is freed when a peer leaves; the table keeps static peers and the
-`history` most recent others. Rules in full: docs/ARCHITECTURE.md.
+re-dialed a while, discovered peers dialed once per discovery (smaller id first),
+sessions resumed while a peer stays connected, peers of other networks cut off and
+left alone (`core/foreign.py`; strikes and bans: `core/offences.py`). Per-peer state
+is freed when a peer leaves; the table keeps static peers and the `history` most
+recent others. docs/ARCHITECTURE.md ("Peer policy") tells the rules in full.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ API::
         def topics_of(self, peer_id: str) -> list[str]
         def mesh_peers(self, topic: str) -> list[str]
         def has_pubsub_stream(self, peer_id: str) -> bool  # ours to the peer
+        async def open_pubsub_stream(self, peer_id: str, timeout: float) -> bool
         async def wait_for_topic_peer(self, topic, peer_id, timeout) -> None
         async def wait_for_mesh_peer(self, topic, peer_id, timeout) -> None
         def drop_counts(self) -> dict[str, int]
@@ -268,6 +269,11 @@ class Libp2pHost:
         """Whether py-libp2p holds our pubsub stream to the peer: without it
         nothing we publish or forward reaches the peer."""
         return ID.from_base58(peer_id) in self._pubsub.peers
+
+    async def open_pubsub_stream(self, peer_id: str, timeout: float) -> bool:
+        """Open our pubsub stream to a connected peer unless it stands,
+        retrying up to ``timeout`` seconds; whether it stands after."""
+        return await self._pubsub.ensure_peer_stream(ID.from_base58(peer_id), timeout)
 
     async def wait_for_topic_peer(self, topic: str, peer_id: str, timeout: float) -> None:
         await self._gossip.wait_for_topic_peer(topic, peer_id, timeout)

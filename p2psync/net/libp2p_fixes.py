@@ -221,8 +221,8 @@ class RoutedPubsub(Pubsub):
       (``Pubsub.handle_sending_messages``) and, bypassing the queue,
       ``GossipSub.send_recent_messages`` (the mcache replay to a peer that
       just subscribed, spawned by ``Pubsub.handle_subscription`` and
-      ``_handle_new_peer``) and ``GossipSub.flush_pending_messages`` (the
-      hello is written before the stream is registered, so alone). yamux
+      ``_handle_new_peer``; the hello is written before the stream is
+      registered, so alone). yamux
       writes a message as several frames (at most 64 KiB each, fewer when the
       send window is short) and yields between them, so two writers
       interleave their frames: the receiver's varint-delimited protobuf

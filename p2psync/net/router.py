@@ -110,13 +110,16 @@ class P2psyncGossipSub(GossipSub):
 class NoPendingMessages(defaultdict[ID, list[tuple[float, rpc_pb2.RPC]]]):
     """Keeps nothing. py-libp2p's ``publish`` queued each message, for 30 s,
     for every connected peer not known in its topic, to send if that peer
-    subscribes to the topic before then (a race at connect). A pair topic
+    subscribed to the topic before then (a race at connect). A pair topic
     has one other member, so each sync message was queued for every other
-    peer, and the list of each was walked to expire old ones: O(peers)
-    work per message, and up to 100 messages (backfill batches of up to
-    1 MiB among them) kept per peer. Nothing needs the queue here: the sync
-    round a connection starts fetches whatever live message a new peer
-    missed, and pair topics are joined before their session sends."""
+    peer, whose list was walked to expire old entries at each append, and up
+    to 100 messages per peer were kept (backfill batches of up to 1 MiB among
+    them). py-libp2p's loop over the peers stays, now a few lookups each.
+    What the queue would have delivered late: a live message published in
+    the seconds before a new peer's subscription reached us (the round a
+    connection starts fetches it), or a sync message sent before a pair
+    mesh formed within MESH_WAIT_SECONDS (the round fails, the next one
+    repairs it)."""
 
     def __contains__(self, peer: object) -> bool:
         return False

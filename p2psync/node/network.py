@@ -68,6 +68,7 @@ HEALTH_INTERVAL = 15.0
 HEALTH_TIMEOUT = 3.0
 HEALTH_FAILURES = 2
 PUBLISH_TIMEOUT = 5.0
+PUBSUB_REOPEN_SECONDS = 10.0
 
 
 @dataclass
@@ -156,12 +157,19 @@ class NetworkTransport(Transport):
         if session is None:
             return
         if not self.host.has_pubsub_stream(peer):
-            # py-libp2p lost that stream (or never opened it: seen when 32
-            # nodes dialed each other at once) and opens one only when a
-            # connection comes up: a new session here would stall again.
+            self.nursery.start_soon(self._reopen_pubsub_stream, peer)
+        session.cancel.cancel()  # its end resumes a fresh session if still connected
+
+    async def _reopen_pubsub_stream(self, peer: str) -> None:
+        """Without our pubsub stream to the peer a new session would stall
+        again. py-libp2p lost it (or never opened it: seen when 32 nodes
+        dialed each other at once) and gave up re-opening it; try once more,
+        then cut the connection and re-dial: a new one brings new streams."""
+        if await self.host.open_pubsub_stream(peer, PUBSUB_REOPEN_SECONDS):
+            log.info("re-opened the pubsub stream to %s", peer)
+        elif peer in self.policy.connected_ids():  # not if it left meanwhile
             log.warning("no pubsub stream to %s on this connection; reconnecting", peer)
             self._policy_event(self.policy.peer_lost, peer, CUT_NO_PUBSUB)
-        session.cancel.cancel()  # its end resumes a fresh session if still connected
 
     def penalize(self, peer: str, reason: str) -> None:
         """Score a peer down; too many offences in a short time get it banned."""

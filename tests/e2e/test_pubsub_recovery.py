@@ -1,12 +1,13 @@
-"""A connection on which py-libp2p has no pubsub stream to the peer is replaced.
+"""A lost pubsub stream to a peer is re-opened, or its connection replaced.
 
 Seen with 32 nodes dialing each other at once (the `scale` benchmark): a
 connection came up while another to the same peer failed its muxer upgrade,
 and py-libp2p ended with no pubsub stream to that peer on the one that stayed
-("Cannot flush pending messages ...: no stream available"). It opens one only
-when a connection comes up, so the pair's sessions restarted forever and never
+(it logged "Cannot flush pending messages ...: no stream available") and
+nothing re-opened it, so the pair's sessions restarted forever and never
 finished a round. Two in-process nodes here; A loses its stream to B the way
-py-libp2p loses it, without the retry that would re-open it.
+py-libp2p leaves it when it gave up re-opening it. A stalled session has the
+stream opened again, and if that fails, the connection cut and re-dialed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import trio
 from libp2p.peer.id import ID
 from nacl.signing import SigningKey
@@ -64,31 +66,56 @@ async def _wait(condition: Callable[[], bool], what: str, timeout: float = 25) -
     raise AssertionError(f"no {what} within {timeout} s")
 
 
-async def test_a_connection_without_our_pubsub_stream_is_cut_and_redialed(
-    tmp_path: Path,
+def _lose_pubsub_stream(node: Node, peer_id: str) -> None:
+    """As py-libp2p leaves it when it gave up re-opening the stream."""
+    host = _transport(node).host
+    pubsub, peer = host._pubsub, ID.from_base58(peer_id)
+    pubsub.peers.pop(peer)
+    pubsub.peer_queues.pop(peer).close()
+    pubsub.router.remove_peer(peer)
+    assert not host.has_pubsub_stream(peer_id)
+
+
+def _rounds_with(node: Node, peer_id: str) -> int:
+    view = next((v for v in _transport(node).peers() if v.peer_id == peer_id), None)
+    return 0 if view is None else view.syncs_ok
+
+
+async def test_a_lost_pubsub_stream_is_reopened_when_the_session_stalls(tmp_path: Path) -> None:
+    with trio.fail_after(75):
+        async with trio.open_nursery() as nursery:
+            b, b_addrs = await _start_node(nursery, tmp_path, "b")
+            a, _ = await _start_node(nursery, tmp_path, "a", (b_addrs[0],))
+            host, b_id = _transport(a).host, b.peer_id
+            await _wait(lambda: _rounds_with(a, b_id) >= 1, "first round with b")
+            (connection,) = host._conns[ID.from_base58(b_id)]
+            _lose_pubsub_stream(a, b_id)
+            # Rounds fail, the session restarts and the stream is opened again.
+            await _wait(lambda: host.has_pubsub_stream(b_id), "new pubsub stream to b")
+            rounds = _rounds_with(a, b_id)
+            await _wait(lambda: _rounds_with(a, b_id) > rounds, "round on the new stream")
+            assert host._conns[ID.from_base58(b_id)] == {connection}  # kept
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_where_the_stream_cannot_be_reopened_is_cut_and_redialed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with trio.fail_after(75):
         async with trio.open_nursery() as nursery:
             b, b_addrs = await _start_node(nursery, tmp_path, "b")
             a, _ = await _start_node(nursery, tmp_path, "a", (b_addrs[0],))
-            ta, b_id = _transport(a), b.peer_id
+            host, b_id = _transport(a).host, b.peer_id
+            await _wait(lambda: _rounds_with(a, b_id) >= 1, "first round with b")
+            (connection,) = host._conns[ID.from_base58(b_id)]
+            _lose_pubsub_stream(a, b_id)
 
-            def synced_with_b() -> int:
-                view = next((v for v in ta.peers() if v.peer_id == b_id), None)
-                return 0 if view is None else view.syncs_ok
+            async def cannot_reopen(peer_id: str, timeout: float) -> bool:
+                return False
 
-            await _wait(lambda: synced_with_b() >= 1, "a first round with b")
-            (conn_before,) = ta.host._conns[ID.from_base58(b_id)]
-            pubsub = ta.host._pubsub
-            peer = ID.from_base58(b_id)
-            pubsub.peers.pop(peer)
-            pubsub.peer_queues.pop(peer).close()
-            pubsub.router.remove_peer(peer)
-            assert not ta.host.has_pubsub_stream(b_id)
-            rounds_before = synced_with_b()
-
-            # Rounds fail, the session restarts, the connection is replaced.
-            await _wait(lambda: ta.host.has_pubsub_stream(b_id), "a new pubsub stream to b")
-            assert conn_before not in ta.host._conns.get(peer, set())
-            await _wait(lambda: synced_with_b() > rounds_before, "a round on the new connection")
+            monkeypatch.setattr(host, "open_pubsub_stream", cannot_reopen)
+            await _wait(lambda: connection not in host._conns.get(ID.from_base58(b_id), ()), "cut")
+            await _wait(lambda: host.has_pubsub_stream(b_id), "pubsub stream on a new connection")
+            rounds = _rounds_with(a, b_id)
+            await _wait(lambda: _rounds_with(a, b_id) > rounds, "round on the new connection")
             nursery.cancel_scope.cancel()
