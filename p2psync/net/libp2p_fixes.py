@@ -222,11 +222,11 @@ class RoutedPubsub(Pubsub):
       ``GossipSub.send_recent_messages`` (the mcache replay to a peer that
       just subscribed, spawned by ``Pubsub.handle_subscription`` and
       ``_handle_new_peer``; the hello is written before the stream is
-      registered, so alone). yamux
-      writes a message as several frames (at most 64 KiB each, fewer when the
-      send window is short) and yields between them, so two writers
-      interleave their frames: the receiver's varint-delimited protobuf
-      stream is corrupt (DecodeError) and the peer is cut and redialed.
+      registered, so alone). yamux writes a message as several frames (at
+      most 64 KiB each, fewer when the send window is short) and yields
+      between them, so two writers interleave their frames: the receiver's
+      varint-delimited protobuf stream is corrupt (DecodeError) and the peer
+      is cut and redialed.
       Measured: a peer subscribing while large messages flowed to it read
       garbage 25 times in 8 s; never since.
     - A subscription, ours or a peer's, clears the router's back-off for it

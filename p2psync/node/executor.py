@@ -61,8 +61,8 @@ class Effects(Protocol):
     def query_answered(self, peer: str, reply: QueryReply) -> None: ...
 
     def restart_session(self, peer: str) -> None:
-        """Close the peer's session; the network opens a new one (on a new
-        connection if our pubsub stream to the peer is gone)."""
+        """Close the peer's session; the network opens a new one (and if our
+        pubsub stream to the peer is gone, opens it again or reconnects)."""
         ...
 
 
