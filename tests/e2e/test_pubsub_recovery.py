@@ -19,11 +19,13 @@ from pathlib import Path
 
 import pytest
 import trio
+from libp2p.abc import INetConn
 from libp2p.peer.id import ID
 from nacl.signing import SigningKey
 
 from p2psync.api.metrics import Metrics
 from p2psync.app import _tick_forever
+from p2psync.net.host import Libp2pHost
 from p2psync.node.config import NodeConfig
 from p2psync.node.network import NetworkTransport, serve_network
 from p2psync.node.node import Node
@@ -81,15 +83,24 @@ def _rounds_with(node: Node, peer_id: str) -> int:
     return 0 if view is None else view.syncs_ok
 
 
+async def _pair_with_a_lost_stream(
+    nursery: trio.Nursery, root: Path
+) -> tuple[Node, str, Libp2pHost, INetConn]:
+    """B, then A dialing B; after their first round A loses its stream to B.
+    Returns A, B's id, A's host and A's connection to B."""
+    b, b_addrs = await _start_node(nursery, root, "b")
+    a, _ = await _start_node(nursery, root, "a", (b_addrs[0],))
+    host, b_id = _transport(a).host, b.peer_id
+    await _wait(lambda: _rounds_with(a, b_id) >= 1, "first round with b")
+    (connection,) = host._conns[ID.from_base58(b_id)]
+    _lose_pubsub_stream(a, b_id)
+    return a, b_id, host, connection
+
+
 async def test_a_lost_pubsub_stream_is_reopened_when_the_session_stalls(tmp_path: Path) -> None:
     with trio.fail_after(75):
         async with trio.open_nursery() as nursery:
-            b, b_addrs = await _start_node(nursery, tmp_path, "b")
-            a, _ = await _start_node(nursery, tmp_path, "a", (b_addrs[0],))
-            host, b_id = _transport(a).host, b.peer_id
-            await _wait(lambda: _rounds_with(a, b_id) >= 1, "first round with b")
-            (connection,) = host._conns[ID.from_base58(b_id)]
-            _lose_pubsub_stream(a, b_id)
+            a, b_id, host, connection = await _pair_with_a_lost_stream(nursery, tmp_path)
             # Rounds fail, the session restarts and the stream is opened again.
             await _wait(lambda: host.has_pubsub_stream(b_id), "new pubsub stream to b")
             rounds = _rounds_with(a, b_id)
@@ -103,12 +114,7 @@ async def test_a_connection_where_the_stream_cannot_be_reopened_is_cut_and_redia
 ) -> None:
     with trio.fail_after(75):
         async with trio.open_nursery() as nursery:
-            b, b_addrs = await _start_node(nursery, tmp_path, "b")
-            a, _ = await _start_node(nursery, tmp_path, "a", (b_addrs[0],))
-            host, b_id = _transport(a).host, b.peer_id
-            await _wait(lambda: _rounds_with(a, b_id) >= 1, "first round with b")
-            (connection,) = host._conns[ID.from_base58(b_id)]
-            _lose_pubsub_stream(a, b_id)
+            a, b_id, host, connection = await _pair_with_a_lost_stream(nursery, tmp_path)
 
             async def cannot_reopen(peer_id: str, timeout: float) -> bool:
                 return False
