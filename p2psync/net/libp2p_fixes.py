@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any
 
 import multiaddr
@@ -39,7 +39,7 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.pubsub.rpc_queue import OutBoundQueueSize
+from libp2p.pubsub.rpc_queue import OutBoundQueueSize, RpcQueue
 from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -47,8 +47,9 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from p2psync.net.addresses import interface_ipv4_addrs
-from p2psync.net.peer_record import RecordOnce, without_record
+from p2psync.net.peer_record import RecordOnce
 from p2psync.net.pubsub_receive import NoValidationCache, read_rpcs
+from p2psync.net.pubsub_send import encode_rpcs, send_queued, write_bytes
 from p2psync.net.router import P2psyncGossipSub
 from p2psync.net.yamux_windows import grant_window_at_half
 
@@ -215,8 +216,9 @@ class RoutedPubsub(Pubsub):
       restarted within that time under the same peer id would reuse its last
       life's ids and have those messages dropped as duplicates. Seqnos start
       at nanoseconds here, room for a billion messages a second between lives.
-    - Every RPC written to a peer's pubsub stream goes through ``write_msg``,
-      and here one writer at a time per stream (``_write_locks``). py-libp2p
+    - Every RPC written to a peer's pubsub stream goes through ``write_rpcs``
+      (``write_msg`` included), and here one writer at a time per stream
+      (``_write_locks``). py-libp2p
       has several writers on that one stream: the per-peer queue task
       (``Pubsub.handle_sending_messages``) and, bypassing the queue,
       ``GossipSub.send_recent_messages`` (the mcache replay to a peer that
@@ -243,6 +245,8 @@ class RoutedPubsub(Pubsub):
     - Messages are read with buffered reads and handled in line, and every
       one the seen cache does not hold is validated (``pubsub_receive.py``).
     - Our own publications skip the checks meant for others' (``publish``).
+    - The per-peer sending task writes what the peer's queue holds in one
+      write (``pubsub_send.send_queued``), not one RPC per write.
     """
 
     def __init__(
@@ -277,18 +281,28 @@ class RoutedPubsub(Pubsub):
         super().handle_subscription(origin_id, sub_message)
 
     async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        return await self.write_rpcs(stream, [rpc_msg])
+
+    async def write_rpcs(self, stream: INetStream, rpcs: Sequence[rpc_pb2.RPC]) -> bool:
+        """Write ``rpcs`` in order in one stream write; False if the stream is gone."""
         lock = self._write_locks.get(stream)
         if lock is None:
             lock = self._write_locks[stream] = trio.Lock()
         async with lock:
-            record, now = rpc_msg.senderRecord, trio.current_time()
+            now = trio.current_time()
             hello = self.peers.get(stream.muxed_conn.peer_id) is stream
-            if record and self._records.carried(stream, record, now, hello=hello):
-                return await super().write_msg(stream, without_record(rpc_msg))
-            written = await super().write_msg(stream, rpc_msg)
-            if written and record:
+            data, record = encode_rpcs(stream, rpcs, self._records, now, hello=hello)
+            if not await write_bytes(stream, data):
+                self._handle_dead_peer(stream.muxed_conn.peer_id)
+                return False
+            if record is not None:
                 self._records.written(stream, record, now)
-            return written
+            return True
+
+    async def handle_sending_messages(
+        self, peer_id: ID, stream: INetStream, queue: RpcQueue
+    ) -> None:
+        await send_queued(self, peer_id, stream, queue)
 
     async def publish(self, topic_id: str | list[str], data: bytes) -> None:
         """``Pubsub.publish`` without ``push_msg``'s checks of a message from

@@ -1,0 +1,140 @@
+"""What waits in a peer's send queue goes out in one stream write, in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from libp2p.peer.id import ID
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.utils.varint import encode_uvarint
+
+from p2psync.net.host import open_libp2p_host
+from p2psync.net.peer_record import RecordOnce
+from p2psync.net.pubsub_send import COALESCE_BYTES, encode_rpcs, send_queued
+from tests.e2e.test_libp2p_host import LOOPBACK, loopback_addr, next_event, seed
+
+
+async def test_rpcs_queued_together_reach_the_peer_in_one_write_and_in_order() -> None:
+    topic = "p2psync/test/coalesce"
+    with trio.fail_after(30):
+        async with (
+            open_host("co-a") as a,
+            open_host("co-b") as b,
+        ):
+            await a.connect(loopback_addr(b))
+            await next_event(b, "connected", a.peer_id)
+            inbox = await b.subscribe(topic)
+            await a.subscribe(topic)
+            await a.wait_for_mesh_peer(topic, b.peer_id, 10)
+            stream = a._pubsub.peers[ID.from_base58(b.peer_id)]
+            writes: list[int] = []
+            real_write = stream.write
+
+            async def counted_write(data: bytes) -> None:
+                writes.append(len(data))
+                await real_write(data)
+
+            stream.write = counted_write  # type: ignore[method-assign]
+            # While the stream is busy (its lock held, as by a long write),
+            # 20 messages queue up for b.
+            async with a._pubsub._write_locks.setdefault(stream, trio.Lock()):
+                for n in range(20):
+                    assert await a.publish(topic, b"op %d" % n, timeout=5)
+            for n in range(20):
+                with trio.fail_after(5):
+                    assert (await inbox.receive()).data == b"op %d" % n
+            # py-libp2p wrote them one by one: 20 writes, 20 yamux frames,
+            # 20 Noise messages. The sender may have taken the first ones
+            # before the lock stopped it, so at most two batches.
+            assert 1 <= len(writes) <= 2, writes
+
+
+def open_host(name: str) -> Any:
+    return open_libp2p_host(seed(name), LOOPBACK, 0)
+
+
+class _Stream:
+    """A stream that records what is written to it."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    async def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+class _Writer:
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.batches: list[list[rpc_pb2.RPC]] = []
+        self.dead: list[ID] = []
+        self._fail_after = fail_after
+
+    async def write_rpcs(self, stream: Any, rpcs: Any) -> bool:
+        self.batches.append(list(rpcs))
+        return self._fail_after is None or len(self.batches) < self._fail_after
+
+    def _handle_dead_peer(self, peer_id: ID) -> None:
+        self.dead.append(peer_id)
+
+
+def _rpc(n: int, size: int = 10, record: bytes = b"") -> rpc_pb2.RPC:
+    message = rpc_pb2.Message(data=bytes([n % 256]) * size, topicIDs=["t"], seqno=n.to_bytes(8))
+    rpc = rpc_pb2.RPC(publish=[message])
+    if record:
+        rpc.senderRecord = record
+    return rpc
+
+
+async def _drain(writer: _Writer, queue: RpcQueue) -> None:
+    peer = ID(b"\x00\x01peer")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_queued, writer, peer, _Stream(), queue)
+        await trio.testing.wait_all_tasks_blocked()
+        queue.close()
+
+
+async def test_a_batch_stops_growing_at_the_byte_limit_and_keeps_the_order() -> None:
+    queue = RpcQueue(max_size=64)
+    size = COALESCE_BYTES // 4
+    for n in range(10):
+        assert queue.push(_rpc(n, size))
+    writer = _Writer()
+    await _drain(writer, queue)
+    sent = [rpc.publish[0].data[0] for batch in writer.batches for rpc in batch]
+    assert sent == list(range(10))
+    # Each batch stops once it holds COALESCE_BYTES: 4 RPCs of a quarter each.
+    assert [len(batch) for batch in writer.batches] == [4, 4, 2]
+
+
+async def test_a_failed_write_ends_the_loop_without_blaming_the_peer() -> None:
+    queue = RpcQueue()
+    queue.push(_rpc(1))
+    writer = _Writer(fail_after=1)
+    with trio.fail_after(5):
+        await send_queued(writer, ID(b"\x00\x01peer"), _Stream(), queue)  # type: ignore[arg-type]
+    assert len(writer.batches) == 1 and writer.dead == []
+
+
+def test_the_bytes_are_the_same_rpcs_one_after_another() -> None:
+    rpcs = [_rpc(n, 100 * n + 1) for n in range(5)]
+    data, record = encode_rpcs(_Stream(), rpcs, RecordOnce(), 0.0, hello=False)  # type: ignore[arg-type]
+    expected = b"".join(
+        encode_uvarint(len(body)) + body for body in (rpc.SerializeToString() for rpc in rpcs)
+    )
+    assert data == expected and record is None
+
+
+@pytest.mark.parametrize("already_carried", [False, True])
+def test_our_record_rides_once_per_batch_at_most(already_carried: bool) -> None:
+    stream, records = _Stream(), RecordOnce()
+    if already_carried:
+        records.written(stream, b"signed record", 0.0)  # type: ignore[arg-type]
+    rpcs = [_rpc(n, record=b"signed record") for n in range(3)]
+    data, carried = encode_rpcs(stream, rpcs, records, 1.0, hello=False)  # type: ignore[arg-type]
+    assert data.count(b"signed record") == (0 if already_carried else 1)
+    assert carried == (None if already_carried else b"signed record")
+    assert all(rpc.senderRecord == b"signed record" for rpc in rpcs)  # never changed in place
