@@ -293,11 +293,18 @@ class RoutedPubsub(Pubsub):
             hello = self.peers.get(stream.muxed_conn.peer_id) is stream
             data, record = encode_rpcs(stream, rpcs, self._records, now, hello=hello)
             if not await write_bytes(stream, data):
-                self._handle_dead_peer(stream.muxed_conn.peer_id)
+                self.stream_failed(stream.muxed_conn.peer_id, stream)
                 return False
             if record is not None:
                 self._records.written(stream, record, now)
             return True
+
+    def stream_failed(self, peer: ID, stream: INetStream) -> None:
+        """A write to ``stream`` failed: the peer is dropped if that is still
+        its stream (py-libp2p dropped it whichever stream failed, so a late
+        failure on a replaced stream tore down the new one)."""
+        if self.peers.get(peer) is stream:
+            self._handle_dead_peer(peer)
 
     async def handle_sending_messages(
         self, peer_id: ID, stream: INetStream, queue: RpcQueue

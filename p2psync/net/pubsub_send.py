@@ -9,7 +9,9 @@ small RPCs (a live op is about 300 bytes), so ``send_queued`` writes all it
 holds, up to ``COALESCE_BYTES``, as one buffer. The bytes on the wire are the
 same length-prefixed RPCs in the same order (a pubsub stream is only a
 sequence of them), so no peer can tell, and a reader that takes one at a time
-still works.
+still works. RPCs taken into a batch no longer count in the queue's length,
+which publishing watches for room (``QUEUE_HIGH_WATER``): a peer that stops
+reading holds one batch more than its queue.
 
 ``write_rpcs`` is also how a single RPC is written, so every writer of a
 stream goes through the one per-stream lock (see ``RoutedPubsub``).
@@ -32,11 +34,11 @@ from p2psync.net.peer_record import RecordOnce, without_record
 
 logger = logging.getLogger(__name__)
 
-# A batch stops growing once it holds this much; a larger single RPC (a
-# backfill batch of up to 1 MiB) still goes alone, as before. 64 KiB is one
-# yamux frame's worth, so a batch never waits on a window that one RPC would
-# not have waited on as well.
-COALESCE_BYTES = 64 * 1024
+# A batch stops growing once it holds this much, so a batch of small RPCs
+# fits in one yamux frame and one Noise message (at most 65 519 bytes of
+# plaintext). A batch may still end with one large RPC (a backfill batch of
+# up to 1 MiB), which yamux and Noise split as they split it alone.
+COALESCE_BYTES = 32 * 1024
 
 
 class StreamWriter(Protocol):
@@ -44,14 +46,15 @@ class StreamWriter(Protocol):
 
     async def write_rpcs(self, stream: INetStream, rpcs: Sequence[rpc_pb2.RPC]) -> bool: ...
 
-    def _handle_dead_peer(self, peer_id: ID) -> None: ...
+    def stream_failed(self, peer: ID, stream: INetStream) -> None: ...
 
 
 async def send_queued(pubsub: StreamWriter, peer: ID, stream: INetStream, queue: RpcQueue) -> None:
     """Until the queue closes or the stream fails: wait for an RPC, then write
-    it with every other the queue holds by then (up to ``COALESCE_BYTES``)."""
+    it with every other the queue holds by then (up to ``COALESCE_BYTES``).
+    A closed queue (the peer was dropped) is not written out to the end."""
     try:
-        while (first := await queue.pop()) is not None:
+        while (first := await queue.pop()) is not None and not queue.closed:
             batch = [first]
             size = first.ByteSize()
             while len(queue) and size < COALESCE_BYTES:
@@ -64,7 +67,7 @@ async def send_queued(pubsub: StreamWriter, peer: ID, stream: INetStream, queue:
                 return
     except Exception:
         logger.debug("sending loop for %s ended with an error", peer, exc_info=True)
-        pubsub._handle_dead_peer(peer)
+        pubsub.stream_failed(peer, stream)
 
 
 def encode_rpcs(

@@ -86,6 +86,14 @@ class P2psyncGossipSub(GossipSub):
           there are none, but the mesh was walked per message to find out;
         - the loop over every connected peer for the pending queue
           (``NoPendingMessages``).
+
+        And it skipped mesh peers whose subscription it did not know: a
+        stream failure on a half-registered peer makes py-libp2p forget the
+        peer's subscriptions but not its place in our meshes, and the peer
+        does not announce them again, so it got nothing on those topics
+        while our mesh (and ``send_targets``) counted it (1 start in about
+        15 of two hosts here). As in go-libp2p, a message goes to every mesh
+        peer of its topic.
         14 % of a node's CPU in a 16-node burst went to ``publish``.
         With spam protection on (not ours) py-libp2p's own runs.
         """
@@ -97,7 +105,12 @@ class P2psyncGossipSub(GossipSub):
         rpc = rpc_pb2.RPC(publish=[pubsub_msg])
         rpc.senderRecord = env_to_send_in_RPC(pubsub.host)[0]
         origin = ID(pubsub_msg.from_id)
-        for peer in self._get_peers_to_send(pubsub_msg.topicIDs, msg_forwarder, origin):
+        targets = set(self._get_peers_to_send(pubsub_msg.topicIDs, msg_forwarder, origin))
+        for topic in pubsub_msg.topicIDs:
+            targets.update(self.mesh.get(topic, ()))
+        targets.discard(msg_forwarder)
+        targets.discard(origin)
+        for peer in targets:
             if peer in pubsub.peers:
                 self.send_rpc(peer, rpc)
         now = int(time.time())
@@ -155,6 +168,18 @@ class P2psyncGossipSub(GossipSub):
             return
         self.forget_backoff(topic, sender_peer_id)
         await super().handle_graft(graft_msg, sender_peer_id)
+        pubsub = self.pubsub
+        if (
+            pubsub is not None
+            and sender_peer_id in self.mesh.get(topic, ())
+            and sender_peer_id not in pubsub.peer_topics.get(topic, ())
+        ):
+            # A GRAFT says the peer is in the topic. Its announcement may have
+            # been forgotten (see ``publish``); without it the peer is missing
+            # from the topic's peers that the node and the heartbeat read.
+            pubsub.handle_subscription(
+                sender_peer_id, rpc_pb2.RPC.SubOpts(subscribe=True, topicid=topic)
+            )
 
     def forget_backoff(self, topic: str, peer: ID | None = None) -> None:
         """Drop back-off and GRAFT-flood state for ``peer`` (every peer if None) on ``topic``."""

@@ -77,8 +77,8 @@ class _Writer:
         self.batches.append(list(rpcs))
         return self._fail_after is None or len(self.batches) < self._fail_after
 
-    def _handle_dead_peer(self, peer_id: ID) -> None:
-        self.dead.append(peer_id)
+    def stream_failed(self, peer: ID, stream: Any) -> None:
+        self.dead.append(peer)
 
 
 def _rpc(n: int, size: int = 10, record: bytes = b"") -> rpc_pb2.RPC:
@@ -110,13 +110,39 @@ async def test_a_batch_stops_growing_at_the_byte_limit_and_keeps_the_order() -> 
     assert [len(batch) for batch in writer.batches] == [4, 4, 2]
 
 
-async def test_a_failed_write_ends_the_loop_without_blaming_the_peer() -> None:
+async def test_a_failed_write_ends_the_loop() -> None:
     queue = RpcQueue()
     queue.push(_rpc(1))
     writer = _Writer(fail_after=1)
     with trio.fail_after(5):
         await send_queued(writer, ID(b"\x00\x01peer"), _Stream(), queue)  # type: ignore[arg-type]
+    # write_rpcs said the stream is gone (and dealt with the peer itself).
     assert len(writer.batches) == 1 and writer.dead == []
+
+
+async def test_a_write_that_raises_reports_the_stream_and_ends_the_loop() -> None:
+    class _Raising(_Writer):
+        async def write_rpcs(self, stream: Any, rpcs: Any) -> bool:
+            raise OSError("connection reset")
+
+    queue = RpcQueue()
+    queue.push(_rpc(1))
+    queue.push(_rpc(2))
+    writer = _Raising()
+    with trio.fail_after(5):
+        await send_queued(writer, ID(b"\x00\x01peer"), _Stream(), queue)  # type: ignore[arg-type]
+    assert writer.dead == [ID(b"\x00\x01peer")]
+
+
+async def test_a_closed_queue_is_not_written_out() -> None:
+    queue = RpcQueue()
+    for n in range(3):
+        queue.push(_rpc(n))
+    queue.close()  # the peer was dropped: what it still held goes nowhere
+    writer = _Writer()
+    with trio.fail_after(5):
+        await send_queued(writer, ID(b"\x00\x01peer"), _Stream(), queue)  # type: ignore[arg-type]
+    assert writer.batches == []
 
 
 def test_the_bytes_are_the_same_rpcs_one_after_another() -> None:
