@@ -50,7 +50,7 @@ from p2psync.net.addresses import interface_ipv4_addrs
 from p2psync.net.peer_record import RecordOnce
 from p2psync.net.pubsub_receive import NoValidationCache, read_rpcs
 from p2psync.net.pubsub_send import encode_rpcs, send_queued, write_bytes
-from p2psync.net.router import P2psyncGossipSub
+from p2psync.net.router import P2psyncGossipSub, may_join
 from p2psync.net.yamux_windows import grant_window_at_half
 
 logger = logging.getLogger(__name__)
@@ -277,6 +277,11 @@ class RoutedPubsub(Pubsub):
 
     def handle_subscription(self, origin_id: ID, sub_message: rpc_pb2.RPC.SubOpts) -> None:
         if sub_message.subscribe:
+            if not may_join(sub_message.topicid, origin_id):
+                # Someone else's pair topic: as a subscriber the heartbeat
+                # would graft it into our mesh there (see ``handle_graft``).
+                logger.debug("%s subscribed to a pair topic not its own: ignored", origin_id)
+                return
             self._router.forget_backoff(sub_message.topicid, origin_id)
         super().handle_subscription(origin_id, sub_message)
 

@@ -19,6 +19,8 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as MESHSUB_V11
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 
+from p2psync.net.topics import pair_members
+
 HEARTBEAT_SECONDS = 1
 
 # Only /meshsub/1.1.0 and 1.0.0: on 1.2.0 py sends an IDONTWANT RPC to every
@@ -87,13 +89,13 @@ class P2psyncGossipSub(GossipSub):
         - the loop over every connected peer for the pending queue
           (``NoPendingMessages``).
 
-        And it skipped mesh peers whose subscription it did not know: a
-        stream failure on a half-registered peer makes py-libp2p forget the
-        peer's subscriptions but not its place in our meshes, and the peer
-        does not announce them again, so it got nothing on those topics
-        while our mesh (and ``send_targets``) counted it (1 start in about
-        15 of two hosts here). As in go-libp2p, a message goes to every mesh
-        peer of its topic.
+        And it sent nothing on a topic none of whose subscribers it knew,
+        mesh or no mesh: a stream failure on a half-registered peer makes
+        py-libp2p forget the peer's subscriptions but not its place in our
+        meshes, and the peer does not announce them again, so on a pair
+        topic (one subscriber) it got nothing while our mesh (and
+        ``send_targets``) counted it (1 start in about 15 of two hosts
+        here). A message goes to every mesh peer of its topic.
         14 % of a node's CPU in a 16-node burst went to ``publish``.
         With spam protection on (not ours) py-libp2p's own runs.
         """
@@ -159,6 +161,12 @@ class P2psyncGossipSub(GossipSub):
 
     async def handle_graft(self, graft_msg: rpc_pb2.ControlGraft, sender_peer_id: ID) -> None:
         topic = graft_msg.topicID
+        if not may_join(topic, sender_peer_id):
+            # A pair topic's mesh is its two members. py-libp2p took anyone,
+            # who then got our sync traffic to the other member (backfill
+            # batches of up to 1 MiB) and could stall it by not reading.
+            await self.emit_prune(topic, sender_peer_id, False, False)
+            return
         mesh = self.mesh.get(topic)
         if mesh is not None and sender_peer_id not in mesh and len(mesh) >= self.degree_high:
             # go-libp2p's rule: a full mesh takes no more. py-libp2p took every
@@ -213,6 +221,13 @@ class NoPendingMessages(defaultdict[ID, list[tuple[float, rpc_pb2.RPC]]]):
 
     def __getitem__(self, peer: ID) -> list[tuple[float, rpc_pb2.RPC]]:
         return []  # what py-libp2p appends to it goes nowhere
+
+
+def may_join(topic: str, peer: ID) -> bool:
+    """May ``peer`` be in our mesh for ``topic`` and count as its subscriber?
+    Anyone for a shared topic; on a pair (sync) topic, only its members."""
+    members = pair_members(topic)
+    return members is None or peer.to_base58() in members
 
 
 DEGREE, DEGREE_LOW, DEGREE_HIGH = 6, 4, 12

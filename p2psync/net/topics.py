@@ -10,6 +10,7 @@ traffic, and a future wire format can move to ``v4`` side by side.
   without agreeing on who goes first.
 - ``query_topic(network)``: ``ls r all`` requests, answered to the asker only.
 - ``networks_of(topics)``: which networks a peer is in, from its subscriptions.
+- ``pair_members(topic)``: the two peers of a sync topic (None for any other).
 """
 
 from __future__ import annotations
@@ -76,3 +77,13 @@ def networks_of(topics: Iterable[str]) -> list[str]:
             name, version = match.groups()
             found.add(name if version == VERSION else f"{name}/{version}")
     return sorted(found)
+
+
+_SYNC_TOPIC = re.compile(r"/p2psync/[A-Za-z0-9._-]{1,64}/v[0-9]{1,4}/sync/([^/\s]+)/([^/\s]+)")
+
+
+def pair_members(topic: str) -> tuple[str, str] | None:
+    """The two peer ids a sync topic is for, or None if ``topic`` is not one
+    (of any network or protocol version)."""
+    match = _SYNC_TOPIC.fullmatch(topic)
+    return None if match is None else (match.group(1), match.group(2))

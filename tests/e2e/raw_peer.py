@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import psutil
 import trio
+from libp2p.peer.id import ID
+from libp2p.pubsub.pb import rpc_pb2
 from nacl.signing import SigningKey
 
 from p2psync.core.entry import Entry, sign_entry
@@ -25,6 +27,7 @@ from p2psync.core.hlc import pack
 from p2psync.core.ids import peer_id_from_seed
 from p2psync.core.ops import Op, encode_op
 from p2psync.net.host import Libp2pHost, Received, open_libp2p_host
+from p2psync.net.libp2p_fixes import SIGNING_PREFIX
 from p2psync.net.topics import live_topic, sync_topic
 
 LOOPBACK = "127.0.0.1"
@@ -174,6 +177,7 @@ class RawPeer:
     pair_topic: str
     live_topic: str
     node_spoke: trio.Event  # the node sent something on the pair topic: its session is up
+    intruder: bool = False  # the pair topic is another peer's with the node
 
     @property
     def peer_id(self) -> str:
@@ -184,8 +188,24 @@ class RawPeer:
         return bytes(self.key.verify_key)
 
     async def send_pair(self, data: bytes, timeout: float = 5.0) -> None:
+        if self.intruder:
+            self.push_to_node(self.pair_topic, data)
+            return
         result = await self.host.publish(self.pair_topic, data, timeout=timeout)
         assert result, f"publish on the pair topic refused: {result}"
+
+    def push_to_node(self, topic: str, data: bytes) -> None:
+        """A message on ``topic``, signed by us, queued straight to the node
+        whatever its mesh says: a hostile peer does not wait to be grafted
+        (the node keeps third peers out of a pair topic's mesh)."""
+        pubsub = self.host._pubsub
+        assert pubsub.sign_key is not None
+        message = rpc_pb2.Message(
+            data=data, topicIDs=[topic], from_id=pubsub.my_id.to_bytes(), seqno=pubsub._next_seqno()
+        )
+        message.signature = pubsub.sign_key.sign(SIGNING_PREFIX + message.SerializeToString())
+        message.key = pubsub.host.get_public_key().serialize()
+        self.host._router.send_rpc(ID.from_base58(self.node_id), rpc_pb2.RPC(publish=[message]))
 
     async def send_live(self, data: bytes, timeout: float = 5.0) -> None:
         result = await self.host.publish(self.live_topic, data, timeout=timeout)
@@ -212,7 +232,8 @@ async def raw_peer(
     """A connected raw peer, in the mesh of the live topic and of a pair topic.
 
     The pair topic is ours with the node, unless ``pair_with`` names another
-    peer: then it is *that* peer's pair topic with the node (an intruder).
+    peer: then it is *that* peer's pair topic with the node (an intruder),
+    whose pair messages go to the node outside any mesh (``push_to_node``).
     """
     seed = seed or secrets.token_bytes(32)
     async with open_libp2p_host(seed, LOOPBACK, 0) as host, trio.open_nursery() as nursery:
@@ -224,9 +245,12 @@ async def raw_peer(
         nursery.start_soon(_drain, await host.subscribe(live), node_id, None)
         connected = await host.connect(node_addr, timeout=10)
         assert connected == node_id
-        for topic in (pair, live):
-            await host.wait_for_mesh_peer(topic, node_id, mesh_timeout)
-        yield RawPeer(host, SigningKey(seed), node_id, pair, live, spoke)
+        await host.wait_for_mesh_peer(live, node_id, mesh_timeout)
+        if pair_with is None:
+            await host.wait_for_mesh_peer(pair, node_id, mesh_timeout)
+        else:  # the node PRUNEs a third peer on a pair topic: wait for its subscription
+            await host.wait_for_topic_peer(pair, node_id, mesh_timeout)
+        yield RawPeer(host, SigningKey(seed), node_id, pair, live, spoke, pair_with is not None)
         nursery.cancel_scope.cancel()
 
 

@@ -273,7 +273,6 @@ async def test_a_resubscribed_or_reconnected_topic_meshes_again_at_once() -> Non
     # A sync session that restarts unsubscribes and resubscribes its pair
     # topic. py-libp2p's back-off kept that mesh from forming for 10 s (60 s
     # once a GRAFT crossed it), while the session sat connected and silent.
-    topic = sync_topic("test", "12D3KooWA", "12D3KooWB")
 
     async def meshed(a: Libp2pHost, b: Libp2pHost) -> None:
         with trio.fail_after(4):
@@ -284,6 +283,7 @@ async def test_a_resubscribed_or_reconnected_topic_meshes_again_at_once() -> Non
         open_libp2p_host(seed("backoff-a"), LOOPBACK, 0) as a,
         open_libp2p_host(seed("backoff-b"), LOOPBACK, 0) as b,
     ):
+        topic = sync_topic("test", a.peer_id, b.peer_id)  # only its two members may mesh
         await a.subscribe(topic)
         await b.subscribe(topic)
         await b.connect(loopback_addr(a))
