@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any
 
@@ -274,6 +275,9 @@ class RoutedPubsub(Pubsub):
         self._records = RecordOnce()
         self.validation_cache = NoValidationCache()
         self._subscription_changes = 0
+        # (change count, topic) of recent unsubscribes: a registration lasts
+        # far fewer than this many changes.
+        self._dropped: deque[tuple[int, str]] = deque(maxlen=1024)
 
     async def subscribe(self, topic_id: str) -> ISubscriptionAPI:
         # Before the announcement goes out: the peers' GRAFTs answer it.
@@ -283,6 +287,7 @@ class RoutedPubsub(Pubsub):
 
     async def unsubscribe(self, topic_id: str) -> None:
         self._subscription_changes += 1
+        self._dropped.append((self._subscription_changes, topic_id))
         await super().unsubscribe(topic_id)
 
     async def _handle_new_peer(self, peer_id: ID) -> None:
@@ -298,11 +303,15 @@ class RoutedPubsub(Pubsub):
         if queue is None or self._subscription_changes == changes:
             return
         now = set(self.topic_ids)
-        catch_up = rpc_pb2.RPC(
-            subscriptions=[rpc_pb2.RPC.SubOpts(subscribe=True, topicid=t) for t in sorted(now)]
-            + [rpc_pb2.RPC.SubOpts(subscribe=False, topicid=t) for t in sorted(before - now)]
-        )
-        queue.push(catch_up, priority=True)
+        # Dropped since we started: the hello (built later) may have named them.
+        dropped = (before | {t for at, t in self._dropped if at > changes}) - now
+        catch_up = [rpc_pb2.RPC.SubOpts(subscribe=True, topicid=t) for t in sorted(now)]
+        catch_up += [rpc_pb2.RPC.SubOpts(subscribe=False, topicid=t) for t in sorted(dropped)]
+        # Behind whatever is queued already (older states), so the last word
+        # on each topic the peer reads is the current one.
+        if not queue.push(rpc_pb2.RPC(subscriptions=catch_up)):
+            for announce in catch_up:  # py-libp2p's retry re-checks the state first
+                self._schedule_announce_retry(peer_id, announce)
 
     def handle_subscription(self, origin_id: ID, sub_message: rpc_pb2.RPC.SubOpts) -> None:
         if sub_message.subscribe:

@@ -32,7 +32,6 @@ import logging
 import secrets
 import socket
 import struct
-from typing import Any
 
 import trio
 from libp2p.abc import IHost, INetConn
@@ -43,6 +42,7 @@ from libp2p.peer.id import ID
 from libp2p.stream_muxer.yamux.yamux import FLAG_SYN, TYPE_PING, YAMUX_HEADER_FORMAT, Yamux
 
 from p2psync.net.libp2p_fixes import find_socket_stream
+from p2psync.net.read_watch import ReadWatch
 
 logger = logging.getLogger(__name__)
 
@@ -60,41 +60,12 @@ KEEPALIVE_PROBES = 3
 USER_TIMEOUT_MS = 10_000
 
 
-class _ReadWatch:
-    """A yamux connection's secured stream, as yamux reads it, noting when
-    bytes arrive and waking whoever waits for the next ones."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.heard = trio.current_time()
-        self._next = trio.Event()
-        self._armed = False
-
-    async def read(self, n: int | None = None) -> bytes:
-        data: bytes = await self._inner.read(n)
-        if data:
-            self.heard = trio.current_time()
-            if self._armed:  # someone waits for these bytes
-                self._armed = False
-                self._next.set()
-                self._next = trio.Event()
-        return data
-
-    def next_bytes(self) -> trio.Event:
-        """An event set when the connection next delivers bytes."""
-        self._armed = True
-        return self._next
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 def watch(conn: INetConn) -> None:
     """Start noting when ``conn`` delivers bytes (idempotent; yamux only)."""
     muxed = conn.muxed_conn
-    if isinstance(muxed, Yamux) and not isinstance(muxed.secured_conn, _ReadWatch):
+    if isinstance(muxed, Yamux) and not isinstance(muxed.secured_conn, ReadWatch):
         # Yamux's read loop looks the attribute up for every frame.
-        muxed.secured_conn = _ReadWatch(muxed.secured_conn)  # type: ignore[assignment]
+        muxed.secured_conn = ReadWatch(muxed.secured_conn)  # type: ignore[assignment]
 
 
 def keep_alive(conn: INetConn) -> bool:
@@ -118,9 +89,9 @@ def keep_alive(conn: INetConn) -> bool:
     return True
 
 
-def _watcher(conn: INetConn) -> _ReadWatch | None:
+def _watcher(conn: INetConn) -> ReadWatch | None:
     secured = getattr(conn.muxed_conn, "secured_conn", None)
-    return secured if isinstance(secured, _ReadWatch) else None
+    return secured if isinstance(secured, ReadWatch) else None
 
 
 def quiet_for(conn: INetConn) -> float | None:

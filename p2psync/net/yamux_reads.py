@@ -17,17 +17,21 @@ from typing import Any
 
 import trio
 from libp2p.io.utils import read_exactly
+from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux import yamux as py_yamux
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from p2psync.net.read_watch import unwatched
+
 
 def buffered_bytes(secured_conn: Any) -> int:
-    """Decrypted bytes a Noise ``SecureSession`` holds unread (0 if unknown)."""
-    high = getattr(secured_conn, "high_watermark", None)
-    low = getattr(secured_conn, "low_watermark", None)
-    if not isinstance(high, int) or not isinstance(low, int):
+    """Decrypted bytes a Noise ``SecureSession`` holds unread (0 for any other
+    connection: only one whose reads of held bytes cannot wait may skip the
+    timer)."""
+    session = unwatched(secured_conn)
+    if not isinstance(session, SecureSession):
         return 0
-    return high - low
+    return session.high_watermark - session.low_watermark
 
 
 def read_bodies_without_a_timer() -> None:

@@ -22,8 +22,9 @@ a sender that ran out of credit (its reader is a whole window behind) waits
 until half a window is read, not the next read, and py-libp2p's writer gives
 up after 5 s without credit: a reader that far behind is overloaded anyway.
 
-An operator who sets ``PY_YAMUX_RELEASE_ON_READ`` or
-``PY_YAMUX_DISABLE_HYSTERESIS`` gets py-libp2p's own behaviour back.
+An operator who sets ``PY_YAMUX_RELEASE_ON_READ``,
+``PY_YAMUX_DISABLE_HYSTERESIS`` or ``PY_YAMUX_BATCH_THRESHOLD_DIV`` gets
+py-libp2p's own behaviour back.
 """
 
 from __future__ import annotations

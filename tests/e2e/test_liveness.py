@@ -10,7 +10,7 @@ import trio
 from p2psync.net import liveness
 from p2psync.net.host import open_libp2p_host
 from p2psync.net.libp2p_fixes import find_socket_stream
-from p2psync.net.liveness import _ReadWatch
+from p2psync.net.read_watch import ReadWatch
 from tests.e2e.test_libp2p_host import LOOPBACK, loopback_addr, next_event, seed
 
 
@@ -52,7 +52,7 @@ async def test_a_peer_that_stops_reading_fails_the_ping() -> None:
             # b hangs: its muxer neither writes nor reads another frame.
             conns: Any = b._conns[next(iter(b._conns))]
             muxed = next(iter(conns)).muxed_conn
-            assert isinstance(muxed.secured_conn, _ReadWatch)
+            assert isinstance(muxed.secured_conn, ReadWatch)
             muxed._write_frame = _hang
             muxed.secured_conn.read = _hang
             assert await a.ping(b.peer_id, timeout=0.5) is None

@@ -50,3 +50,37 @@ async def test_a_topic_subscribed_during_the_hello_is_announced_to_the_peer() ->
             release.set()
             # py-libp2p: a never heard of it (TooSlowError after 10 s).
             await a.wait_for_topic_peer(topic, c.peer_id, 10)
+
+
+async def test_a_topic_dropped_during_the_hello_is_dropped_at_the_peer() -> None:
+    topic, steady = "p2psync/test/brief", "p2psync/test/steady"
+    with trio.fail_after(30):
+        async with (
+            open_libp2p_host(seed("race2-a"), LOOPBACK, 0) as a,
+            open_libp2p_host(seed("race2-c"), LOOPBACK, 0) as c,
+        ):
+            await c.subscribe(steady)
+            opening, go_on = trio.Event(), trio.Event()
+            writing, release = trio.Event(), trio.Event()
+            c_host = c._pubsub.host
+            new_stream = c_host.new_stream
+
+            async def held_new_stream(*args: Any, **kwargs: Any) -> Any:
+                if not opening.is_set():
+                    opening.set()
+                    await go_on.wait()
+                return _HeldHello(await new_stream(*args, **kwargs), writing, release)
+
+            c_host.new_stream = held_new_stream  # type: ignore[method-assign]
+            await a.connect(loopback_addr(c))
+            await next_event(c, "connected", a.peer_id)
+            await opening.wait()
+            await c.subscribe(topic)  # before the hello is built: the hello names it
+            go_on.set()
+            await writing.wait()
+            await c.unsubscribe(topic)  # announced to registered peers: a is not yet
+            release.set()
+            await a.wait_for_topic_peer(steady, c.peer_id, 10)  # the hello arrived
+            with trio.fail_after(10):  # it named ``topic``; the catch-up drops it
+                while c.peer_id in a.peers_in_topic(topic):
+                    await trio.sleep(0.05)
