@@ -209,7 +209,8 @@ class NoPendingMessages(defaultdict[ID, list[tuple[float, rpc_pb2.RPC]]]):
     has one other member, so each sync message was queued for every other
     peer, whose list was walked to expire old entries at each append, and up
     to 100 messages per peer were kept (backfill batches of up to 1 MiB among
-    them). py-libp2p's loop over the peers stays, now a few lookups each.
+    them). Our lean ``publish`` skips py-libp2p's loop over the peers too;
+    this still empties the queue for the py-libp2p paths that fill it.
     What the queue would have delivered late: a live message published in
     the seconds before a new peer's subscription reached us (the round a
     connection starts fetches it), or a sync message sent before a pair

@@ -15,7 +15,8 @@ from libp2p.utils.varint import encode_uvarint
 from p2psync.net.host import open_libp2p_host
 from p2psync.net.peer_record import RecordOnce
 from p2psync.net.pubsub_send import COALESCE_BYTES, encode_rpcs, send_queued
-from tests.e2e.test_libp2p_host import LOOPBACK, loopback_addr, next_event, seed
+from tests.e2e.test_libp2p_host import LOOPBACK, seed
+from tests.e2e.test_router_publish import meshed_pair
 
 
 async def test_rpcs_queued_together_reach_the_peer_in_one_write_and_in_order() -> None:
@@ -25,11 +26,7 @@ async def test_rpcs_queued_together_reach_the_peer_in_one_write_and_in_order() -
             open_host("co-a") as a,
             open_host("co-b") as b,
         ):
-            await a.connect(loopback_addr(b))
-            await next_event(b, "connected", a.peer_id)
-            inbox = await b.subscribe(topic)
-            await a.subscribe(topic)
-            await a.wait_for_mesh_peer(topic, b.peer_id, 10)
+            inbox = await meshed_pair(a, b, topic)
             stream = a._pubsub.peers[ID.from_base58(b.peer_id)]
             writes: list[int] = []
             real_write = stream.write

@@ -47,7 +47,8 @@ async def test_forwarding_keeps_no_timestamp_or_copy_per_message() -> None:
                 assert len(host._router.mcache.window(topic)) == 30
 
 
-async def _meshed_pair(a: Libp2pHost, b: Libp2pHost, topic: str) -> trio.MemoryReceiveChannel[Any]:
+async def meshed_pair(a: Libp2pHost, b: Libp2pHost, topic: str) -> trio.MemoryReceiveChannel[Any]:
+    """a and b connected, both in ``topic``, b in a's mesh and known as its subscriber."""
     await a.connect(loopback_addr(b))
     await next_event(b, "connected", a.peer_id)
     inbox = await b.subscribe(topic)
@@ -64,7 +65,7 @@ async def test_a_mesh_peer_whose_subscription_was_forgotten_still_gets_messages(
             open_libp2p_host(seed("forget-a"), LOOPBACK, 0) as a,
             open_libp2p_host(seed("forget-b"), LOOPBACK, 0) as b,
         ):
-            inbox = await _meshed_pair(a, b, topic)
+            inbox = await meshed_pair(a, b, topic)
             # What py-libp2p does when a stream of a half-registered peer
             # fails: the peer's subscriptions go, its place in the mesh stays,
             # and it never announces them again (seen in 1 start of ~15).
@@ -82,7 +83,7 @@ async def test_an_accepted_graft_counts_as_a_subscription() -> None:
             open_libp2p_host(seed("graft-a"), LOOPBACK, 0) as a,
             open_libp2p_host(seed("graft-b"), LOOPBACK, 0) as b,
         ):
-            await _meshed_pair(a, b, topic)
+            await meshed_pair(a, b, topic)
             b_id = ID.from_base58(b.peer_id)
             a._pubsub._forget_all_subscriptions(b_id)
             assert a.peers_in_topic(topic) == []
