@@ -18,16 +18,24 @@ daemon uses, p2psync.net.host, so the same gossipsub settings):
   the periodic round with each peer: a shorter one may miss or catch them.
   The load average of the machine is recorded beside it (a shared machine).
 - **RSS** per process: VmRSS from /proc/<pid>/status after the idle window.
-- **Burst.** Every node gets ``burst`` creates (``POST /api/v0/recipes``, one
-  client thread per node, all released at the same moment); ``burst_s`` is
-  from that moment until every node holds N*burst entries (``/api/v0/status``
-  ``entries``, each node polled until it holds them all). The raw baseline
-  publishes ``burst`` messages from every process at the same moment (told on
-  stdin), each of the size of a live entry message of this run, and
-  ``raw_flood_s`` is until the last process has all (N-1)*burst others'.
-  ``burst_ratio`` = burst_s / raw_flood_s (issue 13: at most 2).
-  ``burst_posts_answered_s`` is until every POST was answered: the part of
-  ``burst_s`` spent creating, the rest spreading.
+- **Burst.** Every node gets ``burst`` creates (``POST /api/v0/recipes``),
+  all sent at the same moment: ``burst`` requests in flight on every node at
+  once, as the raw baseline publishes its ``burst`` messages at once.
+  ``burst_s`` is from that moment until every node holds N*burst entries
+  (``/api/v0/status`` ``entries``, each node polled until it holds them
+  all). The raw baseline publishes ``burst`` messages from every process at
+  the same moment (told on stdin), each of the size of a live entry message
+  of this run, and ``raw_flood_s`` is until the last process has all
+  (N-1)*burst others'. ``burst_ratio`` = burst_s / raw_flood_s (issue 13: at
+  most 2). ``burst_posts_answered_s`` is until every POST was answered: the
+  part of ``burst_s`` spent creating, the rest spreading.
+- **Burst in turn** (``burst_in_turn_*``), then: the same, but each node's
+  client sends its creates one after another, each when the last was
+  answered (rounds 1 to 9 of issue 13 measured only this). A node then
+  publishes one op at a time, about as fast as its API answers, so every op
+  travels alone (a yamux frame, a Noise message and a socket write per op
+  per peer) where at once they share them: on 16 nodes the same entries took
+  twice the CPU in turn.
 
 Run as a child for the raw baseline::
 
@@ -200,12 +208,16 @@ def _run_nodes(ctx: Context, n: int, base: Path, burst: int) -> dict[str, Any]:
         out["rss"] = _summary(rss)
         out["peers_after_idle"] = min(x.status()["peers"] for x in nodes)
 
-        out["burst_loadavg"] = loadavg()
-        seconds, held, failed, posts_s = _burst(nodes, burst, sizes.scale_burst_timeout)
-        out["burst_s"] = None if seconds is None else round(seconds, 3)
-        out["burst_posts_answered_s"] = None if posts_s is None else round(posts_s, 3)
-        out["burst_min_held"] = held
-        out["burst_failed_posts"] = failed
+        for at_once, key in ((True, "burst"), (False, "burst_in_turn")):
+            out[f"{key}_loadavg"] = loadavg()
+            seconds, held, failed, posts_s = _burst(
+                nodes, burst, sizes.scale_burst_timeout, at_once=at_once
+            )
+            out[f"{key}_s"] = None if seconds is None else round(seconds, 3)
+            out[f"{key}_posts_answered_s"] = None if posts_s is None else round(posts_s, 3)
+            out[f"{key}_min_held"] = held
+            out[f"{key}_failed_posts"] = failed
+            time.sleep(sizes.scale_settle_s)  # the first burst's last rounds end
         entries, size = log_stats(base / "n0")
         out["message_bytes"] = round(size / entries) + 2 if entries else 270
         out["rss_after_burst"] = _summary([rss_mb(p) for p in pids])
@@ -219,34 +231,78 @@ def _synced_with_all(node: Node, n: int) -> bool:
     return sum(1 for p in peers if p.get("connected") and p.get("syncs_ok", 0) >= 1) >= n - 1
 
 
+def _recipe(index: int, i: int, tag: str) -> dict[str, str]:
+    return {
+        "name": f"scale soup {tag}{index}-{i}",
+        "ingredients": "flour,egg,milk,butter,salt",
+        "instructions": "whisk then fold then bake",
+    }
+
+
 def _burst(
-    nodes: list[Node], burst: int, timeout: float
+    nodes: list[Node], burst: int, timeout: float, *, at_once: bool
 ) -> tuple[float | None, int, int, float | None]:
-    """Creates on every node at once: (seconds until all hold all, min held,
-    failed POSTs, seconds until every POST was answered)."""
+    """Creates on every node, all released at one moment: (seconds until all
+    hold all, min held, failed POSTs, seconds until every POST was answered).
+    `at_once`: each node's `burst` requests are all in flight together, else
+    one after another."""
     want = [x.entries() + burst * len(nodes) for x in nodes]
     go = threading.Event()
     failed = [0] * len(nodes)
     answered = [0.0] * len(nodes)
 
-    def post_all(index: int) -> None:
+    def post_in_turn(index: int) -> None:
         node = nodes[index]
         with httpx.Client(timeout=30) as client:
             go.wait()
             for i in range(burst):
-                body = {
-                    "name": f"scale soup {index}-{i}",
-                    "ingredients": "flour,egg,milk,butter,salt",
-                    "instructions": "whisk then fold then bake",
-                }
                 try:
-                    ok = client.post(node.api + "/api/v0/recipes", json=body).status_code == 201
+                    response = client.post(
+                        node.api + "/api/v0/recipes", json=_recipe(index, i, "t")
+                    )
+                    ok = response.status_code == 201
                 except httpx.HTTPError:
                     ok = False
                 failed[index] += not ok
         answered[index] = time.monotonic()
 
-    threads = [threading.Thread(target=post_all, args=(i,), daemon=True) for i in range(len(nodes))]
+    answers = [0] * len(nodes)
+
+    def post_at_once() -> None:
+        import trio  # the client side: one thread, every request in flight
+
+        async def post(client: httpx.AsyncClient, index: int, i: int) -> None:
+            try:
+                response = await client.post(
+                    nodes[index].api + "/api/v0/recipes", json=_recipe(index, i, "a")
+                )
+                ok = response.status_code == 201
+            except httpx.HTTPError:
+                ok = False
+            failed[index] += not ok
+            answers[index] += 1
+            if answers[index] == burst:  # its last answer
+                answered[index] = time.monotonic()
+
+        async def main() -> None:
+            limits = httpx.Limits(max_connections=burst)
+            clients = [httpx.AsyncClient(timeout=30, limits=limits) for _ in nodes]
+            await trio.to_thread.run_sync(go.wait)
+            async with trio.open_nursery() as nursery:
+                for index, client in enumerate(clients):
+                    for i in range(burst):
+                        nursery.start_soon(post, client, index, i)
+            for client in clients:
+                await client.aclose()
+
+        trio.run(main)
+
+    if at_once:
+        threads = [threading.Thread(target=post_at_once, daemon=True)]
+    else:
+        threads = [
+            threading.Thread(target=post_in_turn, args=(i,), daemon=True) for i in range(len(nodes))
+        ]
     for t in threads:
         t.start()
     time.sleep(0.2)  # every client made
@@ -499,7 +555,15 @@ def run(ctx: Context) -> dict[str, Any]:
         return values
 
     burst_s = column("p2psync", "burst_s")
+    in_turn_s = column("p2psync", "burst_in_turn_s")
     flood_s = column("raw", "flood_s")
+
+    def ratios(seconds: list[Any]) -> list[float | None]:
+        return [
+            round(b / f, 2) if b is not None and f else None
+            for b, f in zip(seconds, flood_s, strict=True)
+        ]
+
     result: dict[str, Any] = {
         "nodes": [int(n) for n in by_n],
         "burst_per_node": burst,
@@ -510,10 +574,10 @@ def run(ctx: Context) -> dict[str, Any]:
         "burst_s": burst_s,
         "burst_posts_answered_s": column("p2psync", "burst_posts_answered_s"),
         "raw_flood_s": flood_s,
-        "burst_ratio": [
-            round(b / f, 2) if b is not None and f else None
-            for b, f in zip(burst_s, flood_s, strict=True)
-        ],
+        "burst_ratio": ratios(burst_s),
+        "burst_in_turn_s": in_turn_s,
+        "burst_in_turn_posts_answered_s": column("p2psync", "burst_in_turn_posts_answered_s"),
+        "burst_in_turn_ratio": ratios(in_turn_s),
         "rss_mb": column("p2psync", "rss", "mean"),
         "raw_rss_mb": column("raw", "rss", "mean"),
         "loadavg_1m": [

@@ -50,7 +50,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from p2psync.net.addresses import interface_ipv4_addrs
 from p2psync.net.peer_record import RecordOnce
 from p2psync.net.pubsub_receive import NoValidationCache, read_rpcs
-from p2psync.net.pubsub_send import encode_rpcs, send_queued, write_bytes
+from p2psync.net.pubsub_send import encode_rpcs, send_queued, widen, write_bytes
 from p2psync.net.router import P2psyncGossipSub, may_join
 from p2psync.net.yamux_reads import read_bodies_without_a_timer
 from p2psync.net.yamux_windows import grant_window_at_half
@@ -193,9 +193,10 @@ def find_socket_stream(obj: object, depth: int = 6) -> trio.SocketStream | None:
 
 # --- gossipsub -------------------------------------------------------------------
 
-# Every peer has an outbound queue of 32 RPCs and a full queue drops with only
-# a DEBUG log. Publishing waits while a target's queue is above this mark,
-# leaving a few slots for GRAFT/PRUNE/IHAVE, which share the queue.
+# A full outbound queue drops with only a DEBUG log. Our publishing waits
+# while a target's queue is above this mark (py-libp2p's size of 32, less a
+# few slots for GRAFT/PRUNE/IHAVE, which share the queue); the room above it,
+# up to ``pubsub_send.PEER_QUEUE_RPCS``, is for forwards, which cannot wait.
 QUEUE_HIGH_WATER = OutBoundQueueSize - 4
 
 SIGNING_PREFIX = PUBSUB_SIGNING_PREFIX.encode()
@@ -251,7 +252,8 @@ class RoutedPubsub(Pubsub):
       (``_handle_new_peer``).
     - Our own publications skip the checks meant for others' (``publish``).
     - The per-peer sending task writes what the peer's queue holds in one
-      write (``pubsub_send.send_queued``), not one RPC per write.
+      write (``pubsub_send.send_queued``), not one RPC per write, and the
+      queue holds 128 RPCs, not 32 (``pubsub_send.PEER_QUEUE_RPCS``).
     """
 
     def __init__(
@@ -300,6 +302,8 @@ class RoutedPubsub(Pubsub):
         changes, before = self._subscription_changes, set(self.topic_ids)
         await super()._handle_new_peer(peer_id)
         queue = self.peer_queues.get(peer_id)
+        if queue is not None:
+            widen(queue)
         if queue is None or self._subscription_changes == changes:
             return
         now = set(self.topic_ids)

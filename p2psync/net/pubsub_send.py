@@ -40,6 +40,16 @@ logger = logging.getLogger(__name__)
 # up to 1 MiB), which yamux and Noise split as they split it alone.
 COALESCE_BYTES = 32 * 1024
 
+# RPCs a peer's queue takes (py-libp2p and go-libp2p: 32). A forward of
+# someone else's message cannot wait for room, so a full queue drops it: with
+# 25 creates at once on each of 16 nodes, a node dropped 320 to 450 forwards
+# at 32 and those entries came later, by gossip or an anti-entropy round; at
+# 128, none. Our own publications still wait at ``QUEUE_HIGH_WATER``, so the
+# room above it is the forwards': live entries of at most 17 KiB (about 300
+# bytes as people write them), so at most about 2 MiB for a peer that stops
+# reading.
+PEER_QUEUE_RPCS = 128
+
 
 class StreamWriter(Protocol):
     """What ``send_queued`` needs of the pubsub service."""
@@ -103,3 +113,8 @@ async def write_bytes(stream: INetStream, data: bytes) -> bool:
         logger.debug("cannot write to %s: stream closed or reset", stream.muxed_conn.peer_id)
         return False
     return True
+
+
+def widen(queue: RpcQueue) -> None:
+    """Let ``queue`` hold ``PEER_QUEUE_RPCS`` (py-libp2p makes it without a size)."""
+    queue._queue.max_size = PEER_QUEUE_RPCS

@@ -14,7 +14,7 @@ from libp2p.utils.varint import encode_uvarint
 
 from p2psync.net.host import open_libp2p_host
 from p2psync.net.peer_record import RecordOnce
-from p2psync.net.pubsub_send import COALESCE_BYTES, encode_rpcs, send_queued
+from p2psync.net.pubsub_send import COALESCE_BYTES, PEER_QUEUE_RPCS, encode_rpcs, send_queued
 from tests.e2e.test_libp2p_host import LOOPBACK, seed
 from tests.e2e.test_router_publish import meshed_pair
 
@@ -161,3 +161,23 @@ def test_our_record_rides_once_per_batch_at_most(already_carried: bool) -> None:
     assert data.count(b"signed record") == (0 if already_carried else 1)
     assert carried == (None if already_carried else b"signed record")
     assert all(rpc.senderRecord == b"signed record" for rpc in rpcs)  # never changed in place
+
+
+async def test_a_peer_queue_takes_a_burst_of_forwards_without_dropping() -> None:
+    """py-libp2p's queue took 32 RPCs and dropped the rest: forwards cannot
+    wait, so in a 16-node burst a node dropped hundreds of them."""
+    topic = "p2psync/test/queue-room"
+    with trio.fail_after(30):
+        async with (
+            open_host("qr-a") as a,
+            open_host("qr-b") as b,
+        ):
+            await meshed_pair(a, b, topic)
+            queue = a._pubsub.peer_queues[ID.from_base58(b.peer_id)]
+            # Pushed with no checkpoint between: the sending task takes none
+            # meanwhile (a GRAFT or IHAVE may be waiting already).
+            room = PEER_QUEUE_RPCS - len(queue)
+            assert room > 100
+            accepted = [queue.push(rpc_pb2.RPC()) for _ in range(room)]
+            assert all(accepted), accepted.index(False)
+            assert not queue.push(rpc_pb2.RPC())  # still bounded
