@@ -25,7 +25,13 @@ from nacl.signing import VerifyKey
 from pyroaring import BitMap64
 
 from p2psync.core.actions import Accepted, Rejected
-from p2psync.core.entry import Entry, decode_entry, entry_hash, verify_signature
+from p2psync.core.entry import (
+    CheckedSignatures,
+    Entry,
+    decode_entry,
+    entry_hash,
+    verify_signature,
+)
 from p2psync.core.errors import RemoteError
 from p2psync.core.forks import (
     MAX_CHAIN,
@@ -71,10 +77,12 @@ def check_entries(
     allowed_origins: frozenset[bytes] | None,
     forked_at: Callable[[bytes], int],
     verify_each: bool,
+    checked: CheckedSignatures | None = None,
 ) -> Verdict:
     """Check entries delivered by `peer` against what `progress` says we hold (read only).
 
-    `verify_keys` is a cache of decoded public keys that this call may extend.
+    `verify_keys` is a cache of decoded public keys that this call may extend;
+    `checked` holds the entries whose signature verified already (it grows).
     """
     verdict = Verdict()
     by_origin: dict[bytes, dict[int, Entry]] = {}
@@ -113,7 +121,7 @@ def check_entries(
         ordered = sorted((e for e in entries.values() if e.seq < limit), key=lambda e: e.seq)
         for run in _contiguous_runs(ordered):
             try:
-                new = _check_run(run, held_seqs, reader, verify_keys, verify_each)
+                new = _check_run(run, held_seqs, reader, verify_keys, verify_each, checked)
             except _Fork as exc:
                 verdict.rejected.append(Rejected(peer, exc.reason, len(run), str(exc)))
                 proof = _proof_of(exc, verify_keys)
@@ -154,6 +162,7 @@ def _check_run(
     reader: LogReader,
     verify_keys: dict[bytes, VerifyKey],
     verify_each: bool,
+    checked: CheckedSignatures | None,
 ) -> list[tuple[Entry, bytes]]:
     """Authenticate one contiguous run; return the entries not yet held, with hashes."""
     hashes = [entry_hash(e.raw) for e in run]
@@ -185,13 +194,16 @@ def _check_run(
     # signature would: it was itself authenticated when we took it.
     vouched = last + 1 in links and links[last + 1][1] == hashes[-1]
     if verify_each:
-        signed = run
+        signed = list(range(len(run)))
     else:
-        signed = [e for e in run[:-1] if is_checkpoint(e.seq)]
+        signed = [i for i, e in enumerate(run[:-1]) if is_checkpoint(e.seq)]
         if not vouched or is_checkpoint(last):
-            signed.append(run[-1])
-    for entry in signed:
-        verify_signature(entry, verify_keys)
+            signed.append(len(run) - 1)
+    for i in signed:
+        if checked is None:
+            verify_signature(run[i], verify_keys)
+        else:
+            checked.verify(run[i], hashes[i], verify_keys)
     if first - 1 in links and links[first - 1][0] != run[0].prev:
         raise RemoteError("entry does not link to the one held before it", reason=Reason.FORK)
     if last + 1 in links and links[last + 1][1] != hashes[-1]:

@@ -113,3 +113,37 @@ def verify_signature(entry: Entry, key_cache: dict[bytes, VerifyKey] | None = No
     # Cached only once it verified something: a forger's random origins cost nothing.
     if key_cache is not None and len(key_cache) < 100_000:
         key_cache.setdefault(entry.origin, key)
+
+
+class CheckedSignatures:
+    """The hashes of entries whose signature verified here, the newest kept.
+
+    A live entry is verified twice on a node: by the live topic's validator,
+    before gossipsub forwards it, and again by the engine. An Ed25519 check
+    is the dearest step of both (3.5 % of a node's CPU in a 16-node burst, the
+    second half of it wasted). The hash is blake2b-256 over the entry's exact
+    bytes, signature included, so only the bytes that verified pass; any
+    other entry is verified as before. Holding `capacity` hashes (32 bytes
+    each) covers the entries between a validator and the engine many times.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._capacity = capacity
+        self._hashes: dict[bytes, None] = {}
+
+    def __contains__(self, digest: bytes) -> bool:
+        return digest in self._hashes
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def verify(
+        self, entry: Entry, digest: bytes, key_cache: dict[bytes, VerifyKey] | None = None
+    ) -> None:
+        """`verify_signature`, unless the entry of hash `digest` passed it here."""
+        if digest in self._hashes:
+            return
+        verify_signature(entry, key_cache)
+        if len(self._hashes) >= self._capacity:
+            del self._hashes[next(iter(self._hashes))]  # the oldest
+        self._hashes[digest] = None

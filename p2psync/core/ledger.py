@@ -25,7 +25,7 @@ from p2psync.core.actions import (
     Rejected,
 )
 from p2psync.core.budgets import DEFAULT_BUDGETS, BudgetKind, BudgetRate, PeerBudgets
-from p2psync.core.entry import ZERO_HASH, decode_entry, sign_entry
+from p2psync.core.entry import ZERO_HASH, CheckedSignatures, decode_entry, sign_entry
 from p2psync.core.errors import LocalError, OwnLogForked
 from p2psync.core.forks import ForkProof
 from p2psync.core.hlc import MAX_FORWARD_MS, HybridClock, Now, pack
@@ -86,6 +86,7 @@ class Ledger:
         self._head_hash, own_head_hlc = self._own_head()
         self._clock = HybridClock(max(min(last_hlc, ceiling), own_head_hlc))
         self._verify_keys: dict[bytes, VerifyKey] = {}
+        self.checked_signatures = CheckedSignatures()  # the live validator's too
         self._forks: dict[bytes, ForkProof] = {proof.origin: proof for proof in forks}
         self._rewrites_due: dict[bytes, ForkProof] = {}  # lower proofs not yet recorded
         self._budgets = PeerBudgets(dict(self.config.budgets))
@@ -213,6 +214,7 @@ class Ledger:
             allowed_origins=self._allowed_origins,
             forked_at=self._index.forked_at,
             verify_each=verify_each,
+            checked=self.checked_signatures,
         )
         actions: list[Action] = []
         verdict.accepted = self._admit(

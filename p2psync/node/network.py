@@ -309,7 +309,7 @@ class NetworkTransport(Transport):
 
     async def run_live_reader(self) -> None:
         node = self.node
-        validator = self._validator(TopicChecks().live)
+        validator = self._validator(TopicChecks(node.engine.checked_signatures).live)
         receive = await self.host.subscribe(live_topic(self.config.network), validator=validator)
         async for received in receive:
             # A backlog is applied together: one commit for all its entries.

@@ -13,17 +13,23 @@ from __future__ import annotations
 from nacl.signing import VerifyKey
 
 from p2psync.core import protocol
-from p2psync.core.entry import decode_entry, verify_signature
+from p2psync.core.entry import CheckedSignatures, decode_entry, entry_hash
 from p2psync.core.errors import RemoteError
 from p2psync.core.query import Query
 from p2psync.core.reasons import Reason
 
 
 class TopicChecks:
-    """The per-topic checks, sharing one cache of verified origin keys."""
+    """The per-topic checks, sharing one cache of verified origin keys.
 
-    def __init__(self) -> None:
+    `checked`: the engine's record of entries that verified
+    (`SyncEngine.checked_signatures`). A live entry that verifies here is
+    noted in it, so the engine does not check its signature again.
+    """
+
+    def __init__(self, checked: CheckedSignatures | None = None) -> None:
         self._verify_keys: dict[bytes, VerifyKey] = {}
+        self._checked = CheckedSignatures() if checked is None else checked
 
     def live(self, data: bytes) -> Reason | None:
         """A LIVE message whose entry is well formed and signed by its origin."""
@@ -31,7 +37,8 @@ class TopicChecks:
             message = protocol.decode(data)
             if not isinstance(message, protocol.Live):
                 return Reason.UNEXPECTED
-            verify_signature(decode_entry(message.entry), self._verify_keys)
+            entry = decode_entry(message.entry)
+            self._checked.verify(entry, entry_hash(entry.raw), self._verify_keys)
         except RemoteError as exc:
             return exc.reason
         return None
