@@ -140,7 +140,11 @@ class CheckedSignatures:
     def verify(
         self, entry: Entry, digest: bytes, key_cache: dict[bytes, VerifyKey] | None = None
     ) -> None:
-        """`verify_signature`, unless the entry of hash `digest` passed it here."""
+        """`verify_signature`, unless the entry of hash `digest` passed it here.
+
+        `digest` must be `entry_hash(entry.raw)` (callers have it already): any
+        other value would record a verdict under the wrong bytes.
+        """
         if digest in self._hashes:
             return
         verify_signature(entry, key_cache)

@@ -27,7 +27,7 @@ from libp2p.abc import INetStream
 from libp2p.network.stream.exceptions import StreamClosed, StreamReset
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
-from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.pubsub.rpc_queue import OutBoundQueueSize, PriorityQueue, RpcQueue
 from libp2p.utils.varint import encode_uvarint
 
 from p2psync.net.peer_record import RecordOnce, without_record
@@ -42,13 +42,14 @@ COALESCE_BYTES = 32 * 1024
 
 # RPCs a peer's queue takes (py-libp2p and go-libp2p: 32). A forward of
 # someone else's message cannot wait for room, so a full queue drops it: with
-# 25 creates at once on each of 16 nodes, a node dropped 320 to 450 forwards
+# 25 creates at once on each of 16 nodes, a node dropped 320 to 500 forwards
 # at 32 and those entries came later, by gossip or an anti-entropy round; at
-# 128, none. Our own publications still wait at ``QUEUE_HIGH_WATER``, so the
-# room above it is the forwards': live entries of at most 17 KiB (about 300
-# bytes as people write them), so at most about 2 MiB for a peer that stops
-# reading.
+# 128, none. Our own publications still wait at ``QUEUE_HIGH_WATER`` (28).
+# Past py-libp2p's 32 only RPCs of at most ``SMALL_RPC_BYTES`` are taken
+# (a live op is about 300 bytes, its largest 17 KiB; an RPC may be 1 MiB), so
+# a peer that stops reading holds at most 2 MiB more than before.
 PEER_QUEUE_RPCS = 128
+SMALL_RPC_BYTES = 20 * 1024
 
 
 class StreamWriter(Protocol):
@@ -115,6 +116,19 @@ async def write_bytes(stream: INetStream, data: bytes) -> bool:
     return True
 
 
+class _WideQueue(PriorityQueue):
+    """py-libp2p's two-tier queue, ``PEER_QUEUE_RPCS`` deep, small RPCs only past 32."""
+
+    def push(self, rpc: rpc_pb2.RPC, priority: bool = False) -> bool:
+        if len(self) >= OutBoundQueueSize and rpc.ByteSize() > SMALL_RPC_BYTES:
+            return False
+        return super().push(rpc, priority)
+
+
 def widen(queue: RpcQueue) -> None:
-    """Let ``queue`` hold ``PEER_QUEUE_RPCS`` (py-libp2p makes it without a size)."""
-    queue._queue.max_size = PEER_QUEUE_RPCS
+    """Give ``queue`` the room of ``PEER_QUEUE_RPCS`` (py-libp2p makes it
+    with its own size), keeping what it holds."""
+    held = queue._queue
+    wide = _WideQueue(PEER_QUEUE_RPCS)
+    wide._priority, wide._non_priority = held._priority, held._non_priority
+    queue._queue = wide

@@ -14,7 +14,13 @@ from libp2p.utils.varint import encode_uvarint
 
 from p2psync.net.host import open_libp2p_host
 from p2psync.net.peer_record import RecordOnce
-from p2psync.net.pubsub_send import COALESCE_BYTES, PEER_QUEUE_RPCS, encode_rpcs, send_queued
+from p2psync.net.pubsub_send import (
+    COALESCE_BYTES,
+    PEER_QUEUE_RPCS,
+    SMALL_RPC_BYTES,
+    encode_rpcs,
+    send_queued,
+)
 from tests.e2e.test_libp2p_host import LOOPBACK, seed
 from tests.e2e.test_router_publish import meshed_pair
 
@@ -178,6 +184,9 @@ async def test_a_peer_queue_takes_a_burst_of_forwards_without_dropping() -> None
             # meanwhile (a GRAFT or IHAVE may be waiting already).
             room = PEER_QUEUE_RPCS - len(queue)
             assert room > 100
-            accepted = [queue.push(rpc_pb2.RPC()) for _ in range(room)]
+            accepted = [queue.push(rpc_pb2.RPC()) for _ in range(room - 1)]
             assert all(accepted), accepted.index(False)
+            large = rpc_pb2.RPC(publish=[rpc_pb2.Message(data=bytes(SMALL_RPC_BYTES + 1))])
+            assert not queue.push(large)  # past py-libp2p's 32: small RPCs only
+            assert queue.push(rpc_pb2.RPC())
             assert not queue.push(rpc_pb2.RPC())  # still bounded

@@ -49,3 +49,54 @@ def test_scale_reads_cpu_and_memory_from_proc() -> None:
     assert share >= 0
     assert rss_mb(pid) > 0
     assert _summary([1.0, 3.0]) == {"mean": 2.0, "max": 3.0, "min": 1.0, "sum": 4.0}
+
+
+def test_scale_burst_posts_every_create_at_once_and_in_turn() -> None:
+    """The burst against two stand-in nodes that share one store (every node
+    holds every entry at once): all creates sent, counted and timed."""
+    import os
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from types import SimpleNamespace
+
+    from benchmarks.scale import _burst
+
+    created: list[str] = []
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            with lock:
+                created.append(json.loads(body)["name"])
+            self.send_response(201)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    nodes = [
+        SimpleNamespace(
+            api=f"http://127.0.0.1:{server.server_address[1]}",
+            entries=lambda: len(created),
+            proc=SimpleNamespace(pid=os.getpid()),
+        )
+        for server in servers
+    ]
+    try:
+        for at_once in (True, False):
+            before = len(created)
+            figures = _burst(nodes, 5, 10, at_once=at_once)  # type: ignore[arg-type]
+            assert len(created) == before + 10
+            assert figures["s"] is not None and figures["failed_posts"] == 0
+            assert figures["min_held"] == 10
+            assert figures["posts_answered_s"] is not None
+            assert figures["node_cpu_s"] >= 0
+        assert len(set(created)) == 20  # every create its own recipe
+    finally:
+        for server in servers:
+            server.shutdown()
