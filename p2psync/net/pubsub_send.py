@@ -45,9 +45,11 @@ COALESCE_BYTES = 32 * 1024
 # 25 creates at once on each of 16 nodes, a node dropped 320 to 500 forwards
 # at 32 and those entries came later, by gossip or an anti-entropy round; at
 # 128, none. Our own publications still wait at ``QUEUE_HIGH_WATER`` (28).
-# Past py-libp2p's 32 only RPCs of at most ``SMALL_RPC_BYTES`` are taken
-# (a live op is about 300 bytes, its largest 17 KiB; an RPC may be 1 MiB), so
-# a peer that stops reading holds at most 2 MiB more than before.
+# Past py-libp2p's 32, a message-carrying RPC is taken only if it is at most
+# ``SMALL_RPC_BYTES`` (a live op is about 300 bytes, its largest with its
+# envelope 17 KiB; an RPC may be 1 MiB), so a peer that stops reading holds at
+# most 2 MiB of messages more than before. Control RPCs (GRAFT/PRUNE with the
+# heartbeat's IHAVE, our IWANT: ids, 50 bytes each) are taken as before.
 PEER_QUEUE_RPCS = 128
 SMALL_RPC_BYTES = 20 * 1024
 
@@ -117,10 +119,10 @@ async def write_bytes(stream: INetStream, data: bytes) -> bool:
 
 
 class _WideQueue(PriorityQueue):
-    """py-libp2p's two-tier queue, ``PEER_QUEUE_RPCS`` deep, small RPCs only past 32."""
+    """py-libp2p's two-tier queue, ``PEER_QUEUE_RPCS`` deep, small messages only past 32."""
 
     def push(self, rpc: rpc_pb2.RPC, priority: bool = False) -> bool:
-        if len(self) >= OutBoundQueueSize and rpc.ByteSize() > SMALL_RPC_BYTES:
+        if len(self) >= OutBoundQueueSize and rpc.publish and rpc.ByteSize() > SMALL_RPC_BYTES:
             return False
         return super().push(rpc, priority)
 

@@ -13,12 +13,14 @@ from collections.abc import Callable
 from itertools import islice
 from typing import Any
 
+import trio
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.pubsub.gossipsub import PROTOCOL_ID as MESHSUB_V10
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as MESHSUB_V11
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.rpc_queue import OutBoundQueueSize
 from libp2p.pubsub.utils import safe_bytes_from_hex
 
 from p2psync.net.topics import pair_members
@@ -193,8 +195,10 @@ class P2psyncGossipSub(GossipSub):
 
     async def handle_iwant(self, iwant_msg: rpc_pb2.ControlIWant, sender_peer_id: ID) -> None:
         """Answer an IWANT with each wanted message we hold once, at most
-        ``IWANT_ANSWER_MESSAGES`` of them and about ``IWANT_ANSWER_BYTES``, and
-        a pair topic's only to that pair's other member.
+        ``IWANT_ANSWER_MESSAGES`` of them and about ``IWANT_ANSWER_BYTES``, a
+        pair topic's only to that pair's other member, and nothing to a peer
+        whose queue is at py-libp2p's 32 (it is not reading: the answer would
+        be built to be dropped).
 
         py-libp2p answered every id as named, in one RPC built in the event
         loop: an IWANT naming one cached message 10 000 times (one 1 MiB RPC,
@@ -206,16 +210,17 @@ class P2psyncGossipSub(GossipSub):
         pubsub = self.pubsub
         if pubsub is None or not self._check_iwant_rate_limit(sender_peer_id):
             return
-        wanted: dict[bytes, None] = {}
-        for wire_id in islice(iwant_msg.messageIDs, IWANT_IDS_READ):
-            mid = safe_bytes_from_hex(wire_id)
-            if mid is not None:
-                wanted[mid] = None
-                if len(wanted) >= IWANT_ANSWER_MESSAGES:
-                    break
+        queue = pubsub.peer_queues.get(sender_peer_id)
+        if queue is None or len(queue) >= OutBoundQueueSize:
+            return
+        seen: set[bytes] = set()
         answer: list[rpc_pb2.Message] = []
         size = 0
-        for mid in wanted:
+        for wire_id in islice(iwant_msg.messageIDs, IWANT_IDS_READ):
+            mid = safe_bytes_from_hex(wire_id)
+            if mid is None or mid in seen:
+                continue
+            seen.add(mid)
             msg = self.mcache.get(mid)
             if msg is None or not all(may_join(t, sender_peer_id) for t in msg.topicIDs):
                 continue
@@ -223,10 +228,13 @@ class P2psyncGossipSub(GossipSub):
             if answer and size > IWANT_ANSWER_BYTES:
                 break  # the peer asks again for what it still lacks
             answer.append(msg)
+            if len(answer) >= IWANT_ANSWER_MESSAGES:
+                break
         if answer:
             rpc = rpc_pb2.RPC(publish=answer)
             rpc.senderRecord = env_to_send_in_RPC(pubsub.host)[0]
             self.send_rpc(sender_peer_id, rpc)
+            await trio.lowlevel.checkpoint()  # one RPC may carry several IWANTs
 
     def forget_backoff(self, topic: str, peer: ID | None = None) -> None:
         """Drop back-off and GRAFT-flood state for ``peer`` (every peer if None) on ``topic``."""

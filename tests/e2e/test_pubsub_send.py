@@ -9,7 +9,7 @@ import trio
 import trio.testing
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
-from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.pubsub.rpc_queue import OutBoundQueueSize, RpcQueue
 from libp2p.utils.varint import encode_uvarint
 
 from p2psync.net.host import open_libp2p_host
@@ -20,6 +20,7 @@ from p2psync.net.pubsub_send import (
     SMALL_RPC_BYTES,
     encode_rpcs,
     send_queued,
+    widen,
 )
 from tests.e2e.test_libp2p_host import LOOPBACK, seed
 from tests.e2e.test_router_publish import meshed_pair
@@ -190,3 +191,43 @@ async def test_a_peer_queue_takes_a_burst_of_forwards_without_dropping() -> None
             assert not queue.push(large)  # past py-libp2p's 32: small RPCs only
             assert queue.push(rpc_pb2.RPC())
             assert not queue.push(rpc_pb2.RPC())  # still bounded
+
+
+def test_past_32_a_queue_refuses_large_messages_only() -> None:
+    queue = RpcQueue()
+    widen(queue)
+    large = rpc_pb2.RPC(publish=[rpc_pb2.Message(data=bytes(SMALL_RPC_BYTES + 1))])
+    control = rpc_pb2.RPC(
+        control=rpc_pb2.ControlMessage(
+            ihave=[rpc_pb2.ControlIHave(topicID="t", messageIDs=[bytes(46)] * 500)]
+        )
+    )
+    for _ in range(OutBoundQueueSize - 1):
+        assert queue.push(rpc_pb2.RPC())
+    assert queue.push(large)  # the 32nd: py-libp2p's room
+    assert not queue.push(large)
+    assert queue.push(control, priority=True)  # a heartbeat's GRAFT/IHAVE
+    assert queue.push(rpc_pb2.RPC(publish=[rpc_pb2.Message(data=b"op")]))
+
+
+def test_the_largest_live_rpc_counts_as_small() -> None:
+    """A live entry at the op size limit, signed and enveloped as gossipsub
+    sends it with our peer record, fits under SMALL_RPC_BYTES."""
+    from nacl.signing import SigningKey
+
+    from p2psync.core import protocol
+    from p2psync.core.entry import ZERO_HASH, sign_entry
+    from p2psync.core.ops import MAX_OP_BYTES
+    from p2psync.net.topics import live_topic
+
+    entry = sign_entry(SigningKey(b"\x05" * 32), 0, ZERO_HASH, 1, b"x" * MAX_OP_BYTES)
+    message = rpc_pb2.Message(
+        from_id=bytes(38),
+        data=protocol.encode(protocol.Live(entry.raw)),
+        seqno=bytes(8),
+        topicIDs=[live_topic("default")],
+        signature=bytes(64),
+        key=bytes(36),
+    )
+    rpc = rpc_pb2.RPC(publish=[message], senderRecord=bytes(400))
+    assert rpc.ByteSize() <= SMALL_RPC_BYTES

@@ -8,6 +8,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 from libp2p.pubsub.mcache import default_msg_id_fn
 from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.rpc_queue import OutBoundQueueSize, RpcQueue
 
 from p2psync.net.host import Libp2pHost, open_libp2p_host
 from p2psync.net.router import IWANT_ANSWER_BYTES, IWANT_ANSWER_MESSAGES
@@ -17,8 +18,13 @@ from tests.e2e.test_libp2p_host import LOOPBACK, seed
 NETWORK = "default"
 
 
-def stranger() -> ID:
-    return ID.from_pubkey(create_new_key_pair().public_key)
+def stranger(host: Libp2pHost | None = None) -> ID:
+    """A made-up peer; registered with `host`'s pubsub (a queue of its own), as
+    a connected peer is, if given."""
+    peer = ID.from_pubkey(create_new_key_pair().public_key)
+    if host is not None:
+        host._pubsub.peer_queues[peer] = RpcQueue()
+    return peer
 
 
 def cached(host: Libp2pHost, topic: str, seqno: int, size: int = 300) -> bytes:
@@ -45,7 +51,7 @@ async def test_a_message_named_many_times_is_sent_once() -> None:
         async with open_libp2p_host(seed("iwant-a"), LOOPBACK, 0) as a:
             mid = cached(a, "p2psync/test/live", 1)
             sent = answers(a)
-            asker = stranger()
+            asker = stranger(a)
             # py-libp2p answered 5 000 copies of the one message.
             await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=[mid] * 5000), asker)
             ((to, rpc),) = sent
@@ -58,8 +64,8 @@ async def test_an_answer_stays_within_its_bounds() -> None:
             many = [cached(a, "p2psync/test/live", n) for n in range(IWANT_ANSWER_MESSAGES + 50)]
             big = [cached(a, "p2psync/test/big", 10_000 + n, size=17_000) for n in range(60)]
             sent = answers(a)
-            await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=many), stranger())
-            await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=big), stranger())
+            await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=many), stranger(a))
+            await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=big), stranger(a))
             (_, small_answer), (_, big_answer) = sent
             assert len(small_answer.publish) == IWANT_ANSWER_MESSAGES
             assert 0 < len(big_answer.publish) < 60
@@ -69,12 +75,41 @@ async def test_an_answer_stays_within_its_bounds() -> None:
 async def test_a_pair_topic_message_goes_only_to_the_other_member() -> None:
     with trio.fail_after(30):
         async with open_libp2p_host(seed("iwant-c"), LOOPBACK, 0) as a:
-            member = stranger()
+            member = stranger(a)
             topic = sync_topic(NETWORK, a.peer_id, member.to_base58())
             mid = cached(a, topic, 1)
             sent = answers(a)
-            await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=[mid]), stranger())
+            await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=[mid]), stranger(a))
             assert sent == []  # anyone else who guessed the id gets nothing
             await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=[mid]), member)
             ((to, rpc),) = sent
             assert to == member and len(rpc.publish) == 1
+
+
+async def test_ids_we_do_not_hold_use_no_room_and_one_id_counts_once() -> None:
+    with trio.fail_after(30):
+        async with open_libp2p_host(seed("iwant-d"), LOOPBACK, 0) as a:
+            held = [cached(a, "p2psync/test/live", n) for n in range(3)]
+            unknown = [bytes([7]) * 46 for _ in range(IWANT_ANSWER_MESSAGES)]
+            as_text = held[0].hex().encode()  # py-libp2p peers write ids as hex text
+            sent = answers(a)
+            ids = [*unknown, as_text, *held]
+            await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=ids), stranger(a))
+            ((_, rpc),) = sent
+            assert len(rpc.publish) == 3
+
+
+async def test_a_peer_that_does_not_read_or_asks_too_often_gets_nothing() -> None:
+    with trio.fail_after(30):
+        async with open_libp2p_host(seed("iwant-e"), LOOPBACK, 0) as a:
+            mid = cached(a, "p2psync/test/live", 1)
+            sent = answers(a)
+            stalled = stranger(a)
+            for _ in range(OutBoundQueueSize):
+                a._pubsub.peer_queues[stalled].push(rpc_pb2.RPC())
+            await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=[mid]), stalled)
+            assert sent == []
+            eager = stranger(a)
+            for _ in range(11):  # py-libp2p's limit: 10 a second
+                await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=[mid]), eager)
+            assert len(sent) == 10
