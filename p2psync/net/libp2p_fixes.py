@@ -254,6 +254,8 @@ class RoutedPubsub(Pubsub):
     - The per-peer sending task writes what the peer's queue holds in one
       write (``pubsub_send.send_queued``), not one RPC per write, and the
       queue holds 128 RPCs, not 32 (``pubsub_send.PEER_QUEUE_RPCS``).
+    - The cached window is replayed to a subscribing peer once per topic and
+      connection (``_replay_recent_messages``).
     """
 
     def __init__(
@@ -272,6 +274,9 @@ class RoutedPubsub(Pubsub):
         self._router = router
         self.last_heard: dict[ID, float] = {}
         self._write_locks: weakref.WeakKeyDictionary[INetStream, trio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._replayed: weakref.WeakKeyDictionary[INetStream, set[str]] = (
             weakref.WeakKeyDictionary()
         )
         self._records = RecordOnce()
@@ -326,6 +331,20 @@ class RoutedPubsub(Pubsub):
                 return
             self._router.forget_backoff(sub_message.topicid, origin_id)
         super().handle_subscription(origin_id, sub_message)
+
+    async def _replay_recent_messages(self, peer_id: ID, topic: str) -> None:
+        """py-libp2p's replay of a topic's cached window to a peer that
+        subscribes, once per topic per connection. py-libp2p re-armed it at
+        each unsubscribe: a peer looping UNSUBSCRIBE/SUBSCRIBE (70 bytes) had
+        the whole window written to it each time, straight onto the stream,
+        outside its queue, and one task waited per loop if it stopped reading."""
+        stream = self.peers.get(peer_id)
+        if stream is None:
+            return
+        replayed = self._replayed.setdefault(stream, set())
+        if topic not in replayed:
+            replayed.add(topic)
+            await super()._replay_recent_messages(peer_id, topic)
 
     async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
         return await self.write_rpcs(stream, [rpc_msg])
