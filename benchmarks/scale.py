@@ -217,7 +217,7 @@ def _run_nodes(ctx: Context, n: int, base: Path, burst: int) -> dict[str, Any]:
 
         out["burst_loadavg"] = loadavg()
         first = _burst(nodes, burst, sizes.scale_burst_timeout, at_once=True)
-        out.update({f"burst_{k}" if k != "s" else "burst_s": v for k, v in first.items()})
+        out.update({f"burst_{k}": v for k, v in first.items()})
         dead = [x.name for x in nodes if x.proc.poll() is not None]
         if first["s"] is None or first["failed_posts"] or dead:
             # Its leftovers would count towards the second burst.

@@ -30,7 +30,6 @@ from p2psync.core.entry import (
     Entry,
     decode_entry,
     entry_hash,
-    verify_signature,
 )
 from p2psync.core.errors import RemoteError
 from p2psync.core.forks import (
@@ -77,7 +76,7 @@ def check_entries(
     allowed_origins: frozenset[bytes] | None,
     forked_at: Callable[[bytes], int],
     verify_each: bool,
-    checked: CheckedSignatures | None = None,
+    checked: CheckedSignatures,
 ) -> Verdict:
     """Check entries delivered by `peer` against what `progress` says we hold (read only).
 
@@ -162,7 +161,7 @@ def _check_run(
     reader: LogReader,
     verify_keys: dict[bytes, VerifyKey],
     verify_each: bool,
-    checked: CheckedSignatures | None,
+    checked: CheckedSignatures,
 ) -> list[tuple[Entry, bytes]]:
     """Authenticate one contiguous run; return the entries not yet held, with hashes."""
     hashes = [entry_hash(e.raw) for e in run]
@@ -200,10 +199,7 @@ def _check_run(
         if not vouched or is_checkpoint(last):
             signed.append(len(run) - 1)
     for i in signed:
-        if checked is None:
-            verify_signature(run[i], verify_keys)
-        else:
-            checked.verify(run[i], hashes[i], verify_keys)
+        checked.verify(run[i], hashes[i], verify_keys)
     if first - 1 in links and links[first - 1][0] != run[0].prev:
         raise RemoteError("entry does not link to the one held before it", reason=Reason.FORK)
     if last + 1 in links and links[last + 1][1] != hashes[-1]:

@@ -194,7 +194,7 @@ def find_socket_stream(obj: object, depth: int = 6) -> trio.SocketStream | None:
 # --- gossipsub -------------------------------------------------------------------
 
 # A full outbound queue drops with only a DEBUG log. Our publishing waits
-# while a target's queue is above this mark (py-libp2p's size of 32, less a
+# while a target's queue is at or above this mark (py-libp2p's size of 32, less a
 # few slots for GRAFT/PRUNE/IHAVE, which share the queue); the room above it,
 # up to ``pubsub_send.PEER_QUEUE_RPCS``, is for forwards, which cannot wait.
 QUEUE_HIGH_WATER = OutBoundQueueSize - 4
@@ -334,7 +334,8 @@ class RoutedPubsub(Pubsub):
 
     async def _replay_recent_messages(self, peer_id: ID, topic: str) -> None:
         """py-libp2p's replay of a topic's cached window to a peer that
-        subscribes, once per topic per connection. py-libp2p re-armed it at
+        subscribes, once per topic and pubsub stream (a connection carries one
+        of ours; a failed replay is not retried on it). py-libp2p re-armed it at
         each unsubscribe: a peer looping UNSUBSCRIBE/SUBSCRIBE (70 bytes) had
         the whole window written to it each time, straight onto the stream,
         outside its queue, and one task waited per loop if it stopped reading."""

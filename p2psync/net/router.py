@@ -198,7 +198,7 @@ class P2psyncGossipSub(GossipSub):
         ``IWANT_ANSWER_MESSAGES`` of them and about ``IWANT_ANSWER_BYTES``, a
         pair topic's only to that pair's other member, and nothing to a peer
         whose queue is at py-libp2p's 32 (it is not reading: the answer would
-        be built to be dropped).
+        wait there, or be dropped if larger than 20 KiB).
 
         py-libp2p answered every id as named, in one RPC built in the event
         loop: an IWANT naming one cached message 10 000 times (one 1 MiB RPC,
@@ -282,7 +282,7 @@ DEGREE, DEGREE_LOW, DEGREE_HIGH = 6, 4, 12
 
 # What one IWANT gets: ids read, distinct messages answered, and the answer's
 # size past its first message (under the 1 MiB RPC limit with room to spare).
-IWANT_IDS_READ = 5000  # go-libp2p's MaxIHaveLength
+IWANT_IDS_READ = 5000  # go-libp2p's MaxIHaveLength (its limit on an IHAVE's ids)
 IWANT_ANSWER_MESSAGES = 500
 IWANT_ANSWER_BYTES = 512 * 1024
 

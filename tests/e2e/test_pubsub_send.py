@@ -25,6 +25,9 @@ from p2psync.net.pubsub_send import (
 from tests.e2e.test_libp2p_host import LOOPBACK, seed
 from tests.e2e.test_router_publish import meshed_pair
 
+# A message-carrying RPC past the size a queue takes beyond py-libp2p's 32.
+LARGE = rpc_pb2.RPC(publish=[rpc_pb2.Message(data=bytes(SMALL_RPC_BYTES + 1))])
+
 
 async def test_rpcs_queued_together_reach_the_peer_in_one_write_and_in_order() -> None:
     topic = "p2psync/test/coalesce"
@@ -187,8 +190,7 @@ async def test_a_peer_queue_takes_a_burst_of_forwards_without_dropping() -> None
             assert room > 100
             accepted = [queue.push(rpc_pb2.RPC()) for _ in range(room - 1)]
             assert all(accepted), accepted.index(False)
-            large = rpc_pb2.RPC(publish=[rpc_pb2.Message(data=bytes(SMALL_RPC_BYTES + 1))])
-            assert not queue.push(large)  # past py-libp2p's 32: small RPCs only
+            assert not queue.push(LARGE)  # past py-libp2p's 32: small RPCs only
             assert queue.push(rpc_pb2.RPC())
             assert not queue.push(rpc_pb2.RPC())  # still bounded
 
@@ -196,7 +198,6 @@ async def test_a_peer_queue_takes_a_burst_of_forwards_without_dropping() -> None
 def test_past_32_a_queue_refuses_large_messages_only() -> None:
     queue = RpcQueue()
     widen(queue)
-    large = rpc_pb2.RPC(publish=[rpc_pb2.Message(data=bytes(SMALL_RPC_BYTES + 1))])
     control = rpc_pb2.RPC(
         control=rpc_pb2.ControlMessage(
             ihave=[rpc_pb2.ControlIHave(topicID="t", messageIDs=[bytes(46)] * 500)]
@@ -204,8 +205,8 @@ def test_past_32_a_queue_refuses_large_messages_only() -> None:
     )
     for _ in range(OutBoundQueueSize - 1):
         assert queue.push(rpc_pb2.RPC())
-    assert queue.push(large)  # the 32nd: py-libp2p's room
-    assert not queue.push(large)
+    assert queue.push(LARGE)  # the 32nd: py-libp2p's room
+    assert not queue.push(LARGE)
     assert queue.push(control, priority=True)  # a heartbeat's GRAFT/IHAVE
     assert queue.push(rpc_pb2.RPC(publish=[rpc_pb2.Message(data=b"op")]))
 

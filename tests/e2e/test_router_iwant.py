@@ -4,16 +4,17 @@ topic's messages only for that pair's other member."""
 from __future__ import annotations
 
 import trio
+import trio.testing
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 from libp2p.pubsub.mcache import default_msg_id_fn
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.rpc_queue import OutBoundQueueSize, RpcQueue
 
-from p2psync.net.host import Libp2pHost, open_libp2p_host
+from p2psync.net.host import Libp2pHost
 from p2psync.net.router import IWANT_ANSWER_BYTES, IWANT_ANSWER_MESSAGES
 from p2psync.net.topics import sync_topic
-from tests.e2e.test_libp2p_host import LOOPBACK, seed
+from tests.e2e.test_pubsub_send import open_host
 
 NETWORK = "default"
 
@@ -48,7 +49,7 @@ def answers(host: Libp2pHost) -> list[tuple[ID, rpc_pb2.RPC]]:
 
 async def test_a_message_named_many_times_is_sent_once() -> None:
     with trio.fail_after(30):
-        async with open_libp2p_host(seed("iwant-a"), LOOPBACK, 0) as a:
+        async with open_host("iwant-a") as a:
             mid = cached(a, "p2psync/test/live", 1)
             sent = answers(a)
             asker = stranger(a)
@@ -60,7 +61,7 @@ async def test_a_message_named_many_times_is_sent_once() -> None:
 
 async def test_an_answer_stays_within_its_bounds() -> None:
     with trio.fail_after(30):
-        async with open_libp2p_host(seed("iwant-b"), LOOPBACK, 0) as a:
+        async with open_host("iwant-b") as a:
             many = [cached(a, "p2psync/test/live", n) for n in range(IWANT_ANSWER_MESSAGES + 50)]
             big = [cached(a, "p2psync/test/big", 10_000 + n, size=17_000) for n in range(60)]
             sent = answers(a)
@@ -74,7 +75,7 @@ async def test_an_answer_stays_within_its_bounds() -> None:
 
 async def test_a_pair_topic_message_goes_only_to_the_other_member() -> None:
     with trio.fail_after(30):
-        async with open_libp2p_host(seed("iwant-c"), LOOPBACK, 0) as a:
+        async with open_host("iwant-c") as a:
             member = stranger(a)
             topic = sync_topic(NETWORK, a.peer_id, member.to_base58())
             mid = cached(a, topic, 1)
@@ -88,9 +89,9 @@ async def test_a_pair_topic_message_goes_only_to_the_other_member() -> None:
 
 async def test_ids_we_do_not_hold_use_no_room_and_one_id_counts_once() -> None:
     with trio.fail_after(30):
-        async with open_libp2p_host(seed("iwant-d"), LOOPBACK, 0) as a:
+        async with open_host("iwant-d") as a:
             held = [cached(a, "p2psync/test/live", n) for n in range(3)]
-            unknown = [bytes([7]) * 46 for _ in range(IWANT_ANSWER_MESSAGES)]
+            unknown = [b"\x07" + n.to_bytes(45, "big") for n in range(IWANT_ANSWER_MESSAGES)]
             as_text = held[0].hex().encode()  # py-libp2p peers write ids as hex text
             sent = answers(a)
             ids = [*unknown, as_text, *held]
@@ -101,7 +102,7 @@ async def test_ids_we_do_not_hold_use_no_room_and_one_id_counts_once() -> None:
 
 async def test_a_peer_that_does_not_read_or_asks_too_often_gets_nothing() -> None:
     with trio.fail_after(30):
-        async with open_libp2p_host(seed("iwant-e"), LOOPBACK, 0) as a:
+        async with open_host("iwant-e") as a:
             mid = cached(a, "p2psync/test/live", 1)
             sent = answers(a)
             stalled = stranger(a)
@@ -113,3 +114,13 @@ async def test_a_peer_that_does_not_read_or_asks_too_often_gets_nothing() -> Non
             for _ in range(11):  # py-libp2p's limit: 10 a second
                 await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=[mid]), eager)
             assert len(sent) == 10
+
+
+async def test_each_answer_lets_other_tasks_run() -> None:
+    """One RPC may carry several IWANTs, answered in a row: each answer yields."""
+    with trio.fail_after(30):
+        async with open_host("iwant-f") as a:
+            mid = cached(a, "p2psync/test/live", 1)
+            answers(a)
+            with trio.testing.assert_checkpoints():
+                await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=[mid]), stranger(a))

@@ -35,7 +35,7 @@ def test_a_live_entry_the_validator_verified_is_not_verified_again(verifies: lis
     assert len(verifies) == 1
     (persist,) = kinds(node.live(entry), Persist)
     assert [a.entry.raw for a in persist.entries] == [entry.raw]
-    assert len(verifies) == 1  # the engine verified it twice before
+    assert len(verifies) == 1  # the engine checked it again before: 2 in all
 
 
 def test_only_the_bytes_that_verified_pass(verifies: list[bytes]) -> None:

@@ -8,7 +8,7 @@ from pyroaring import BitMap64
 
 from p2psync.core import protocol
 from p2psync.core.acceptance import check_entries
-from p2psync.core.entry import ZERO_HASH, Entry, decode_entry, sign_entry
+from p2psync.core.entry import ZERO_HASH, CheckedSignatures, Entry, decode_entry, sign_entry
 from p2psync.core.errors import RemoteError
 from p2psync.core.forks import (
     MAX_CHAIN,
@@ -103,6 +103,7 @@ def _check(raws: list[bytes], progress: Progress) -> tuple[int, list[Reason]]:
         allowed_origins=None,
         forked_at=lambda origin: NOT_FORKED,
         verify_each=True,
+        checked=CheckedSignatures(),
     )
     return len(verdict.accepted), [r.reason for r in verdict.rejected]
 
