@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple, TypeVar
 
 import trio
 from libp2p.abc import IHost, INetStream
@@ -39,6 +39,7 @@ __all__ = ["ENVELOPE_HEADROOM", "Gossip", "PublishResult", "Received"]
 ENVELOPE_HEADROOM = 8 * 1024
 _POLL_SECONDS = 0.002
 ADDRS_TTL = 1.0  # seconds a host's address list is reused (see _remember_addrs)
+_T = TypeVar("_T")
 _MAX_SENDER_NAMES = 10_000
 
 
@@ -300,15 +301,20 @@ def _remember_addrs(host: IHost) -> None:
     factory lists the interfaces. Every publish, forward, GRAFT and IHAVE
     paid it. An empty list (not listening yet) is never kept.
     """
-    fresh = host.get_addrs
-    kept: list[Any] = []
+    setattr(host, "get_addrs", remembered(host.get_addrs))  # noqa: B010 (an instance attribute, on purpose)
+
+
+def remembered(fresh: Callable[[], list[_T]]) -> Callable[[], list[_T]]:
+    """``fresh``, its answer reused for ADDRS_TTL seconds (a copy each time).
+    An empty answer (not listening yet) is never kept."""
+    kept: list[_T] = []
     until = [0.0]
 
-    def get_addrs() -> list[Any]:
+    def answer() -> list[_T]:
         now = time.monotonic()
         if now >= until[0] or not kept:
             kept[:] = fresh()
             until[0] = now + ADDRS_TTL
         return list(kept)
 
-    setattr(host, "get_addrs", get_addrs)  # noqa: B010 (an instance attribute, on purpose)
+    return answer

@@ -53,7 +53,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -71,12 +70,12 @@ from libp2p.tools.anyio_service import background_trio_service
 from p2psync.net import liveness
 from p2psync.net.addresses import tcp_multiaddr, with_peer_id
 from p2psync.net.gossip import (
-    ADDRS_TTL,
     ENVELOPE_HEADROOM,
     Gossip,
     PublishResult,
     Received,
     Validator,
+    remembered,
 )
 from p2psync.net.libp2p_fixes import (
     ConnectionNotifee,
@@ -156,8 +155,9 @@ class Libp2pHost:
         self.peer_id: str = self._my_id.to_base58()
         self._connect_timeout = connect_timeout
         self._conns: dict[ID, set[INetConn]] = {}
-        self._listen_addrs: list[str] = []
-        self._listen_addrs_until = 0.0
+        # Kept for a second, as gossip keeps get_addrs(): listing the
+        # interfaces cost 1 ms of the 2.5 ms a GET /api/v0/status took.
+        self._listen_addrs = remembered(self._fresh_listen_addrs)
         self._closing = False
         self._dial_allowed: set[ID] = set()
         self._event_send, self.peer_events = trio.open_memory_channel[PeerEvent](math.inf)
@@ -173,14 +173,11 @@ class Libp2pHost:
     # -- addresses and peers -------------------------------------------------
 
     def listen_addrs(self) -> list[str]:
-        # Kept for ADDRS_TTL, as gossip keeps get_addrs(): listing the
-        # interfaces cost 1 ms of the 2.5 ms a GET /api/v0/status took.
-        now = time.monotonic()
-        if not self._listen_addrs or now >= self._listen_addrs_until:
-            addrs = expand_unspecified(self._host.get_transport_addrs())
-            self._listen_addrs = [with_peer_id(str(a), self.peer_id) for a in addrs]
-            self._listen_addrs_until = now + ADDRS_TTL
-        return list(self._listen_addrs)
+        return self._listen_addrs()
+
+    def _fresh_listen_addrs(self) -> list[str]:
+        addrs = expand_unspecified(self._host.get_transport_addrs())
+        return [with_peer_id(str(a), self.peer_id) for a in addrs]
 
     def connected_peers(self) -> list[str]:
         return sorted(p.to_base58() for p in self._conns)

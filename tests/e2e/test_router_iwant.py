@@ -40,6 +40,11 @@ def cached(host: Libp2pHost, topic: str, seqno: int, size: int = 300) -> bytes:
     return default_msg_id_fn(msg)
 
 
+async def ask(host: Libp2pHost, ids: list[bytes], asker: ID) -> None:
+    """`asker`'s IWANT for `ids` reaches `host`'s router."""
+    await host._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=ids), asker)
+
+
 def answers(host: Libp2pHost) -> list[tuple[ID, rpc_pb2.RPC]]:
     """What the router sends from now on (instead of sending it)."""
     sent: list[tuple[ID, rpc_pb2.RPC]] = []
@@ -54,7 +59,7 @@ async def test_a_message_named_many_times_is_sent_once() -> None:
             sent = answers(a)
             asker = stranger(a)
             # py-libp2p answered 5 000 copies of the one message.
-            await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=[mid] * 5000), asker)
+            await ask(a, [mid] * 5000, asker)
             ((to, rpc),) = sent
             assert to == asker and len(rpc.publish) == 1
 
@@ -65,8 +70,8 @@ async def test_an_answer_stays_within_its_bounds() -> None:
             many = [cached(a, "p2psync/test/live", n) for n in range(IWANT_ANSWER_MESSAGES + 50)]
             big = [cached(a, "p2psync/test/big", 10_000 + n, size=17_000) for n in range(60)]
             sent = answers(a)
-            await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=many), stranger(a))
-            await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=big), stranger(a))
+            await ask(a, many, stranger(a))
+            await ask(a, big, stranger(a))
             (_, small_answer), (_, big_answer) = sent
             assert len(small_answer.publish) == IWANT_ANSWER_MESSAGES
             assert 0 < len(big_answer.publish) < 60
@@ -80,9 +85,9 @@ async def test_a_pair_topic_message_goes_only_to_the_other_member() -> None:
             topic = sync_topic(NETWORK, a.peer_id, member.to_base58())
             mid = cached(a, topic, 1)
             sent = answers(a)
-            await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=[mid]), stranger(a))
+            await ask(a, [mid], stranger(a))
             assert sent == []  # anyone else who guessed the id gets nothing
-            await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=[mid]), member)
+            await ask(a, [mid], member)
             ((to, rpc),) = sent
             assert to == member and len(rpc.publish) == 1
 
@@ -95,7 +100,7 @@ async def test_ids_we_do_not_hold_use_no_room_and_one_id_counts_once() -> None:
             as_text = held[0].hex().encode()  # py-libp2p peers write ids as hex text
             sent = answers(a)
             ids = [*unknown, as_text, *held]
-            await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=ids), stranger(a))
+            await ask(a, ids, stranger(a))
             ((_, rpc),) = sent
             assert len(rpc.publish) == 3
 
@@ -108,11 +113,11 @@ async def test_a_peer_that_does_not_read_or_asks_too_often_gets_nothing() -> Non
             stalled = stranger(a)
             for _ in range(OutBoundQueueSize):
                 a._pubsub.peer_queues[stalled].push(rpc_pb2.RPC())
-            await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=[mid]), stalled)
+            await ask(a, [mid], stalled)
             assert sent == []
             eager = stranger(a)
             for _ in range(11):  # py-libp2p's limit: 10 a second
-                await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=[mid]), eager)
+                await ask(a, [mid], eager)
             assert len(sent) == 10
 
 
@@ -123,4 +128,4 @@ async def test_each_answer_lets_other_tasks_run() -> None:
             mid = cached(a, "p2psync/test/live", 1)
             answers(a)
             with trio.testing.assert_checkpoints():
-                await a._router.handle_iwant(rpc_pb2.ControlIWant(messageIDs=[mid]), stranger(a))
+                await ask(a, [mid], stranger(a))
