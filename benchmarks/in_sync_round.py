@@ -137,7 +137,7 @@ def _pair(logs: list[list[Any]], missing: tuple[int, int] | None) -> dict[str, _
     )
     _exchange(sides, first)
     if skip is not None:
-        live = protocol.encode(protocol.Live(skip.raw))
+        live = protocol.encode(protocol.Live((skip.raw,)))
         _carry_out(
             sides["A"],
             sides["A"].engine.live_received("C", live, clock.instant()),

@@ -217,14 +217,14 @@ class SyncEngine(Ledger):
             return [Dropped(peer, exc.reason, str(exc))]
         if not isinstance(message, protocol.Live):
             return [Dropped(peer, Reason.UNEXPECTED, "non-live message on the live topic")]
-        if not self._budgets.spend(publisher, BudgetKind.LIVE, now.monotonic):
+        if not self._budgets.spend(publisher, BudgetKind.LIVE, now.monotonic, len(message.entries)):
             return _over_budget(publisher, BudgetKind.LIVE, "live entry")
         actions = self._accept(
-            [message.entry], peer, now, source=Source.LIVE, verify_each=True, budget_of=publisher
+            message.entries, peer, now, source=Source.LIVE, verify_each=True, budget_of=publisher
         )
         if not actions or not isinstance(actions[0], Persist):
             return actions  # refused (or held already): a forgery starts no round
-        entry = actions[0].entries[0].entry
+        entry = min((a.entry for a in actions[0].entries), key=lambda e: e.seq)
         if (forwarder := self._peers.get(peer)) is not None:
             forwarder.live_at = now.monotonic  # a round checks for a lost tail (rounds.py)
         if entry.seq > 0 and not self._progress.has(entry.origin, entry.seq - 1):

@@ -154,15 +154,18 @@ class Ledger:
         if not ops:
             return []
         accepted: list[Accepted] = []
-        live: list[Action] = []
         head = self._head_hash
         for i, (op, payload) in enumerate(zip(ops, encoded, strict=True)):
             hlc = self._clock.tick(now.wall_ms)
             entry = sign_entry(self._key, first_seq + i, head, hlc, payload)
             head = entry.hash()
             accepted.append(Accepted(entry, op, head))
-            if publish:
-                live.append(PublishLive(protocol.encode(protocol.Live(entry.raw))))
+        # Ops written together travel together: one gossipsub message per run,
+        # where each message costs every node of the mesh far more than an entry.
+        live: list[Action] = []
+        if publish:
+            runs = protocol.live_runs([a.entry.raw for a in accepted])
+            live = [PublishLive(protocol.encode(run)) for run in runs]
         self._head_hash = head
         self._progress.add(self.me, [a.entry.seq for a in accepted])
         self._index.refresh(self.me, {a.entry.seq: a.entry_hash() for a in accepted})

@@ -1,4 +1,4 @@
-"""Wire messages of the sync protocol, version 3 (see docs/PROTOCOL.md).
+"""Wire messages of the sync protocol, version 4 (see docs/PROTOCOL.md).
 
 Every message starts with two bytes: protocol version, message kind. The rest
 is a fixed binary layout; entries travel as their raw signed bytes so that a
@@ -10,6 +10,8 @@ set reconciliation (RECON), the initiator's WANT, and FORK_PROOF. Version 3
 made each side of a FORK_PROOF a short signed chain (a held entry may be
 vouched for by a signed successor rather than its own signature), and bounds
 how far ahead of its held prefix an item may claim seqs (`MAX_AHEAD`).
+Version 4 lets one LIVE carry a run of an origin's consecutive entries: ops
+written together travel as one gossipsub message, not one each.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 from pyroaring import BitMap64
 
-from p2psync.core.entry import MAX_ENTRY_BYTES
+from p2psync.core.entry import MAX_ENTRY_BYTES, MIN_ENTRY_BYTES, entry_hash
 from p2psync.core.errors import RemoteError
 from p2psync.core.forks import MAX_SIDE_BYTES
 from p2psync.core.items import MAX_BOUND, MIN_BOUND, Item, decode_item
@@ -27,13 +29,19 @@ from p2psync.core.progress import decode_bitmap, encode_bitmap
 from p2psync.core.query import Query, QueryReply, decode_recipes, encode_recipes
 from p2psync.core.reasons import Reason
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MAX_MESSAGE_BYTES = 1024 * 1024 - 1024  # gossipsub drops > 1 MiB at the sender
 MAX_BATCH_ENTRIES = 10_000
+MAX_LIVE_ENTRIES = 64
+# A run's entries together are no larger than one entry may be, so a LIVE is
+# never larger than version 3's largest: queue rules sized for it still hold.
+MAX_LIVE_BYTES = MAX_ENTRY_BYTES
 
 LIVE, RECON, BATCH, ACK, QUERY, QUERY_REPLY, WANT, FORK_PROOF = 1, 2, 3, 4, 5, 6, 7, 8
 
 _HEAD = struct.Struct(">BB")
+_LIVE = struct.Struct(">H")  # entry count
+_RUN_LINK = struct.Struct(">32sQ32s")  # an entry's origin, seq and prev (offset 1)
 _RECON = struct.Struct(">IBI")  # round, flags, range count
 _WANT = struct.Struct(">IBI")  # round, flags, claim count
 _CLAIM = struct.Struct(">32sQBI")  # origin, prefix, flags, beyond length
@@ -55,7 +63,10 @@ _BOUND_MIN, _BOUND_KEY, _BOUND_MAX = 0, 1, 2
 
 @dataclass(frozen=True, slots=True)
 class Live:
-    entry: bytes
+    """A run of one origin's entries, oldest first: consecutive seqs, each
+    entry's `prev` the hash of the one before (`decode` checks the links)."""
+
+    entries: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +163,11 @@ Message = Live | Recon | Want | Batch | Ack | Query | QueryReply | ForkProofMsg
 
 def encode(message: Message) -> bytes:
     if isinstance(message, Live):
-        return _HEAD.pack(PROTOCOL_VERSION, LIVE) + message.entry
+        parts = [_HEAD.pack(PROTOCOL_VERSION, LIVE), _LIVE.pack(len(message.entries))]
+        for raw in message.entries:
+            parts.append(_LEN.pack(len(raw)))
+            parts.append(raw)
+        return b"".join(parts)
     if isinstance(message, Recon):
         parts = [
             _HEAD.pack(PROTOCOL_VERSION, RECON),
@@ -235,7 +250,7 @@ def decode(data: bytes) -> Message:
         )
     body = memoryview(data)[_HEAD.size :]
     if kind == LIVE:
-        return Live(bytes(body))
+        return _decode_live(body)
     if kind == RECON:
         return _decode_recon(body)
     if kind == WANT:
@@ -369,6 +384,53 @@ def _decode_want(body: memoryview) -> Want:
     if offset != len(body):
         raise RemoteError("want has trailing bytes", reason=Reason.MALFORMED)
     return Want(round_no, bool(flags & 1), tuple(claims))
+
+
+def live_runs(raws: list[bytes]) -> list[Live]:
+    """`raws`, consecutive entries of one origin, as few LIVE messages as the
+    limits allow (`MAX_LIVE_ENTRIES`, `MAX_LIVE_BYTES`), in order."""
+    runs: list[Live] = []
+    run: list[bytes] = []
+    size = 0
+    for raw in raws:
+        if run and (len(run) == MAX_LIVE_ENTRIES or size + len(raw) > MAX_LIVE_BYTES):
+            runs.append(Live(tuple(run)))
+            run, size = [], 0
+        run.append(raw)
+        size += len(raw)
+    if run:
+        runs.append(Live(tuple(run)))
+    return runs
+
+
+def _decode_live(body: memoryview) -> Live:
+    _need(body, _LIVE.size)
+    (count,) = _LIVE.unpack_from(body)
+    if not 1 <= count <= MAX_LIVE_ENTRIES:
+        raise RemoteError(
+            f"live message of {count} entries (1 to {MAX_LIVE_ENTRIES})", reason=Reason.MALFORMED
+        )
+    entries, offset = _decode_blobs(body, _LIVE.size, count)
+    if offset != len(body):
+        raise RemoteError("live message has trailing bytes", reason=Reason.MALFORMED)
+    if offset - _LIVE.size - count * _LEN.size > MAX_LIVE_BYTES:
+        raise RemoteError(
+            f"live run of more than {MAX_LIVE_BYTES} entry bytes", reason=Reason.OVERSIZED
+        )
+    before: bytes | None = None
+    for raw in entries:
+        if len(raw) < MIN_ENTRY_BYTES:  # decode_entry says more; the link needs a header
+            raise RemoteError(f"entry of {len(raw)} bytes is too short", reason=Reason.MALFORMED)
+        if before is not None:
+            origin, seq, prev = _RUN_LINK.unpack_from(raw, 1)
+            last_origin, last_seq, _ = _RUN_LINK.unpack_from(before, 1)
+            if origin != last_origin or seq != last_seq + 1 or prev != entry_hash(before):
+                raise RemoteError(
+                    "live run is not one origin's chain of consecutive entries",
+                    reason=Reason.MALFORMED,
+                )
+        before = raw
+    return Live(tuple(entries))
 
 
 def _decode_batch(body: memoryview) -> Batch:

@@ -1,8 +1,8 @@
 """Gossipsub topic names for one p2psync network.
 
-Every topic of a network shares the prefix ``/p2psync/<network>/v3/`` so that
+Every topic of a network shares the prefix ``/p2psync/<network>/v4/`` so that
 separate recipe books on one LAN (``--network``) never see each other's
-traffic, and a future wire format can move to ``v4`` side by side.
+traffic, and a future wire format can move to ``v5`` side by side.
 
 - ``live_topic(network)``: every node publishes each new operation here.
 - ``sync_topic(network, a, b)``: anti-entropy between exactly two peers; the
@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-VERSION = "v3"  # follows protocol.PROTOCOL_VERSION: nodes of two versions never share a topic
+VERSION = "v4"  # follows protocol.PROTOCOL_VERSION: nodes of two versions never share a topic
 _NETWORK_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 

@@ -56,7 +56,7 @@ BACKOFF_MAX = 60.0
 
 
 def rendezvous_namespace(network: str) -> str:
-    """Where the members of ``network`` meet: ``/p2psync/<network>/v3/members``."""
+    """Where the members of ``network`` meet: ``/p2psync/<network>/v4/members``."""
     return f"{topic_prefix(network)}/members"
 
 

@@ -32,13 +32,14 @@ class TopicChecks:
         self._checked = CheckedSignatures() if checked is None else checked
 
     def live(self, data: bytes) -> Reason | None:
-        """A LIVE message whose entry is well formed and signed by its origin."""
+        """A LIVE message whose entries are well formed, each signed by its origin."""
         try:
             message = protocol.decode(data)
             if not isinstance(message, protocol.Live):
                 return Reason.UNEXPECTED
-            entry = decode_entry(message.entry)
-            self._checked.verify(entry, entry_hash(entry.raw), self._verify_keys)
+            for raw in message.entries:
+                entry = decode_entry(raw)
+                self._checked.verify(entry, entry_hash(raw), self._verify_keys)
         except RemoteError as exc:
             return exc.reason
         return None

@@ -41,7 +41,7 @@ def _stranger_entry() -> bytes:
     key = SigningKey(secrets.token_bytes(32))
     rid = make_recipe_id(bytes(key.verify_key), 0)
     entry = signed_entry(key, 0, ZERO_HASH, Op("create", rid, None, RecipeFields("s", "", "")))
-    return protocol.encode(protocol.Live(entry.raw))
+    return protocol.encode(protocol.Live((entry.raw,)))
 
 
 async def test_a_peer_past_its_new_origins_budget_is_refused_counted_and_banned(

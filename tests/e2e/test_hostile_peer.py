@@ -143,7 +143,7 @@ def pair_garbage() -> list[tuple[str, bytes]]:
         ("bitmap", want([(secrets.token_bytes(32), 0, bitmap_over_cap())])),
         ("bitmap", want([(secrets.token_bytes(32), 0, beyond_max.serialize())])),
         ("bitmap", want([(secrets.token_bytes(32), MAX_SEQ + 2, b"")])),
-        ("unexpected", protocol.encode(protocol.Live(secrets.token_bytes(200)))),
+        ("unexpected", protocol.encode(protocol.Live((secrets.token_bytes(200),)))),
     ]
 
 
@@ -208,7 +208,7 @@ async def test_garbage_and_forgeries_are_refused_counted_and_harmless(
                     raw.key, 2, hijack.hash(), Op("delete", own["id"], create_seq)
                 )
                 for entry_raw in (forged_raw, wrong_origin, fork_a.raw):
-                    await raw.send_live(protocol.encode(protocol.Live(entry_raw)))
+                    await raw.send_live(protocol.encode(protocol.Live((entry_raw,))))
                 fork_id = make_recipe_id(raw.public_key, 0)
 
                 async def fork_a_applied() -> bool:
@@ -216,7 +216,7 @@ async def test_garbage_and_forgeries_are_refused_counted_and_harmless(
 
                 await wait_until(fork_a_applied, 10, "the first entry of the fork to apply")
                 for entry_raw in (fork_b.raw, hijack.raw, delete.raw):
-                    await raw.send_live(protocol.encode(protocol.Live(entry_raw)))
+                    await raw.send_live(protocol.encode(protocol.Live((entry_raw,))))
 
                 want_dropped: dict[str, int] = {}
                 for reason, _ in garbage:

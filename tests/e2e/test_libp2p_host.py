@@ -43,10 +43,10 @@ async def next_event(host: Libp2pHost, kind: str, peer_id: str) -> PeerEvent:
 def test_topic_names() -> None:
     a, b = "12D3KooWA", "12D3KooWB"
     assert (
-        sync_topic("n", a, b) == sync_topic("n", b, a) == "/p2psync/n/v3/sync/12D3KooWA/12D3KooWB"
+        sync_topic("n", a, b) == sync_topic("n", b, a) == "/p2psync/n/v4/sync/12D3KooWA/12D3KooWB"
     )
-    assert live_topic("n") == "/p2psync/n/v3/live"
-    assert query_topic("n") == "/p2psync/n/v3/query"
+    assert live_topic("n") == "/p2psync/n/v4/live"
+    assert query_topic("n") == "/p2psync/n/v4/query"
     assert live_topic("n") != live_topic("m")
     with pytest.raises(ValueError):
         live_topic("a/b")

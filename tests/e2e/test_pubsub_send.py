@@ -212,8 +212,9 @@ def test_past_32_a_queue_refuses_large_messages_only() -> None:
 
 
 def test_the_largest_live_rpc_counts_as_small() -> None:
-    """A live entry at the op size limit, signed and enveloped as gossipsub
-    sends it with our peer record, fits under SMALL_RPC_BYTES."""
+    """A LIVE at its limits (a run of MAX_LIVE_ENTRIES entries holding
+    MAX_LIVE_BYTES, or one entry at the op size limit), signed and enveloped
+    as gossipsub sends it with our peer record, fits under SMALL_RPC_BYTES."""
     from nacl.signing import SigningKey
 
     from p2psync.core import protocol
@@ -222,9 +223,12 @@ def test_the_largest_live_rpc_counts_as_small() -> None:
     from p2psync.net.topics import live_topic
 
     entry = sign_entry(SigningKey(b"\x05" * 32), 0, ZERO_HASH, 1, b"x" * MAX_OP_BYTES)
+    one = protocol.encode(protocol.Live((entry.raw,)))
+    largest_run = 2 + 2 + 4 * protocol.MAX_LIVE_ENTRIES + protocol.MAX_LIVE_BYTES
+    assert len(one) < largest_run
     message = rpc_pb2.Message(
         from_id=bytes(38),
-        data=protocol.encode(protocol.Live(entry.raw)),
+        data=bytes(largest_run),
         seqno=bytes(8),
         topicIDs=[live_topic("default")],
         signature=bytes(64),

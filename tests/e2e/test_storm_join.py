@@ -60,7 +60,7 @@ def live_messages(count: int) -> list[bytes]:
         recipe_id = make_recipe_id(bytes(key.verify_key), 0)
         op = Op("create", recipe_id, None, RecipeFields(f"Storm {i}", "salt", "stir"))
         entry = signed_entry(key, 0, ZERO_HASH, op)
-        messages.append(protocol.encode(protocol.Live(entry.raw)))
+        messages.append(protocol.encode(protocol.Live((entry.raw,))))
     return messages
 
 

@@ -39,7 +39,7 @@ def _forged_live() -> bytes:
     key = SigningKey(secrets.token_bytes(32))
     op = Op("create", make_recipe_id(bytes(key.verify_key), 0), None, RecipeFields("x", "", ""))
     entry = signed_entry(key, 0, ZERO_HASH, op)
-    return protocol.encode(protocol.Live(entry.raw[:-1] + bytes([entry.raw[-1] ^ 1])))
+    return protocol.encode(protocol.Live((entry.raw[:-1] + bytes([entry.raw[-1] ^ 1]),)))
 
 
 async def test_forged_live_messages_are_not_forwarded_and_get_their_deliverer_banned(
@@ -65,7 +65,7 @@ async def test_forged_live_messages_are_not_forwarded_and_get_their_deliverer_ba
             good = signed_entry(
                 good_key, 0, ZERO_HASH, Op("create", good_id, None, RecipeFields("Good", "", ""))
             )
-            await raw.send_live(protocol.encode(protocol.Live(good.raw)))
+            await raw.send_live(protocol.encode(protocol.Live((good.raw,))))
 
             async def b_has_good() -> bool:
                 return any(r["id"] == good_id for r in await api_b.recipes())
@@ -73,7 +73,7 @@ async def test_forged_live_messages_are_not_forwarded_and_get_their_deliverer_ba
             await wait_async(b_has_good, 20, "a valid live entry to reach b through a")
             for _ in range(3):
                 await raw.send_live(_forged_live())
-                await raw.send_live(b"\x03\x01garbage")
+                await raw.send_live(bytes([protocol.PROTOCOL_VERSION, protocol.LIVE]) + b"garbage")
 
             async def a_counted() -> bool:
                 metrics = await api_a.metrics()

@@ -5,8 +5,8 @@ together:
 
 - h0: a p2psync node (network "default", mDNS on);
 - h1: a js-libp2p node subscribed to p2psync's live topic
-  ``/p2psync/default/v3/live`` (tests/netns/js/peer.mjs): of our network;
-- h2: a js-libp2p node subscribed to ``/p2psync/other/v3/live``: of another
+  ``/p2psync/default/v4/live`` (tests/netns/js/peer.mjs): of our network;
+- h2: a js-libp2p node subscribed to ``/p2psync/other/v4/live``: of another
   network, which p2psync can only learn after connecting (js sends no
   ``p2psync=`` hint).
 
@@ -222,7 +222,7 @@ def test_js_libp2p_and_p2psync_discover_each_other_and_a_live_op_reaches_js(
             assert message is not None, f"no live op reached js: {same.events}"
             assert message["topic"] == live_topic("default")
             assert message["from"] == me
-            assert (message["version"], message["kind"]) == (3, 1)  # protocol 3, LIVE
+            assert (message["version"], message["kind"], message["count"]) == (4, 1, 1)  # LIVE
             assert message["op"]["k"] == "create" and message["op"]["i"] == "mix", message
 
             # The other network's node: connected once (no hint in its TXT), found

@@ -311,7 +311,7 @@ class Simulator:
     def inject(self, at: str, raws: list[bytes], via: str = "stranger") -> None:
         """Hand `at` entries live, as if gossip brought them from a peer it has no link to."""
         for raw in raws:
-            self._run(at, self.nodes[at].engine.live_received(via, protocol.encode(Live(raw))))
+            self._run(at, self.nodes[at].engine.live_received(via, protocol.encode(Live((raw,)))))
 
     def inject_backfill(self, at: str, raws: list[bytes], via: str = "stranger") -> None:
         """Hand `at` entries in one backfill batch: runs are authenticated by hash links

@@ -31,7 +31,7 @@ def test_a_live_entry_the_validator_verified_is_not_verified_again(verifies: lis
     node = Node(1)
     checks = TopicChecks(node.engine.inner.checked_signatures)
     entry = chain(X, 1)[0]
-    assert checks.live(protocol.encode(protocol.Live(entry.raw))) is None
+    assert checks.live(protocol.encode(protocol.Live((entry.raw,)))) is None
     assert len(verifies) == 1
     (persist,) = kinds(node.live(entry), Persist)
     assert [a.entry.raw for a in persist.entries] == [entry.raw]
@@ -42,7 +42,7 @@ def test_only_the_bytes_that_verified_pass(verifies: list[bytes]) -> None:
     node = Node(1)
     checks = TopicChecks(node.engine.inner.checked_signatures)
     entry = chain(X, 1)[0]
-    assert checks.live(protocol.encode(protocol.Live(entry.raw))) is None
+    assert checks.live(protocol.encode(protocol.Live((entry.raw,)))) is None
     forged = bytearray(entry.raw)
     forged[-5] ^= 0x01  # same origin, seq and op: another signature
     actions = node.live(bytes(forged))

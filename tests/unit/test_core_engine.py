@@ -68,7 +68,7 @@ class Node:
 
     def live(self, entry: Entry | bytes, peer: str = PEER) -> list[Action]:
         raw = entry.raw if isinstance(entry, Entry) else entry
-        return self.run(self.engine.live_received(peer, protocol.encode(protocol.Live(raw))))
+        return self.run(self.engine.live_received(peer, protocol.encode(protocol.Live((raw,)))))
 
     def session(self, peer: str) -> None:
         """Open a session with `peer` (sync messages come within one); its first
@@ -503,7 +503,7 @@ def test_garbage_messages_are_dropped() -> None:
     assert [type(a) for a in node.engine.message_received(PEER, bad_recon)] == [Dropped]
     old = b"\x01\x02" + bytes(9)  # a version 1 SUMMARY
     assert [a.reason for a in node.engine.message_received(PEER, old)] == ["version"]
-    live_on_sync = protocol.encode(protocol.Live(chain(X, 1)[0].raw))
+    live_on_sync = protocol.encode(protocol.Live((chain(X, 1)[0].raw,)))
     assert [a.reason for a in node.engine.message_received(PEER, live_on_sync)] == ["unexpected"]
     assert node.store.entry_count() == 0
 

@@ -177,7 +177,7 @@ def test_a_relayed_flood_is_charged_to_its_publisher_not_the_honest_relay() -> N
     for i in range(12):
         key = SigningKey(bytes([0x70 + i]) * 32)
         raw = chain(key, 1)[0].raw
-        data = protocol.encode(protocol.Live(raw))
+        data = protocol.encode(protocol.Live((raw,)))
         node.run(
             node.engine.inner.live_received("relay", data, node.time.instant(), publisher="flooder")
         )

@@ -1,4 +1,4 @@
-"""Wire messages (protocol v3): round trips, and refusal of malformed or hostile bytes."""
+"""Wire messages (protocol v4): round trips, and refusal of malformed or hostile bytes."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nacl.signing import SigningKey
 from pyroaring import BitMap64
 
 from p2psync.core import protocol
-from p2psync.core.entry import MAX_ENTRY_BYTES, MAX_SEQ, ZERO_HASH
+from p2psync.core.entry import MAX_ENTRY_BYTES, MAX_SEQ, ZERO_HASH, sign_entry
 from p2psync.core.errors import RemoteError
 from p2psync.core.forks import MAX_SIDE_BYTES
 from p2psync.core.items import MAX_BOUND, MIN_BOUND, NOT_FORKED, Item
@@ -131,8 +132,24 @@ claim_lists = st.lists(keys, max_size=6, unique=True).flatmap(
     lambda origins: st.tuples(*(claims_of(o) for o in origins))
 )
 
+
+def _run(first_seq: int, ops: list[bytes]) -> Live:
+    """Consecutive entries of one origin, as a LIVE carries them."""
+    key = SigningKey(b"\x07" * 32)
+    raws, prev = [], ZERO_HASH
+    for i, op in enumerate(ops):
+        entry = sign_entry(key, first_seq + i, prev, i, op)
+        raws.append(entry.raw)
+        prev = entry.hash()
+    return Live(tuple(raws))
+
+
+live_runs = st.builds(
+    _run, st.integers(0, 2**40), st.lists(st.binary(max_size=200), min_size=1, max_size=5)
+)
+
 messages = st.one_of(
-    st.builds(Live, st.binary(max_size=400)),
+    live_runs,
     st.builds(Recon, u32, u8, range_lists()),
     st.builds(Want, u32, st.booleans(), claim_lists),
     st.builds(
@@ -201,7 +218,7 @@ def test_round_trip_covers_every_range_kind_and_edge_values() -> None:
 
 def test_each_kind_has_its_own_tag() -> None:
     samples = [
-        Live(b"e"),
+        _run(0, [b"e"]),
         Recon(1, 0, ()),
         Batch(1, 0, True, ()),
         Ack(1, 0),
@@ -256,7 +273,7 @@ def test_mutated_messages_raise_only_remote_error(
         assert exc.reason in {"malformed", "oversized", "bitmap", "unknown_kind"}
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 4, 255])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 5, 255])
 def test_unknown_version(version: int) -> None:
     error = _refused(_head(ACK, version) + struct.pack(">II", 1, 2), "version")
     assert "upgrade" in str(error)
@@ -316,8 +333,12 @@ def test_counts_claiming_more_than_present() -> None:
 
 
 def test_oversized_message() -> None:
-    _refused(encode(Live(b"x" * MAX_MESSAGE_BYTES)), "oversized")
-    assert isinstance(decode(encode(Live(b"x" * (MAX_MESSAGE_BYTES - 2)))), Live)
+    _refused(encode(Live((b"x" * MAX_MESSAGE_BYTES,))), "oversized")
+    _refused(encode(Live((b"x" * (MAX_MESSAGE_BYTES - 8),))), "oversized")  # one entry at most
+    count = (MAX_MESSAGE_BYTES - 15) // (MAX_ENTRY_BYTES + 4)
+    near_limit = encode(Batch(1, 0, True, (b"x" * MAX_ENTRY_BYTES,) * count))
+    assert MAX_MESSAGE_BYTES - (MAX_ENTRY_BYTES + 4) < len(near_limit) <= MAX_MESSAGE_BYTES
+    assert isinstance(decode(near_limit), Batch)
     big_claims = tuple(Claim(n.to_bytes(32, "big"), n, BitMap64()) for n in range(30_000))
     _refused(encode(Want(1, True, big_claims)), "oversized")
 

@@ -42,7 +42,7 @@ def _live_messages(key: SigningKey, count: int) -> list[bytes]:
         op = Op("create", make_recipe_id(origin, seq), None, fields)
         entry = sign_entry(key, seq, prev, pack(NOW.wall_ms - 1000, seq), encode_op(op))
         prev = entry.hash()
-        out.append(protocol.encode(protocol.Live(entry.raw)))
+        out.append(protocol.encode(protocol.Live((entry.raw,))))
     return out
 
 

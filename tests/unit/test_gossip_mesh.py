@@ -9,7 +9,7 @@ from libp2p.peer.id import ID
 
 from p2psync.net.router import new_gossipsub
 
-TOPIC = "/p2psync/default/v3/live"
+TOPIC = "/p2psync/default/v4/live"
 
 
 def _peer(i: int) -> ID:

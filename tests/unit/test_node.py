@@ -105,7 +105,7 @@ async def test_closed_network_rejects_entries_of_unlisted_authors() -> None:
             "create", make_recipe_id(bytes(key.verify_key), 0), None, RecipeFields("n", "i", "s")
         )
         entry = sign_entry(key, 0, ZERO_HASH, 1 << 40, encode_op(op))
-        return protocol.encode(protocol.Live(entry.raw))
+        return protocol.encode(protocol.Live((entry.raw,)))
 
     node.run_actions(node.engine.live_received("relay", live_entry(stranger_seed), node.now()))
     assert node.status().entries == 0
@@ -136,7 +136,7 @@ async def test_an_op_naming_a_huge_create_seq_harms_nothing(tmp_path: Path) -> N
         entry = sign_entry(attacker, 0, ZERO_HASH, 1 << 40, op)
         node.run_actions(
             node.engine.live_received(
-                "attacker", protocol.encode(protocol.Live(entry.raw)), node.now()
+                "attacker", protocol.encode(protocol.Live((entry.raw,))), node.now()
             )
         )
         # Each is refused as an op (bad, or naming a create after itself) but

@@ -139,7 +139,7 @@ async def test_refused_and_unreachable_relays_back_off_then_members_are_found(
     assert events.count("reserved") == 1
     assert events.count("garbage") >= 2
     assert found and found[0] == (MEMBER, [f"{RELAY_ADDR}/p2p-circuit/p2p/{MEMBER}"])
-    assert "register /p2psync/kitchen/v3/members" in client.calls
+    assert "register /p2psync/kitchen/v4/members" in client.calls
 
 
 async def test_a_relay_that_goes_away_is_reserved_on_again(
@@ -177,7 +177,7 @@ async def test_a_full_namespace_or_a_broken_discover_keeps_the_reservation(
         nursery.cancel_scope.cancel()
     assert client.calls.count("reserve") == 1 and client.disconnects == 0
     assert events.count("register_refused") == 3 and events.count("discover_refused") == 3
-    assert client.calls.count("register /p2psync/kitchen/v3/members") == 4
+    assert client.calls.count("register /p2psync/kitchen/v4/members") == 4
     assert found  # discovery recovered
 
 
@@ -204,7 +204,7 @@ def test_backoff_doubles_to_its_ceiling_with_jitter() -> None:
 
 
 def test_namespace_carries_network_and_protocol_version() -> None:
-    assert rendezvous_namespace("default") == "/p2psync/default/v3/members"
+    assert rendezvous_namespace("default") == "/p2psync/default/v4/members"
 
 
 def test_registrations_are_checked_one_by_one() -> None:

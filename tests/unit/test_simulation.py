@@ -259,7 +259,8 @@ def test_penalties_go_to_the_deliverer_of_broken_bytes_only() -> None:
     # A well-formed live entry whose signature fails: a relay may carry it.
     forged = bytearray(sign_entry(SigningKey(b"\x55" * 32), 0, ZERO_HASH, 1 << 16, b"{}").raw)
     forged[-1] ^= 1
-    sim.in_flight.append(InFlight(c, b, protocol.encode(protocol.Live(bytes(forged))), live=True))
+    data = protocol.encode(protocol.Live((bytes(forged),)))
+    sim.in_flight.append(InFlight(c, b, data, live=True))
     sim.run_until_quiet()
     assert sim.nodes[b].effects.penalties == [(a, "malformed")]
     assert sim.nodes[b].rejected == {"signature": 1}

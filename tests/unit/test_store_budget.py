@@ -50,7 +50,7 @@ def other_origin_chain(count: int) -> list[Entry]:
 
 
 def deliver(node: Node, entry: Entry) -> None:
-    live = protocol.encode(protocol.Live(entry.raw))
+    live = protocol.encode(protocol.Live((entry.raw,)))
     node.run_actions(node.engine.live_received("relay", live, node.now()))
 
 

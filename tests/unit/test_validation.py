@@ -16,10 +16,10 @@ GOOD = sign_entry(KEY, 0, ZERO_HASH, 1, b"{}").raw
 
 def test_live_topic_lets_through_only_signed_live_entries() -> None:
     checks = TopicChecks()
-    assert checks.live(protocol.encode(protocol.Live(GOOD))) is None
+    assert checks.live(protocol.encode(protocol.Live((GOOD,)))) is None
     forged = GOOD[:-1] + bytes([GOOD[-1] ^ 1])
-    assert checks.live(protocol.encode(protocol.Live(forged))) is Reason.SIGNATURE
-    assert checks.live(protocol.encode(protocol.Live(b"short"))) is Reason.MALFORMED
+    assert checks.live(protocol.encode(protocol.Live((forged,)))) is Reason.SIGNATURE
+    assert checks.live(protocol.encode(protocol.Live((b"short",)))) is Reason.MALFORMED
     assert checks.live(b"\x02\x01" + GOOD) is Reason.VERSION
     assert checks.live(protocol.encode(Query(1))) is Reason.UNEXPECTED
 
@@ -27,7 +27,7 @@ def test_live_topic_lets_through_only_signed_live_entries() -> None:
 def test_pair_topic_refuses_live_and_undecodable_messages() -> None:
     checks = TopicChecks()
     assert checks.pair(protocol.encode(protocol.Ack(1, 2))) is None
-    assert checks.pair(protocol.encode(protocol.Live(GOOD))) is Reason.UNEXPECTED
+    assert checks.pair(protocol.encode(protocol.Live((GOOD,)))) is Reason.UNEXPECTED
     assert checks.pair(bytes([protocol.PROTOCOL_VERSION, 0x42])) is Reason.UNKNOWN_KIND
 
 

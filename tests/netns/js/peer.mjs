@@ -1,6 +1,6 @@
 // An independent js-libp2p 2.x node for tests/netns/test_js_libp2p_mdns.py.
 //
-//   node peer.mjs --ip 10.77.0.2 [--topic /p2psync/default/v3/live]... [--seconds 60]
+//   node peer.mjs --ip 10.77.0.2 [--topic /p2psync/default/v4/live]... [--seconds 60]
 //                 [--seed <64 hex digits>]    a fixed Ed25519 identity (else a random one)
 //
 // TCP + Noise + yamux, identify, ping, gossipsub (signed, the js default) and
@@ -14,11 +14,12 @@
 //                                                             or a peer that dialed us)
 //   {"event":"connected","peer_id":...} / {"event":"disconnected",...}
 //   {"event":"subscribed","peer_id":...,"topic":...,"subscribe":bool}
-//   {"event":"message","topic":...,"from":...,"version":n,"kind":n,"seq":n,"op":{...}}
+//   {"event":"message","topic":...,"from":...,"version":n,"kind":n,"count":n,"seq":n,"op":{...}}
 //   {"event":"stopped"}
 //
 // A message on a p2psync topic is decoded as far as docs/PROTOCOL.md says:
-// [version, kind] then, for LIVE (kind 1), the entry: version, origin (32),
+// [version, kind] then, for LIVE (kind 1), the entry count (u16) and, for the
+// run's first entry, its length (u32) and the entry: version, origin (32),
 // seq (u64), prev (32), hlc (u64), op length (u16), op JSON, signature.
 
 import './polyfill.mjs'
@@ -50,9 +51,13 @@ function emit (event, fields = {}) {
 }
 
 function decode (data) {
+  // Version 4: LIVE is a count (u16), then per entry a length (u32) and the
+  // entry. The first entry is decoded; `count` says how many the run holds.
   const out = { version: data[0], kind: data[1] }
-  if (data[1] !== 1 || data.length < 2 + 83) return out
-  const entry = data.subarray(2)
+  if (data[1] !== 1 || data.length < 2 + 2 + 4 + 83) return out
+  const head = new DataView(data.buffer, data.byteOffset, data.byteLength)
+  out.count = head.getUint16(2)
+  const entry = data.subarray(8, 8 + head.getUint32(4))
   const view = new DataView(entry.buffer, entry.byteOffset, entry.byteLength)
   out.seq = Number(view.getBigUint64(33))
   const length = view.getUint16(81)
