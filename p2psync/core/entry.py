@@ -127,7 +127,7 @@ class CheckedSignatures:
     each) covers the entries between a validator and the engine many times.
     """
 
-    def __init__(self, capacity: int = 4096) -> None:
+    def __init__(self, capacity: int = 16_384) -> None:
         self._capacity = capacity
         self._hashes: dict[bytes, None] = {}
 
@@ -148,6 +148,23 @@ class CheckedSignatures:
         if digest in self._hashes:
             return
         verify_signature(entry, key_cache)
+        self._note(digest)
+
+    def verify_run(
+        self, entries: list[tuple[Entry, bytes]], key_cache: dict[bytes, VerifyKey] | None = None
+    ) -> None:
+        """`verify` each (entry, digest) of a LIVE run, the last first (the hash
+        links bind the run to it, so a run spliced onto garbage fails at once),
+        and note them only once all verified: a refused run leaves no trace."""
+        for entry, digest in reversed(entries):
+            if digest not in self._hashes:
+                verify_signature(entry, key_cache)
+        for _, digest in entries:
+            self._note(digest)
+
+    def _note(self, digest: bytes) -> None:
+        if digest in self._hashes:
+            return
         if len(self._hashes) >= self._capacity:
             del self._hashes[next(iter(self._hashes))]  # the oldest
         self._hashes[digest] = None

@@ -403,12 +403,24 @@ def live_runs(raws: list[bytes]) -> list[Live]:
     return runs
 
 
+def entries_claimed(data: bytes) -> int:
+    """How many entries `data` says it carries if it is a LIVE (else 1), read
+    without decoding: to bound work by entries before doing it."""
+    if len(data) >= 4 and data[1] == LIVE:
+        return max(1, int.from_bytes(data[2:4], "big"))
+    return 1
+
+
 def _decode_live(body: memoryview) -> Live:
     _need(body, _LIVE.size)
     (count,) = _LIVE.unpack_from(body)
     if not 1 <= count <= MAX_LIVE_ENTRIES:
         raise RemoteError(
             f"live message of {count} entries (1 to {MAX_LIVE_ENTRIES})", reason=Reason.MALFORMED
+        )
+    if len(body) > _LIVE.size + count * _LEN.size + MAX_LIVE_BYTES:  # before copying any
+        raise RemoteError(
+            f"live run of more than {MAX_LIVE_BYTES} entry bytes", reason=Reason.OVERSIZED
         )
     entries, offset = _decode_blobs(body, _LIVE.size, count)
     if offset != len(body):

@@ -43,7 +43,12 @@ logger = logging.getLogger(__name__)
 # back as it goes: a peer that keeps sending could keep it from returning
 # while it grew without bound.
 READ_CHUNK = 64 * 1024
-MESSAGES_PER_CHECKPOINT = 32
+# The messages of one RPC handled between checkpoints: until their payloads
+# (and a nominal 512 bytes of envelope each, its signature checked) reach
+# this. 32 small messages, as py-libp2p's did by count; but one p2psync LIVE
+# of 16 KiB may carry 64 entries, each signature checked by the validator.
+CHECKPOINT_BYTES = 16 * 1024
+ENVELOPE_BYTES = 512
 
 
 class BufferedReads:
@@ -90,12 +95,12 @@ async def read_rpcs(pubsub: Pubsub, stream: INetStream, last_heard: dict[ID, flo
     (checked, delivered, forwarded) before the next RPC is parsed, in the
     order the peer sent them. Nothing in a push waits on the network (a
     forward is queued, a full queue drops), so a slow peer cannot stall
-    this loop. Each served read is a checkpoint, and so is every
-    ``MESSAGES_PER_CHECKPOINT``-th message of one RPC (a 1 MiB RPC can hold
-    6 000 messages with made-up signatures, each checked), so one peer does
-    not hold the event loop. An error escapes to the caller, which drops the
-    stream and blames the peer (in py-libp2p's task it cancelled the whole
-    pubsub service).
+    this loop. Each served read is a checkpoint, and so is the handling of
+    every ``CHECKPOINT_BYTES`` of an RPC's messages (a 1 MiB RPC can hold
+    6 000 messages with made-up signatures, or 64 LIVEs of 64 entries, each
+    checked), so one peer does not hold the event loop. An error escapes to
+    the caller, which drops the stream and blames the peer (in py-libp2p's
+    task it cancelled the whole pubsub service).
     """
     peer_id = stream.muxed_conn.peer_id
     reads = cast(Reader, BufferedReads(stream, last_heard))
@@ -107,9 +112,12 @@ async def read_rpcs(pubsub: Pubsub, stream: INetStream, last_heard: dict[ID, flo
             if not maybe_consume_signed_record(rpc, pubsub.host, peer_id):
                 logger.debug("RPC from %s ignored: its peer record is invalid", peer_id)
                 continue
-            for index, msg in enumerate(rpc.publish):
-                if index and index % MESSAGES_PER_CHECKPOINT == 0:
+            work = 0
+            for msg in rpc.publish:
+                if work >= CHECKPOINT_BYTES:
                     await trio.lowlevel.checkpoint()
+                    work = 0
+                work += ENVELOPE_BYTES + len(msg.data)
                 if pubsub._is_subscribed_to_msg(msg):
                     await pubsub.push_msg(peer_id, msg)
             if len(rpc.subscriptions) > pubsub.max_subscriptions_per_rpc:

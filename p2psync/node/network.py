@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import trio
 from libp2p.peer.id import ID
 
+from p2psync.core import protocol
 from p2psync.core.peer_policy import CUT_NO_PUBSUB, CUT_UNRESPONSIVE, PeerPolicy, PolicyAction
 from p2psync.core.query import QueryReply
 from p2psync.core.reasons import Drop, Reason
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 
 OUTBOX_SIZE = 64
 LIVE_OUTBOX_SIZE = 1024
-LIVE_GROUP_MAX = 256  # live entries waiting together, applied in one commit
+LIVE_GROUP_ENTRIES = 256  # live entries waiting together, applied in one commit
 MESH_WAIT_SECONDS = 10.0
 # The kernel ends a TCP connection to a host that vanished in about 10 s
 # (liveness.keep_alive: keep-alive probes, user timeout), at no cost to us.
@@ -312,15 +313,16 @@ class NetworkTransport(Transport):
         validator = self._validator(TopicChecks(node.engine.checked_signatures).live)
         receive = await self.host.subscribe(live_topic(self.config.network), validator=validator)
         async for received in receive:
-            # A backlog is applied together: one commit for all its entries.
-            backlog = [received]
-            while len(backlog) < LIVE_GROUP_MAX:
+            # A backlog is applied together: one commit for up to ~256 entries.
+            backlog, entries = [received], protocol.entries_claimed(received.data)
+            while entries < LIVE_GROUP_ENTRIES:
                 try:
                     backlog.append(receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+                entries += protocol.entries_claimed(backlog[-1].data)
             now = node.now()
-            # The forwarder delivered it: budgets and blame are its, not the signer's.
+            # Blame is the forwarder's, budgets the publisher's (live_received).
             node.run_grouped(
                 [node.engine.live_received(r.forwarder, r.data, now, publisher=r.sender)
                  for r in backlog]

@@ -37,9 +37,8 @@ class TopicChecks:
             message = protocol.decode(data)
             if not isinstance(message, protocol.Live):
                 return Reason.UNEXPECTED
-            for raw in message.entries:
-                entry = decode_entry(raw)
-                self._checked.verify(entry, entry_hash(raw), self._verify_keys)
+            run = [(decode_entry(raw), entry_hash(raw)) for raw in message.entries]
+            self._checked.verify_run(run, self._verify_keys)
         except RemoteError as exc:
             return exc.reason
         return None

@@ -100,3 +100,47 @@ def test_scale_burst_posts_every_create_at_once_and_in_turn() -> None:
     finally:
         for server in servers:
             server.shutdown()
+
+
+def test_the_load_generator_reads_split_answers_and_counts_failures() -> None:
+    """benchmarks/load.py against a server that answers in pieces: a 201 is
+    ok, any other status or a connection closed without an answer is not."""
+    import socket
+    import threading
+    import time
+
+    from benchmarks.load import post_all_at_once, post_request
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            if b"/close" in request:
+                return  # no answer at all
+            status = b"201 Created" if b"/ok" in request else b"500 Oops"
+            body = b'{"id": "x"}' * 100
+            conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Le")
+            time.sleep(0.05)
+            conn.sendall(b"ngth: %d\r\n\r\n" % len(body) + body[:7])
+            time.sleep(0.05)
+            conn.sendall(body[7:])
+
+    def serve() -> None:
+        for _ in range(4):
+            conn, _ = listener.accept()
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    api = f"http://127.0.0.1:{port}"
+    requests = [[post_request(api, path, b"{}") for path in ("/ok", "/ok", "/fail", "/close")]]
+    answers: list[bool] = []
+    ready, go = threading.Event(), threading.Event()
+    go.set()
+    post_all_at_once([api], requests, go, ready.set, lambda i, ok: answers.append(ok), 10)
+    listener.close()
+    assert ready.is_set()
+    assert sorted(answers) == [False, False, True, True]

@@ -168,3 +168,36 @@ def test_a_run_costs_its_publisher_one_live_token_per_entry() -> None:
     second = node.run(node.engine.live_received(PEER, _live([e.raw for e in entries[25:35]])))
     assert kinds(second, BudgetExceeded) and not kinds(second, Persist)  # 25 + 10 > 30
     assert node.store.entry_count() == 25
+
+
+def test_each_rule_of_a_run_refuses_on_its_own() -> None:
+    """Runs that break one rule only, the hash links intact: each would pass
+    with that rule's check removed."""
+    x0 = chain(X, 1)[0]
+    other_origin = sign_entry(Y, 1, x0.hash(), 1, b"{}")  # Y may sign any prev
+    assert _refused(_live([x0.raw, other_origin.raw])) == Reason.MALFORMED
+    skipped_seqs = sign_entry(X, 5, x0.hash(), 1, b"{}")  # links to 0, claims 5
+    assert _refused(_live([x0.raw, skipped_seqs.raw])) == Reason.MALFORMED
+    assert _refused(_live([b"x" * 50, x0.raw])) == Reason.MALFORMED  # no header to read
+    assert TopicChecks().live(_live([b"x" * 50, x0.raw])) is Reason.MALFORMED
+
+
+def test_a_refused_run_leaves_no_verdict_behind() -> None:
+    """The validator notes a run's entries as checked only once all of them
+    verified, the last first."""
+    from p2psync.core.entry import CheckedSignatures
+
+    checked = CheckedSignatures()
+    raws = [e.raw for e in chain(X, 4)]
+    forged = raws[3][:-1] + bytes([raws[3][-1] ^ 1])
+    assert TopicChecks(checked).live(_live([*raws[:3], forged])) is Reason.SIGNATURE
+    assert len(checked) == 0  # the three good ones were not noted either
+    assert TopicChecks(checked).live(_live(raws)) is None
+    assert all(entry_hash(raw) in checked for raw in raws)
+
+
+def test_entries_claimed_reads_a_lives_count_without_decoding() -> None:
+    raws = [e.raw for e in chain(X, 7)]
+    assert protocol.entries_claimed(_live(raws)) == 7
+    assert protocol.entries_claimed(protocol.encode(protocol.Ack(1, 2))) == 1
+    assert protocol.entries_claimed(b"") == 1

@@ -24,7 +24,8 @@ from libp2p.utils.varint import (
 )
 
 from p2psync.net.pubsub_receive import (
-    MESSAGES_PER_CHECKPOINT,
+    CHECKPOINT_BYTES,
+    ENVELOPE_BYTES,
     READ_CHUNK,
     BufferedReads,
     NoValidationCache,
@@ -218,16 +219,27 @@ async def test_a_flood_of_subscriptions_in_one_rpc_is_ignored() -> None:
     assert pubsub.handled == [("subscription", "ok")]
 
 
-async def test_an_rpc_of_many_messages_lets_other_tasks_run_between_them() -> None:
+@pytest.mark.parametrize(
+    "payloads",
+    [
+        [b"%d" % i for i in range(16 * (CHECKPOINT_BYTES // ENVELOPE_BYTES))],
+        # Eight LIVEs of 64 entries each: by count (32 a checkpoint) none between them.
+        [bytes(CHECKPOINT_BYTES)] * 8,
+    ],
+    ids=["many-small", "few-large"],
+)
+async def test_an_rpc_of_many_messages_lets_other_tasks_run_between_them(
+    payloads: list[bytes],
+) -> None:
     # One 1 MiB RPC can carry thousands of messages; checked one after the
     # other without a checkpoint they held the event loop (223 ms measured).
     class _Quick(_ReadingPubsub):
         async def push_msg(self, forwarder: Any, msg: rpc_pb2.Message) -> None:
             self.handled.append(("message", msg.data))  # no checkpoint of its own
 
-    count = 16 * MESSAGES_PER_CHECKPOINT
+    count = len(payloads)
     pubsub = _Quick()
-    stream = _Stream([_framed(_rpc(*[b"%d" % i for i in range(count)]))])
+    stream = _Stream([_framed(_rpc(*payloads))])
     ticks: list[int] = []
 
     async def watch() -> None:
