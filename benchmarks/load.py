@@ -47,12 +47,15 @@ def post_all_at_once(
     requests: list[list[bytes]],
     go: threading.Event,
     on_ready: Callable[[], None],
+    on_sent: Callable[[], None],
     on_answer: Callable[[int, bool], None],
     timeout: float = 60,
 ) -> None:
     """Open a connection per request in `requests[i]` (to `apis[i]`), call
-    `on_ready`, wait for `go`, write every request, then read the answers,
-    calling `on_answer(i, ok)` for each (ok: status 201), failures included."""
+    `on_ready`, wait for `go` (at most `timeout`), write every request, in
+    turns over the targets (each target's first, then each one's second...),
+    call `on_sent`, then read the answers, calling `on_answer(i, ok)` for each
+    (ok: status 201), failures and answers missing after `timeout` included."""
     selector = selectors.DefaultSelector()
     exchanges: list[_Exchange] = []
     try:
@@ -60,11 +63,12 @@ def post_all_at_once(
             parts = urlsplit(api)
             for request in batch:
                 sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=10)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 exchanges.append(_Exchange(target, request, sock))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         on_ready()
-        go.wait()
-        for exchange in exchanges:
+        if not go.wait(timeout):
+            raise TimeoutError("the burst was never started")
+        for exchange in _in_turns(exchanges):
             try:
                 exchange.sock.sendall(exchange.request)
             except OSError:
@@ -72,6 +76,7 @@ def post_all_at_once(
                 continue
             exchange.sock.setblocking(False)
             selector.register(exchange.sock, selectors.EVENT_READ, exchange)
+        on_sent()
         deadline = time.monotonic() + timeout
         while selector.get_map() and time.monotonic() < deadline:
             for key, _ in selector.select(timeout=1):
@@ -88,8 +93,23 @@ def post_all_at_once(
             exchange.sock.close()
 
 
+def _in_turns(exchanges: list[_Exchange]) -> list[_Exchange]:
+    """Each target's first request, then each one's second, and so on."""
+    rank: dict[int, int] = {}
+    order = []
+    for exchange in exchanges:
+        rank[exchange.target] = rank.get(exchange.target, -1) + 1
+        order.append((rank[exchange.target], exchange.target, exchange))
+    return [exchange for *_, exchange in sorted(order, key=lambda o: (o[0], o[1]))]
+
+
 def _read(exchange: _Exchange) -> tuple[bool, bool]:
-    """Read what the socket holds: (answer complete or connection over, ok)."""
+    """Read what the socket holds: (answer complete or connection over, ok).
+
+    An answer is complete at Content-Length bytes past its head (the API
+    always sends one, and keeps the connection open after it); one without is
+    complete at its head. A head that does not parse is a failed answer.
+    """
     try:
         data = exchange.sock.recv(65536)
     except BlockingIOError:
@@ -104,13 +124,16 @@ def _read(exchange: _Exchange) -> tuple[bool, bool]:
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
             return False, False
-        head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
-        exchange.status = int(head[0].split(" ", 2)[1])
-        length = 0
-        for line in head[1:]:
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value)
+        try:
+            head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+            exchange.status = int(head[0].split(" ", 2)[1])
+            length = 0
+            for line in head[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+        except (ValueError, IndexError):
+            return True, False
         exchange.length = end + 4 + length
     if len(buffer) < exchange.length:
         return False, False

@@ -35,9 +35,14 @@ daemon uses, p2psync.net.host, so the same gossipsub settings):
   connections opened before the moment, answers read by a minimal parser),
   not httpx, which took 2.4 ms of CPU a request on the nodes' two cores and
   was the burst's bottleneck at N = 4 (rounds 1 to 10 used it).
-  ``burst_harness_cpu_s`` is what this process used meanwhile, clients and
-  polling. Nodes are polled at intervals of 5 % of the time so far (at least
-  50 ms; every 50 ms before round 11), so a figure is at most 5 % late.
+  Connections are opened before the moment (httpx opened them after it),
+  and the requests go out in turns over the nodes once it comes
+  (``burst_posts_sent_s``). ``burst_harness_cpu_s`` is what this process
+  used meanwhile, clients and polling. Polling starts once every request is
+  out and backs off to 5 % of the time so far (at least 50 ms; every 50 ms
+  before round 11): ``burst_s`` is when the poll that found the last node
+  complete returned, ``burst_s_at_least`` when the poll before it was sent,
+  and the true time lies between.
 - **Burst in turn** (``burst_in_turn_*``), then, once the first completed
   and ``settle_s`` passed: the same, but each node's client sends its
   creates one after another, each when the last was answered. Rounds 1 to
@@ -268,8 +273,8 @@ def poll_interval(elapsed: float) -> float:
     """How long to wait before asking the pending nodes again: 5 % of the time
     so far, at least 50 ms. Each ask costs about a millisecond of CPU on each
     side of the same two cores; asking every 50 ms, the 32 nodes of N = 32
-    took most of a core off the burst they measured. So a figure is at most
-    5 % (or 50 ms) late."""
+    took most of a core off the burst they measured. A node's time is
+    bracketed by its last two polls (`s_at_least` .. `s`)."""
     return max(0.05, elapsed / 20)
 
 
@@ -277,12 +282,17 @@ def _burst(nodes: list[Node], burst: int, timeout: float, *, at_once: bool) -> d
     """Creates on every node, released at one moment once every client is
     made. `at_once`: each node's `burst` requests are all in flight together,
     else one after another. Figures: `s` (until all hold all; None if some
-    never did), `min_held`, `failed_posts`, `posts_answered_s` (None if a
-    client never finished), `node_cpu_s` (summed over the nodes) and
-    `harness_cpu_s` (this process: clients and polling, on the same cores)."""
+    never did: when the poll that found the last node complete returned),
+    `s_at_least` (when the poll before it was sent: the true time lies
+    between), `min_held`, `failed_posts`, `posts_sent_s` (at once: until every
+    request was written), `posts_answered_s` (None if a client never
+    finished), `node_cpu_s` (summed over the nodes) and `harness_cpu_s` (this
+    process: clients and polling, on the same cores)."""
     want = [x.entries() + burst * len(nodes) for x in nodes]
     pids = [x.proc.pid for x in nodes]
-    go = threading.Event()
+    go, sent = threading.Event(), threading.Event()
+    if not at_once:
+        sent.set()  # polling starts at once: the requests go out as answered
     failed = [0] * len(nodes)
     answers = [0] * len(nodes)
     answered = [0.0] * len(nodes)
@@ -319,9 +329,11 @@ def _burst(nodes: list[Node], burst: int, timeout: float, *, at_once: bool) -> d
             for index, node in enumerate(nodes)
         ]
         try:
-            post_all_at_once([x.api for x in nodes], requests, go, ready.set, note)
-        except OSError:
-            ready.set()  # a connection could not be made: the burst fails, not the run
+            apis = [x.api for x in nodes]
+            post_all_at_once(apis, requests, go, ready.set, sent.set, note, timeout)
+        except Exception:  # whatever it was, the burst fails, not the run
+            ready.set()
+            sent.set()
             for index in range(len(nodes)):
                 for _ in range(burst - answers[index]):
                     note(index, False)
@@ -340,37 +352,52 @@ def _burst(nodes: list[Node], burst: int, timeout: float, *, at_once: bool) -> d
         if not ready.wait(30):
             go.set()  # let the others end
             raise BenchError("a burst client could not be made in 30 s")
-    cpu0 = [cpu_seconds(p) for p in pids]
-    harness0 = _own_cpu()
-    t0 = time.monotonic()
-    go.set()
     pending = set(range(len(nodes)))
     held = [0] * len(nodes)
-    done_at = t0
-    deadline = t0 + timeout
-    while pending and time.monotonic() < deadline:
-        for i in sorted(pending):
-            try:
-                held[i] = nodes[i].entries()
-            except httpx.HTTPError:
-                continue
-            if held[i] >= want[i]:
-                pending.discard(i)
-                done_at = time.monotonic()
-        if pending:
-            time.sleep(poll_interval(time.monotonic() - t0))
-    node_cpu = sum(cpu_seconds(p) for p in pids) - sum(cpu0)
+    asked = [0.0] * len(nodes)  # when each node's latest poll was sent
+    done_at = done_after = 0.0
+    try:
+        cpu0 = [cpu_seconds(p) for p in pids]
+        harness0 = _own_cpu()
+        t0 = time.monotonic()
+        go.set()
+        sent.wait(timeout)  # nothing is complete before every request is out
+        posts_sent = time.monotonic() - t0 if at_once else 0.0
+        deadline = t0 + timeout
+        while pending and time.monotonic() < deadline:
+            for i in sorted(pending):
+                before = time.monotonic()
+                try:
+                    held[i] = nodes[i].entries()
+                except httpx.HTTPError:
+                    continue
+                if held[i] >= want[i]:
+                    # It held all by the time this answer came back, and not
+                    # yet when the poll before it was sent (or the start).
+                    pending.discard(i)
+                    done_at = time.monotonic()
+                    done_after = max(done_after, asked[i] or t0)
+                else:
+                    asked[i] = before
+            if pending:
+                time.sleep(poll_interval(time.monotonic() - t0))
+        node_cpu = sum(cpu_seconds(p) for p in pids) - sum(cpu0)
+        harness_cpu = _own_cpu() - harness0
+    finally:
+        go.set()  # a client still waiting ends (it times out or is answered)
     for t in threads:
         t.join(30)
     base = [w - burst * len(nodes) for w in want]
     all_answered = all(a == burst for a in answers)
     return {
         "s": None if pending else round(done_at - t0, 3),
+        "s_at_least": None if pending else round(done_after - t0, 3),
         "min_held": min(h - b for h, b in zip(held, base, strict=True)),
         "failed_posts": sum(failed),
+        "posts_sent_s": round(posts_sent, 3) if at_once else None,
         "posts_answered_s": round(max(answered) - t0, 3) if all_answered else None,
         "node_cpu_s": round(node_cpu, 2),
-        "harness_cpu_s": round(_own_cpu() - harness0, 2),
+        "harness_cpu_s": round(harness_cpu, 2),
     }
 
 
@@ -623,6 +650,8 @@ def run(ctx: Context) -> dict[str, Any]:
         "burst_s": burst_s,
         "burst_posts_answered_s": column("p2psync", "burst_posts_answered_s"),
         "burst_node_cpu_s": column("p2psync", "burst_node_cpu_s"),
+        "burst_s_at_least": column("p2psync", "burst_s_at_least"),
+        "burst_posts_sent_s": column("p2psync", "burst_posts_sent_s"),
         "burst_harness_cpu_s": column("p2psync", "burst_harness_cpu_s"),
         "burst_client": "lean",  # rounds 1 to 10: httpx (2.4 ms of CPU a request)
         "raw_flood_cpu_s": column("raw", "flood_cpu_s"),

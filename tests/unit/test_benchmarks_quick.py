@@ -103,8 +103,11 @@ def test_scale_burst_posts_every_create_at_once_and_in_turn() -> None:
 
 
 def test_the_load_generator_reads_split_answers_and_counts_failures() -> None:
-    """benchmarks/load.py against a server that answers in pieces: a 201 is
-    ok, any other status or a connection closed without an answer is not."""
+    """benchmarks/load.py against a server that answers in pieces and keeps
+    each connection open, as hypercorn does: an answer is complete at its
+    Content-Length (not when the connection closes), a 201 is ok, any other
+    status, a connection closed without an answer or no answer in time is
+    not, and the requests go out in turns over the targets."""
     import socket
     import threading
     import time
@@ -113,34 +116,107 @@ def test_the_load_generator_reads_split_answers_and_counts_failures() -> None:
 
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
+    last_piece: list[float] = []
+    arrived: list[bytes] = []
+    release = threading.Event()
 
     def answer(conn: socket.socket) -> None:
-        with conn:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                request += conn.recv(4096)
-            if b"/close" in request:
-                return  # no answer at all
-            status = b"201 Created" if b"/ok" in request else b"500 Oops"
-            body = b'{"id": "x"}' * 100
-            conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Le")
-            time.sleep(0.05)
-            conn.sendall(b"ngth: %d\r\n\r\n" % len(body) + body[:7])
-            time.sleep(0.05)
-            conn.sendall(body[7:])
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += conn.recv(4096)
+        arrived.append(request.split(b" ")[1])
+        if b"/close" in request:
+            conn.close()  # no answer at all
+            return
+        if b"/never" in request:
+            release.wait(10)
+            conn.close()
+            return
+        status = b"201 Created" if b"/ok" in request else b"500 Oops"
+        body = b'{"id": "x"}' * 100
+        conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Le")
+        time.sleep(0.05)
+        conn.sendall(b"ngth: %d\r\n\r\n" % len(body) + body[:7])
+        time.sleep(0.05)
+        last_piece.append(time.monotonic())
+        conn.sendall(body[7:])
+        release.wait(10)  # kept open, as keep-alive does
+        conn.close()
 
     def serve() -> None:
-        for _ in range(4):
+        for _ in range(6):
             conn, _ = listener.accept()
             threading.Thread(target=answer, args=(conn,), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
     api = f"http://127.0.0.1:{port}"
-    requests = [[post_request(api, path, b"{}") for path in ("/ok", "/ok", "/fail", "/close")]]
-    answers: list[bool] = []
-    ready, go = threading.Event(), threading.Event()
+    paths = [("/ok-a", "/fail-a", "/never-a"), ("/ok-b", "/close-b", "/ok-c")]
+    requests = [[post_request(api, path, b"{}") for path in group] for group in paths]
+    answers: list[tuple[int, bool, float]] = []
+    ready, go, sent = threading.Event(), threading.Event(), threading.Event()
     go.set()
-    post_all_at_once([api], requests, go, ready.set, lambda i, ok: answers.append(ok), 10)
-    listener.close()
-    assert ready.is_set()
-    assert sorted(answers) == [False, False, True, True]
+    started = time.monotonic()
+    try:
+        post_all_at_once(
+            [api, api],
+            requests,
+            go,
+            ready.set,
+            sent.set,
+            lambda i, ok: answers.append((i, ok, time.monotonic())),
+            timeout=2,
+        )
+    finally:
+        release.set()
+        listener.close()
+    took = time.monotonic() - started
+    assert ready.is_set() and sent.is_set()
+    assert sorted((i, ok) for i, ok, _ in answers) == [
+        (0, False),  # 500
+        (0, False),  # never answered: counted at the timeout
+        (0, True),
+        (1, False),  # closed without an answer
+        (1, True),
+        (1, True),
+    ]
+    assert 2 <= took < 5  # the timeout, not the servers' 10 s
+    oks = sorted(t for _, ok, t in answers if ok)
+    assert len(last_piece) == 4 and oks[0] >= min(last_piece)  # whole bodies read
+    assert sorted(arrived) == sorted(p.encode() for group in paths for p in group)
+
+
+def test_the_load_generator_sends_in_turns_over_the_targets() -> None:
+    from benchmarks.load import _Exchange, _in_turns
+
+    exchanges = [
+        _Exchange(target, b"%d-%d" % (target, i), None)  # type: ignore[arg-type]
+        for target, count in ((0, 3), (1, 1), (2, 2))
+        for i in range(count)
+    ]
+    order = [e.request for e in _in_turns(exchanges)]
+    assert order == [b"0-0", b"1-0", b"2-0", b"0-1", b"2-1", b"0-2"]
+
+
+def test_a_burst_whose_nodes_cannot_be_reached_fails_without_hanging() -> None:
+    import os
+    import socket
+    import time
+    from types import SimpleNamespace
+
+    from benchmarks.scale import _burst
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nodes = [
+        SimpleNamespace(
+            api=f"http://127.0.0.1:{port}",
+            entries=lambda: 0,
+            proc=SimpleNamespace(pid=os.getpid()),
+        )
+    ]
+    started = time.monotonic()
+    figures = _burst(nodes, 3, 2, at_once=True)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 10
+    assert figures["s"] is None and figures["failed_posts"] == 3
+    assert figures["posts_answered_s"] is not None  # all three answered: as failures
