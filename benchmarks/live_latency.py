@@ -228,6 +228,7 @@ def _create_paced(creator: Node, rate: float, seconds: float) -> int:
 
 
 def _live_message_bytes(data_dir: Path) -> int:
-    """Size of a LIVE message: the average entry of the creator's log plus 2 header bytes."""
+    """Size of a LIVE of one entry: the creator's average entry plus 8 bytes
+    (protocol 4: the 2-byte header, a 2-byte count and a 4-byte length)."""
     entries, size = log_stats(data_dir)
-    return round(size / entries) + 2 if entries else 270
+    return round(size / entries) + 8 if entries else 276

@@ -34,11 +34,11 @@ daemon uses, p2psync.net.host, so the same gossipsub settings):
   lean load generator (``benchmarks/load.py``: requests encoded and
   connections opened before the moment, answers read by a minimal parser),
   not httpx, which took 2.4 ms of CPU a request on the nodes' two cores and
-  was the burst's bottleneck at N = 4 (rounds 1 to 10 used it).
-  Connections are opened before the moment (httpx opened them after it),
-  and the requests go out in turns over the nodes once it comes
-  (``burst_posts_sent_s``). ``burst_harness_cpu_s`` is what this process
-  used meanwhile, clients and polling. Polling starts once every request is
+  was the burst's bottleneck at N = 4 (rounds 1 to 10 used it; it opened
+  its connections after the moment). The requests go out in turns over the
+  nodes (``burst_posts_sent_s``: until all were written).
+  ``burst_harness_cpu_s`` is what this process used meanwhile, clients and
+  polling. Polling starts once every request is
   out and backs off to 5 % of the time so far (at least 50 ms; every 50 ms
   before round 11): ``burst_s`` is when the poll that found the last node
   complete returned, ``burst_s_at_least`` when the poll before it was sent,
@@ -243,7 +243,7 @@ def _run_nodes(ctx: Context, n: int, base: Path, burst: int) -> dict[str, Any]:
             except (BenchError, httpx.HTTPError, OSError) as exc:  # keep the rest
                 out["burst_in_turn_skipped"] = f"{type(exc).__name__}: {exc}"[:300]
         entries, size = log_stats(base / "n0")
-        out["message_bytes"] = round(size / entries) + 2 if entries else 270
+        out["message_bytes"] = round(size / entries) + 8 if entries else 276
         out["rss_after_burst"] = _summary([rss_mb(p) for p in pids])
     finally:
         _stop_all(nodes)

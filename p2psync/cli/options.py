@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from p2psync.cli import values
+from p2psync.core.protocol import PROTOCOL_VERSION
 from p2psync.net.addresses import is_loopback
 from p2psync.node.config import NodeConfig
 
@@ -268,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Peer-to-peer recipe book. Every flag can also be set as P2PSYNC_<FLAG>, "
         "e.g. P2PSYNC_API_PORT=8080 or P2PSYNC_NO_MDNS=1; the command line wins.",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {version()}")
+    parser.add_argument(
+        "--version", action="version", version=f"{PROG} {version()} (protocol {PROTOCOL_VERSION})"
+    )
     parser.set_defaults(command=None)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     helps = {

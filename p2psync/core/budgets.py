@@ -16,7 +16,7 @@ class BudgetKind(StrEnum):
 
     RECON = "recon"  # reconciliation questions (rounds) a peer starts with us
     QUERY = "query"  # `ls r all` queries a peer sends us
-    LIVE = "live"  # live entries a peer forwards to us
+    LIVE = "live"  # live entries a peer publishes (whoever forwards them to us)
     NEW_ORIGINS = "new_origins"  # origins we never held, introduced by a peer
 
 

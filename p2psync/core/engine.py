@@ -224,10 +224,10 @@ class SyncEngine(Ledger):
         )
         if not actions or not isinstance(actions[0], Persist):
             return actions  # refused (or held already): a forgery starts no round
-        entry = min((a.entry for a in actions[0].entries), key=lambda e: e.seq)
+        first_new = min((a.entry for a in actions[0].entries), key=lambda e: e.seq)
         if (forwarder := self._peers.get(peer)) is not None:
             forwarder.live_at = now.monotonic  # a round checks for a lost tail (rounds.py)
-        if entry.seq > 0 and not self._progress.has(entry.origin, entry.seq - 1):
+        if first_new.seq > 0 and not self._progress.has(first_new.origin, first_new.seq - 1):
             # A gap: we missed earlier live entries. Ask the author if it is a
             # direct peer, else any direct peer (gossip relays across hops).
             state = self._peers.get(peer)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from pyroaring import BitMap64
 
-from p2psync.core.entry import MAX_ENTRY_BYTES, MIN_ENTRY_BYTES, entry_hash
+from p2psync.core.entry import MAX_ENTRY_BYTES, MIN_ENTRY_BYTES, entry_hash, entry_link
 from p2psync.core.errors import RemoteError
 from p2psync.core.forks import MAX_SIDE_BYTES
 from p2psync.core.items import MAX_BOUND, MIN_BOUND, Item, decode_item
@@ -33,15 +33,15 @@ PROTOCOL_VERSION = 4
 MAX_MESSAGE_BYTES = 1024 * 1024 - 1024  # gossipsub drops > 1 MiB at the sender
 MAX_BATCH_ENTRIES = 10_000
 MAX_LIVE_ENTRIES = 64
-# A run's entries together are no larger than one entry may be, so a LIVE is
-# never larger than version 3's largest: queue rules sized for it still hold.
+# A run's entries together are no larger than one entry may be: the largest
+# LIVE (16 791 bytes) stays under the 20 KiB a stalled peer's queue still
+# takes (net/pubsub_send.SMALL_RPC_BYTES).
 MAX_LIVE_BYTES = MAX_ENTRY_BYTES
 
 LIVE, RECON, BATCH, ACK, QUERY, QUERY_REPLY, WANT, FORK_PROOF = 1, 2, 3, 4, 5, 6, 7, 8
 
 _HEAD = struct.Struct(">BB")
 _LIVE = struct.Struct(">H")  # entry count
-_RUN_LINK = struct.Struct(">32sQ32s")  # an entry's origin, seq and prev (offset 1)
 _RECON = struct.Struct(">IBI")  # round, flags, range count
 _WANT = struct.Struct(">IBI")  # round, flags, claim count
 _CLAIM = struct.Struct(">32sQBI")  # origin, prefix, flags, beyond length
@@ -423,19 +423,15 @@ def _decode_live(body: memoryview) -> Live:
             f"live run of more than {MAX_LIVE_BYTES} entry bytes", reason=Reason.OVERSIZED
         )
     entries, offset = _decode_blobs(body, _LIVE.size, count)
-    if offset != len(body):
+    if offset != len(body):  # with the size check above: at most MAX_LIVE_BYTES of entries
         raise RemoteError("live message has trailing bytes", reason=Reason.MALFORMED)
-    if offset - _LIVE.size - count * _LEN.size > MAX_LIVE_BYTES:
-        raise RemoteError(
-            f"live run of more than {MAX_LIVE_BYTES} entry bytes", reason=Reason.OVERSIZED
-        )
     before: bytes | None = None
     for raw in entries:
         if len(raw) < MIN_ENTRY_BYTES:  # decode_entry says more; the link needs a header
             raise RemoteError(f"entry of {len(raw)} bytes is too short", reason=Reason.MALFORMED)
         if before is not None:
-            origin, seq, prev = _RUN_LINK.unpack_from(raw, 1)
-            last_origin, last_seq, _ = _RUN_LINK.unpack_from(before, 1)
+            origin, seq, prev = entry_link(raw)
+            last_origin, last_seq, _ = entry_link(before)
             if origin != last_origin or seq != last_seq + 1 or prev != entry_hash(before):
                 raise RemoteError(
                     "live run is not one origin's chain of consecutive entries",

@@ -218,17 +218,28 @@ def test_the_largest_live_rpc_counts_as_small() -> None:
     from nacl.signing import SigningKey
 
     from p2psync.core import protocol
-    from p2psync.core.entry import ZERO_HASH, sign_entry
+    from p2psync.core.entry import ZERO_HASH, entry_hash, sign_entry
     from p2psync.core.ops import MAX_OP_BYTES
     from p2psync.net.topics import live_topic
 
-    entry = sign_entry(SigningKey(b"\x05" * 32), 0, ZERO_HASH, 1, b"x" * MAX_OP_BYTES)
+    key = SigningKey(b"\x05" * 32)
+    entry = sign_entry(key, 0, ZERO_HASH, 1, b"x" * MAX_OP_BYTES)
     one = protocol.encode(protocol.Live((entry.raw,)))
-    largest_run = 2 + 2 + 4 * protocol.MAX_LIVE_ENTRIES + protocol.MAX_LIVE_BYTES
-    assert len(one) < largest_run
+    # The largest run: 64 entries whose bytes sum to MAX_LIVE_BYTES.
+    count, empty = protocol.MAX_LIVE_ENTRIES, len(sign_entry(key, 0, ZERO_HASH, 1, b"").raw)
+    spare = protocol.MAX_LIVE_BYTES - count * empty
+    raws, prev = [], ZERO_HASH
+    for seq in range(count):
+        op = b"x" * (spare // count + (seq < spare % count))
+        raws.append(sign_entry(key, seq, prev, 1, op).raw)
+        prev = entry_hash(raws[-1])
+    run = protocol.encode(protocol.Live(tuple(raws)))
+    assert sum(map(len, raws)) == protocol.MAX_LIVE_BYTES and len(run) == 16_791
+    assert protocol.decode(run) == protocol.Live(tuple(raws))
+    assert len(one) < len(run)
     message = rpc_pb2.Message(
         from_id=bytes(38),
-        data=bytes(largest_run),
+        data=run,
         seqno=bytes(8),
         topicIDs=[live_topic("default")],
         signature=bytes(64),

@@ -35,7 +35,7 @@ from tests.e2e.test_liveness import assert_kernel_watches
 
 pytestmark = pytest.mark.e2e
 
-NS = "/p2psync/test/v3/members"
+NS = "/p2psync/test/v4/members"
 
 
 async def _stranger(addr: str) -> None:

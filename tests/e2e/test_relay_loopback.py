@@ -37,7 +37,7 @@ from p2psync.net.relay_service import RelayPoint, RelaySettings, open_relay
 
 pytestmark = pytest.mark.e2e
 
-NS = "/p2psync/test/v3/members"
+NS = "/p2psync/test/v4/members"
 
 
 @asynccontextmanager
@@ -68,7 +68,7 @@ async def test_two_hosts_meet_and_gossip_through_the_relay() -> None:
             found = await cb.discover(relay_id, NS, 100, 5)
             assert found.garbage == 0
             assert [r.peer_id for r in found.peers] == [a.peer_id]  # not itself
-            empty = await cb.discover(relay_id, "/p2psync/elsewhere/v3/members", 100, 5)
+            empty = await cb.discover(relay_id, "/p2psync/elsewhere/v4/members", 100, 5)
             assert (empty.peers, empty.garbage) == ([], 0)
 
             assert await b.connect(circuit_addr(addr, a.peer_id), timeout=10) == a.peer_id
@@ -167,20 +167,20 @@ async def test_rendezvous_point_stays_bounded() -> None:
             await client.discover(relay_id, f"/probe/{k}", 10, 5)
         assert relay.rendezvous.registrations == {}
         with pytest.raises(RelayError) as unreserved:
-            await client.register(relay_id, "/p2psync/one/v3/members", addr, 120, 5)
+            await client.register(relay_id, "/p2psync/one/v4/members", addr, 120, 5)
         assert "reserve a slot" in str(unreserved.value)
         await client.reserve(relay_id, 5)
         with pytest.raises(RelayError) as shape:
             await client.register(relay_id, "/one", addr, 120, 5)
         assert "not a p2psync members namespace" in str(shape.value)
-        await client.register(relay_id, "/p2psync/one/v3/members", addr, 120, 5)
-        assert await client.register(relay_id, "/p2psync/two/v3/members", addr, 86400, 5) == 1200
+        await client.register(relay_id, "/p2psync/one/v4/members", addr, 120, 5)
+        assert await client.register(relay_id, "/p2psync/two/v4/members", addr, 86400, 5) == 1200
         with pytest.raises(RelayError) as full:
-            await client.register(relay_id, "/p2psync/three/v3/members", addr, 120, 5)
+            await client.register(relay_id, "/p2psync/three/v4/members", addr, 120, 5)
         assert "too many namespaces" in str(full.value)
         assert sorted(relay.rendezvous.registrations) == [
-            "/p2psync/one/v3/members",
-            "/p2psync/two/v3/members",
+            "/p2psync/one/v4/members",
+            "/p2psync/two/v4/members",
         ]
         # A RESERVE naming another peer reserves for the sender all the same.
         victim = ID.from_base58(peer_id_from_seed(b"\x05" * 32))

@@ -58,8 +58,14 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """It names the wire protocol: nodes of two protocols do not sync."""
+    from p2psync.core.protocol import PROTOCOL_VERSION
+    from p2psync.net.topics import VERSION
+
     assert main(["--version"]) == 0
-    assert capsys.readouterr().out.startswith("p2psync ")
+    out = capsys.readouterr().out
+    assert out.startswith("p2psync ") and out.rstrip().endswith(f"(protocol {PROTOCOL_VERSION})")
+    assert f"v{PROTOCOL_VERSION}" == VERSION  # topic names follow the protocol
 
 
 def test_no_command_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -182,16 +182,30 @@ def test_each_rule_of_a_run_refuses_on_its_own() -> None:
     assert TopicChecks().live(_live([b"x" * 50, x0.raw])) is Reason.MALFORMED
 
 
-def test_a_refused_run_leaves_no_verdict_behind() -> None:
+def test_a_refused_run_leaves_no_verdict_behind(monkeypatch: pytest.MonkeyPatch) -> None:
     """The validator notes a run's entries as checked only once all of them
-    verified, the last first."""
+    verified, and checks the last first: a forgery appended to genuine
+    entries costs one check."""
+    from p2psync.core import entry as entry_module
     from p2psync.core.entry import CheckedSignatures
 
+    checks: list[int] = []
+    real = entry_module.verify_signature
+
+    def counted(entry, key_cache=None):  # type: ignore[no-untyped-def]
+        checks.append(entry.seq)
+        return real(entry, key_cache)
+
+    monkeypatch.setattr(entry_module, "verify_signature", counted)
     checked = CheckedSignatures()
+    garbage = _garbage_inside(X)  # seq 2 verifies, then seq 1 fails
+    assert TopicChecks(checked).live(_live(garbage)) is Reason.SIGNATURE
+    assert checks == [2, 1] and len(checked) == 0  # seq 2 verified, yet not noted
     raws = [e.raw for e in chain(X, 4)]
     forged = raws[3][:-1] + bytes([raws[3][-1] ^ 1])
+    checks.clear()
     assert TopicChecks(checked).live(_live([*raws[:3], forged])) is Reason.SIGNATURE
-    assert len(checked) == 0  # the three good ones were not noted either
+    assert checks == [3] and len(checked) == 0
     assert TopicChecks(checked).live(_live(raws)) is None
     assert all(entry_hash(raw) in checked for raw in raws)
 

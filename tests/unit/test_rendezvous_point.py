@@ -20,7 +20,7 @@ from p2psync.net.rendezvous_point import BoundedRendezvous, RendezvousLimits
 
 RELAY = peer_id_from_seed(b"\x09" * 32)
 RELAY_ADDR = f"/ip4/203.0.113.10/tcp/4001/p2p/{RELAY}"
-NS = "/p2psync/kitchen/v3/members"
+NS = "/p2psync/kitchen/v4/members"
 OK = Message.ResponseStatus.OK
 
 
@@ -86,10 +86,10 @@ def test_fat_many_or_foreign_addresses_are_refused() -> None:
 def test_one_key_gets_a_few_members_namespaces_only() -> None:
     rdv = point()
     assert register(rdv, peer(1), ns="/ns/0").status == Message.ResponseStatus.E_INVALID_NAMESPACE
-    results = [register(rdv, peer(1), ns=f"/p2psync/n{k}/v3/members").status for k in range(10)]
+    results = [register(rdv, peer(1), ns=f"/p2psync/n{k}/v4/members").status for k in range(10)]
     assert results[:4] == [OK] * 4 and OK not in results[4:]
     assert rdv.namespaces_of(peer(1)) == 4
-    assert register(rdv, peer(1), ns="/p2psync/n0/v3/members").status == OK  # renewal
+    assert register(rdv, peer(1), ns="/p2psync/n0/v4/members").status == OK  # renewal
 
 
 def test_no_reservation_no_registration_and_leaving_drops_them() -> None:
