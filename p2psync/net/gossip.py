@@ -223,9 +223,10 @@ class Gossip:
         ``send_queue_full`` / ``send_oversized``: dropped inside the router
         (forwarded messages, races); ``recv_buffer_full``: a subscription
         reader lagged; ``recv_reader_gone``: its reader closed the channel;
-        ``recv_bad_rpc``: a peer's pubsub stream was unreadable.
+        ``recv_bad_rpc``: a peer's pubsub stream was unreadable;
+        ``recv_topic_list``: a message named no topic or several.
         """
-        return dict(self._drops)
+        return dict(self._drops + self.pubsub.refused)
 
     def refuse_peers(self, refused: Callable[[ID], bool]) -> None:
         """Talk no pubsub at all with a peer ``refused(peer)`` names (a --relay,

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any
 
@@ -273,6 +273,7 @@ class RoutedPubsub(Pubsub):
         self.counter = time.time_ns()
         self._router = router
         self.last_heard: dict[ID, float] = {}
+        self.refused: Counter[str] = Counter()  # messages read_rpcs skipped, by reason
         self._write_locks: weakref.WeakKeyDictionary[INetStream, trio.Lock] = (
             weakref.WeakKeyDictionary()
         )
@@ -404,7 +405,7 @@ class RoutedPubsub(Pubsub):
     async def continuously_read_stream(self, stream: INetStream) -> None:
         peer_id = stream.muxed_conn.peer_id
         try:
-            await read_rpcs(self, stream, self.last_heard)
+            await read_rpcs(self, stream, self.last_heard, self.refused)
         except Exception as exc:
             logger.warning("unreadable pubsub stream from %s: %r", peer_id, exc)
             with contextlib.suppress(Exception):

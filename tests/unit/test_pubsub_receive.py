@@ -255,3 +255,24 @@ async def test_an_rpc_of_many_messages_lets_other_tasks_run_between_them(
     assert len(pubsub.handled) == count
     seen_mid_rpc = {t for t in ticks if 0 < t < count}
     assert len(seen_mid_rpc) >= 4, ticks  # without the checkpoints: none
+
+
+async def test_a_message_naming_no_topic_or_several_is_skipped_and_counted() -> None:
+    """py-libp2p validates (and delivers) a message once per topic it lists,
+    duplicates included: 39 000 listings of the live topic in one message
+    held the event loop for seconds. Only messages of exactly one topic pass."""
+    from collections import Counter
+
+    rpc = rpc_pb2.RPC(
+        publish=[
+            rpc_pb2.Message(data=b"many", topicIDs=["t"] * 1000),
+            rpc_pb2.Message(data=b"two", topicIDs=["t", "u"]),
+            rpc_pb2.Message(data=b"none"),
+            rpc_pb2.Message(data=b"one", topicIDs=["t"]),
+        ]
+    )
+    stream, pubsub = _Stream([_framed(rpc.SerializeToString())]), _ReadingPubsub()
+    refused: Counter[str] = Counter()
+    await read_rpcs(pubsub, stream, {}, refused)  # type: ignore[arg-type]
+    assert pubsub.handled == [("message", b"one")]
+    assert refused == {"recv_topic_list": 3}
