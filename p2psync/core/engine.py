@@ -40,6 +40,7 @@ from p2psync.core.actions import (
     SendTo,
 )
 from p2psync.core.budgets import BudgetKind
+from p2psync.core.entry import entry_link
 from p2psync.core.errors import RemoteError
 from p2psync.core.forks import ForkProof, decode_fork_proof, encode_side
 from p2psync.core.hlc import Now
@@ -217,7 +218,9 @@ class SyncEngine(Ledger):
             return [Dropped(peer, exc.reason, str(exc))]
         if not isinstance(message, protocol.Live):
             return [Dropped(peer, Reason.UNEXPECTED, "non-live message on the live topic")]
-        if not self._budgets.spend(publisher, BudgetKind.LIVE, now.monotonic, len(message.entries)):
+        # Held entries cost nothing: anyone can replay old LIVEs to spend a publisher's budget.
+        new = sum(not self._progress.has(*entry_link(raw)[:2]) for raw in message.entries)
+        if new and not self._budgets.spend(publisher, BudgetKind.LIVE, now.monotonic, new):
             return _over_budget(publisher, BudgetKind.LIVE, "live entry")
         actions = self._accept(
             message.entries, peer, now, source=Source.LIVE, verify_each=True, budget_of=publisher

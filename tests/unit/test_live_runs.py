@@ -215,3 +215,24 @@ def test_entries_claimed_reads_a_lives_count_without_decoding() -> None:
     assert protocol.entries_claimed(_live(raws)) == 7
     assert protocol.entries_claimed(protocol.encode(protocol.Ack(1, 2))) == 1
     assert protocol.entries_claimed(b"") == 1
+
+
+def test_replaying_runs_we_hold_spends_no_ones_budget() -> None:
+    """Anyone can replay a publisher's old LIVEs once the seen cache forgot
+    them; a run of 64 held entries used to cost that publisher 64 tokens and,
+    past its budget, a penalty."""
+    config = EngineConfig(
+        batch_size=3,
+        window=2,
+        sync_interval=60,
+        round_timeout=5,
+        budgets={BudgetKind.LIVE: BudgetRate(burst=30, per_second=0.001)},
+    )
+    node = Node(1, config)
+    raws = [e.raw for e in chain(X, 25)]
+    first = node.run(node.engine.live_received(PEER, _live(raws)))
+    assert len(kinds(first, Persist)[0].entries) == 25
+    for _ in range(5):  # 125 entries replayed against 5 tokens left
+        assert not kinds(node.run(node.engine.live_received(PEER, _live(raws))), BudgetExceeded)
+    fresh = [e.raw for e in chain(X, 31)[25:]]  # 6 new ones: 25 + 6 > 30
+    assert kinds(node.run(node.engine.live_received(PEER, _live(fresh))), BudgetExceeded)
