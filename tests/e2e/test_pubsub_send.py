@@ -218,9 +218,10 @@ def test_the_largest_live_rpc_counts_as_small() -> None:
     from nacl.signing import SigningKey
 
     from p2psync.core import protocol
-    from p2psync.core.entry import ZERO_HASH, entry_hash, sign_entry
+    from p2psync.core.entry import ZERO_HASH, sign_entry
     from p2psync.core.ops import MAX_OP_BYTES
     from p2psync.net.topics import live_topic
+    from tests.unit.test_core_engine import signed_chain
 
     key = SigningKey(b"\x05" * 32)
     entry = sign_entry(key, 0, ZERO_HASH, 1, b"x" * MAX_OP_BYTES)
@@ -228,11 +229,8 @@ def test_the_largest_live_rpc_counts_as_small() -> None:
     # The largest run: 64 entries whose bytes sum to MAX_LIVE_BYTES.
     count, empty = protocol.MAX_LIVE_ENTRIES, len(sign_entry(key, 0, ZERO_HASH, 1, b"").raw)
     spare = protocol.MAX_LIVE_BYTES - count * empty
-    raws, prev = [], ZERO_HASH
-    for seq in range(count):
-        op = b"x" * (spare // count + (seq < spare % count))
-        raws.append(sign_entry(key, seq, prev, 1, op).raw)
-        prev = entry_hash(raws[-1])
+    ops = [b"x" * (spare // count + (seq < spare % count)) for seq in range(count)]
+    raws = [e.raw for e in signed_chain(key, ops)]
     run = protocol.encode(protocol.Live(tuple(raws)))
     assert sum(map(len, raws)) == protocol.MAX_LIVE_BYTES and len(run) == 16_791
     assert protocol.decode(run) == protocol.Live(tuple(raws))

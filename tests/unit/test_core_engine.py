@@ -97,6 +97,16 @@ def chain(key: SigningKey, n: int, *, start: int = 0, prev: bytes = ZERO_HASH, n
     return entries
 
 
+def signed_chain(key: SigningKey, ops: list[bytes], start: int = 0) -> list[Entry]:
+    """`ops` signed by `key` as consecutive, hash-linked entries from seq `start`."""
+    entries: list[Entry] = []
+    prev = ZERO_HASH
+    for i, op in enumerate(ops):
+        entries.append(sign_entry(key, start + i, prev, i, op))
+        prev = entries[-1].hash()
+    return entries
+
+
 def kinds(actions: list[Action], cls: type) -> list:
     return [a for a in actions if isinstance(a, cls)]
 

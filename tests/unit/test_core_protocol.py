@@ -12,7 +12,7 @@ from nacl.signing import SigningKey
 from pyroaring import BitMap64
 
 from p2psync.core import protocol
-from p2psync.core.entry import MAX_ENTRY_BYTES, MAX_SEQ, ZERO_HASH, sign_entry
+from p2psync.core.entry import MAX_ENTRY_BYTES, MAX_SEQ, ZERO_HASH
 from p2psync.core.errors import RemoteError
 from p2psync.core.forks import MAX_SIDE_BYTES
 from p2psync.core.items import MAX_BOUND, MIN_BOUND, NOT_FORKED, Item
@@ -54,6 +54,7 @@ from p2psync.core.query import (
     QueryReply,
     decode_recipes,
 )
+from tests.unit.test_core_engine import signed_chain
 
 u8 = st.integers(0, 255)
 u32 = st.integers(0, 2**32 - 1)
@@ -135,13 +136,8 @@ claim_lists = st.lists(keys, max_size=6, unique=True).flatmap(
 
 def _run(first_seq: int, ops: list[bytes]) -> Live:
     """Consecutive entries of one origin, as a LIVE carries them."""
-    key = SigningKey(b"\x07" * 32)
-    raws, prev = [], ZERO_HASH
-    for i, op in enumerate(ops):
-        entry = sign_entry(key, first_seq + i, prev, i, op)
-        raws.append(entry.raw)
-        prev = entry.hash()
-    return Live(tuple(raws))
+    entries = signed_chain(SigningKey(b"\x07" * 32), ops, first_seq)
+    return Live(tuple(e.raw for e in entries))
 
 
 live_runs = st.builds(

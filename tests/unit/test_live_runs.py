@@ -28,6 +28,7 @@ from tests.unit.test_core_engine import (
     kinds,
     rejected,
     sent,
+    signed_chain,
 )
 
 Y = SigningKey(b"\x43" * 32)
@@ -64,23 +65,15 @@ def test_a_long_write_is_cut_into_runs_at_the_count_and_byte_limits() -> None:
     runs = protocol.live_runs(small)
     most = protocol.MAX_LIVE_ENTRIES
     assert [len(r.entries) for r in runs] == [most, 100 - most]
-    big = [e.raw for e in _chain_of_ops(X, [b"x" * (MAX_OP_BYTES // 2)] * 5)]
+    big = [e.raw for e in signed_chain(X, [b"x" * (MAX_OP_BYTES // 2)] * 5)]
     runs = protocol.live_runs(big)
     assert all(sum(map(len, r.entries)) <= protocol.MAX_LIVE_BYTES for r in runs)
     assert [len(r.entries) for r in runs] == [1, 1, 1, 1, 1]  # two would pass the limit
-    largest = [e.raw for e in _chain_of_ops(X, [b"x" * MAX_OP_BYTES])]
+    largest = [e.raw for e in signed_chain(X, [b"x" * MAX_OP_BYTES])]
     assert len(largest[0]) == MAX_ENTRY_BYTES
     for raws in (small, big, largest):
         decoded = [protocol.decode(protocol.encode(r)) for r in protocol.live_runs(raws)]
         assert [raw for m in decoded if isinstance(m, protocol.Live) for raw in m.entries] == raws
-
-
-def _chain_of_ops(key: SigningKey, ops: list[bytes], start: int = 0):
-    entries, prev = [], ZERO_HASH
-    for i, op in enumerate(ops):
-        entries.append(sign_entry(key, start + i, prev, i, op))
-        prev = entries[-1].hash()
-    return entries
 
 
 def test_a_run_that_is_not_one_origins_chain_is_refused_whole() -> None:
@@ -101,7 +94,7 @@ def test_a_run_that_is_not_one_origins_chain_is_refused_whole() -> None:
     assert _refused(_live(too_many)) == Reason.MALFORMED
     assert _refused(_live(xs) + b"\x00") == Reason.MALFORMED  # trailing bytes
     assert _refused(_live(xs)[:-1]) == Reason.MALFORMED  # truncated
-    halves = [e.raw for e in _chain_of_ops(X, [b"x" * (MAX_OP_BYTES // 2 + 100)] * 2)]
+    halves = [e.raw for e in signed_chain(X, [b"x" * (MAX_OP_BYTES // 2 + 100)] * 2)]
     assert _refused(_live(halves)) == Reason.OVERSIZED  # over MAX_LIVE_BYTES together
     assert isinstance(protocol.decode(_live(xs)), protocol.Live)
 
@@ -153,15 +146,17 @@ def test_the_engine_refuses_a_run_with_a_forged_entry_whole() -> None:
     assert rejected(actions) == {Reason.SIGNATURE} and other.store.entry_count() == 0
 
 
-def test_a_run_costs_its_publisher_one_live_token_per_entry() -> None:
+def _node_with_live_budget(tokens: int) -> Node:
+    """A node whose peers may publish `tokens` live entries, barely refilled."""
+    budgets = {BudgetKind.LIVE: BudgetRate(burst=tokens, per_second=0.001)}
     config = EngineConfig(
-        batch_size=3,
-        window=2,
-        sync_interval=60,
-        round_timeout=5,
-        budgets={BudgetKind.LIVE: BudgetRate(burst=30, per_second=0.001)},
+        batch_size=3, window=2, sync_interval=60, round_timeout=5, budgets=budgets
     )
-    node = Node(1, config)
+    return Node(1, config)
+
+
+def test_a_run_costs_its_publisher_one_live_token_per_entry() -> None:
+    node = _node_with_live_budget(30)
     entries = chain(X, 40)
     first = node.run(node.engine.live_received(PEER, _live([e.raw for e in entries[:25]])))
     assert len(kinds(first, Persist)[0].entries) == 25
@@ -221,14 +216,7 @@ def test_replaying_runs_we_hold_spends_no_ones_budget() -> None:
     """Anyone can replay a publisher's old LIVEs once the seen cache forgot
     them; a run of 64 held entries used to cost that publisher 64 tokens and,
     past its budget, a penalty."""
-    config = EngineConfig(
-        batch_size=3,
-        window=2,
-        sync_interval=60,
-        round_timeout=5,
-        budgets={BudgetKind.LIVE: BudgetRate(burst=30, per_second=0.001)},
-    )
-    node = Node(1, config)
+    node = _node_with_live_budget(30)
     raws = [e.raw for e in chain(X, 25)]
     first = node.run(node.engine.live_received(PEER, _live(raws)))
     assert len(kinds(first, Persist)[0].entries) == 25
