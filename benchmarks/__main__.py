@@ -106,6 +106,8 @@ TABLE: dict[str, list[tuple[str, str, str]]] = {
         ("apply_per_s", "verify + apply into SQLite", "entries/s"),
         ("engine_per_s", "  engine part only", "entries/s"),
         ("commit_per_s", "  SQLite commit part only", "entries/s"),
+        ("live_apply_us", "one live op alone: engine + commit", "us"),
+        ("live_validate_us", "  its validator before (one signature)", "us"),
         ("summary_encode_us", "items encode (100k, 1% holes)", "us"),
         ("summary_decode_us", "items decode (100k, 1% holes)", "us"),
     ],

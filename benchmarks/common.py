@@ -36,6 +36,7 @@ class Sizes:
     relay_sync_interval: float | None  # None: the product's default --sync-interval
     footprint_entries: int
     core_entries: int
+    core_live_ops: int  # single-entry LIVEs applied one at a time
     summary_entries: int
     many_origins: int  # origins of one entry each, for the reconciliation figures
     # Time limits (seconds): a scenario that hits one reports what it has.
@@ -64,6 +65,7 @@ FULL = Sizes(
     relay_sync_interval=None,
     footprint_entries=1_000_000,
     core_entries=100_000,
+    core_live_ops=5_000,
     summary_entries=100_000,
     many_origins=100_000,
     cold_join_timeout=180.0,
@@ -89,6 +91,7 @@ QUICK = Sizes(
     relay_sync_interval=2.0,  # quick: keep the 4 hops within CI's time
     footprint_entries=50_000,
     core_entries=20_000,
+    core_live_ops=1_000,
     summary_entries=100_000,
     many_origins=2_000,
     cold_join_timeout=60.0,

@@ -5,6 +5,11 @@ messages (the node's batch size) to a `SyncEngine` over a `SqliteStore` in a
 temporary directory, every `Persist` committed as the daemon does. The time is
 split into the engine's part (decode, hash links, one signature per run,
 bitmaps, op decode) and the store's part (one transaction per batch).
+
+`live_apply_us`: what a receiver spends on one live op that arrives alone
+(the live scenario's common case), a LIVE of one entry through the engine and
+the node's executor (its commit, metrics and gauges); `live_validate_us`:
+the live topic's validator before it (decode and the one signature check).
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from nacl.signing import SigningKey
 from pyroaring import BitMap64
 
 from benchmarks.common import Context
-from benchmarks.entries import make_logs
+from benchmarks.entries import make_log, make_logs, origin_key
+from p2psync.api.metrics import Metrics
 from p2psync.core import protocol
 from p2psync.core.actions import Persist
 from p2psync.core.engine import EngineConfig, SyncEngine
 from p2psync.core.hlc import Now
 from p2psync.core.items import Item, decode_item
 from p2psync.core.progress import Progress, contiguous_prefix
+from p2psync.node.executor import Executor
+from p2psync.node.validation import TopicChecks
 from p2psync.store.sqlite import SqliteStore
 
 KEYS = ("apply_per_s",)
@@ -74,6 +82,43 @@ def _apply(messages: list[bytes], workdir: Path) -> dict[str, float]:
             engine_s += t1 - t0
             commit_s += t2 - t1
         return {"applied": applied, "engine_s": engine_s, "commit_s": commit_s}
+    finally:
+        store.close()
+
+
+def _live_apply(count: int, workdir: Path) -> dict[str, float]:
+    """Per-op cost of single-entry LIVEs from one origin, applied one at a time."""
+    log = make_log(origin_key(9), count, seed=9)
+    messages = [protocol.encode(protocol.Live((entry.raw,))) for entry, _ in log]
+    store = SqliteStore.open(workdir / "live.db")
+    try:
+        clock = _Clock()
+        engine = SyncEngine(
+            SigningKey(b"\x43" * 32),
+            Progress(store.load_progress()),
+            store,
+            clock.instant(),
+            EngineConfig(),
+        )
+        executor = Executor(engine, store, Metrics())
+        checks = TopicChecks(engine.checked_signatures)
+        warm = count // 10
+        verify_s = apply_s = 0.0
+        for i, data in enumerate(messages):
+            t0 = time.perf_counter()
+            if checks.live(data) is not None:
+                raise RuntimeError(f"live: the validator refused entry {i}")
+            t1 = time.perf_counter()
+            now = clock.instant()
+            executor.run_grouped([engine.live_received("peer", data, now)], now)
+            t2 = time.perf_counter()
+            if i >= warm:
+                verify_s += t1 - t0
+                apply_s += t2 - t1
+        if store.entry_count() != count:
+            raise RuntimeError(f"live: stored {store.entry_count()} of {count} entries")
+        measured = count - warm
+        return {"apply_us": apply_s / measured * 1e6, "validate_us": verify_s / measured * 1e6}
     finally:
         store.close()
 
@@ -149,6 +194,7 @@ def run(ctx: Context) -> dict[str, Any]:
         result = _apply(messages, workdir)
         elapsed = time.perf_counter() - t0
         db_bytes = sum(p.stat().st_size for p in workdir.glob("p2psync.db*"))
+        live = _live_apply(ctx.sizes.core_live_ops, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if result["applied"] != total:
@@ -161,6 +207,9 @@ def run(ctx: Context) -> dict[str, Any]:
         "engine_per_s": round(total / result["engine_s"]),
         "commit_per_s": round(total / result["commit_s"]),
         "engine_share": round(result["engine_s"] / elapsed, 3),
+        "live_ops": ctx.sizes.core_live_ops,
+        "live_apply_us": round(live["apply_us"], 1),
+        "live_validate_us": round(live["validate_us"], 1),
         "sign_per_s": round(total / sign_s),
         "avg_entry_bytes": round(size / total, 1),
         "batch_messages": len(messages),

@@ -61,6 +61,9 @@ class Metrics:
         self._entries = Gauge(
             "p2psync_entries_total", "Entries held, by origin kind", ["origin_kind"], registry=reg
         )
+        # Set after every commit: `labels()` looks the child up under a lock each time.
+        self._entries_own = self._entries.labels(origin_kind="own")
+        self._entries_remote = self._entries.labels(origin_kind="remote")
         # prometheus_client appends `_total` to counter names itself.
         self._applied = Counter(
             "p2psync_entries_applied", "Entries applied to the store", registry=reg
@@ -143,8 +146,8 @@ class Metrics:
             self._sync_rounds.labels(result=result)
 
     def set_entries(self, own: int, remote: int) -> None:
-        self._entries.labels(origin_kind="own").set(own)
-        self._entries.labels(origin_kind="remote").set(remote)
+        self._entries_own.set(own)
+        self._entries_remote.set(remote)
 
     def entries_applied(self, n: int = 1) -> None:
         self._applied.inc(n)

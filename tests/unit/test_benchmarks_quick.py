@@ -29,6 +29,7 @@ def test_quick_core_and_in_sync_round_write_their_keys(tmp_path: Path) -> None:
     assert "timestamp" in report and "git" in report
     core = report["scenarios"]["core"]
     assert core["apply_per_s"] > 0
+    assert core["live_apply_us"] > 0 and core["live_validate_us"] > 0  # every live op applied
     in_sync = report["scenarios"]["in_sync_round"]
     for key in ("bytes", "round_trips", "bytes_one_missing", "round_trips_one_missing"):
         assert in_sync[key] > 0, key
