@@ -9,6 +9,9 @@ clock starts over connections opened before it, and reads each answer with a
 minimal HTTP/1.1 parser (status line, Content-Length, body). One connection
 per request: HTTP/1.1 answers a connection's requests one after another, so
 requests meant to be in flight together each need their own.
+
+`post_all_at_once` sends a burst; `post_paced` sends requests at a steady
+rate over a few keep-alive connections (the live scenario's creator).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def post_request(api: str, path: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
-@dataclass
+@dataclass(eq=False)  # one per connection: compared and hashed by identity
 class _Exchange:
     target: int  # which node
     request: bytes
@@ -138,3 +141,68 @@ def _read(exchange: _Exchange) -> tuple[bool, bool]:
     if len(buffer) < exchange.length:
         return False, False
     return True, exchange.status == 201
+
+
+def post_paced(
+    api: str, requests: list[bytes], rate: float, *, connections: int = 4, timeout: float = 10
+) -> int:
+    """Write `requests[i]` to `api` at i/rate seconds from the start, each on a
+    keep-alive connection with no request in flight (`connections` opened
+    before the start; another is opened if all are busy), and read the
+    answers meanwhile. Returns how many failed: not 201, the connection
+    lost, or no answer within `timeout` of being sent (after the last request
+    is sent, at most `timeout` is waited for the rest)."""
+    parts = urlsplit(api)
+    address = (parts.hostname, parts.port or 80)
+
+    def connect() -> _Exchange:
+        sock = socket.create_connection(address, timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _Exchange(0, b"", sock)
+
+    selector = selectors.DefaultSelector()
+    idle = [connect() for _ in range(connections)]
+    in_flight: dict[_Exchange, float] = {}  # exchange -> when its request went out
+    failed = sent = 0
+    start = time.monotonic()
+    try:
+        while sent < len(requests) or in_flight:
+            now = time.monotonic()
+            if sent < len(requests) and now >= start + sent / rate:
+                exchange = idle.pop() if idle else connect()
+                exchange.buffer, exchange.length, exchange.status = bytearray(), None, 0
+                sent += 1
+                try:
+                    exchange.sock.sendall(requests[sent - 1])
+                except OSError:
+                    failed += 1
+                    exchange.sock.close()
+                    continue
+                in_flight[exchange] = now
+                selector.register(exchange.sock, selectors.EVENT_READ, exchange)
+                continue
+            due = start + sent / rate - now if sent < len(requests) else 0.05
+            for key, _ in selector.select(timeout=max(0.0, due)):
+                exchange = key.data
+                done, ok = _read(exchange)
+                if not done:
+                    continue
+                selector.unregister(exchange.sock)
+                del in_flight[exchange]
+                if ok:
+                    idle.append(exchange)
+                else:
+                    failed += 1
+                    exchange.sock.close()
+            now = time.monotonic()
+            for exchange, at in list(in_flight.items()):
+                if now - at > timeout:
+                    selector.unregister(exchange.sock)
+                    del in_flight[exchange]
+                    failed += 1
+                    exchange.sock.close()
+    finally:
+        selector.close()
+        for exchange in [*idle, *in_flight]:
+            exchange.sock.close()
+    return failed

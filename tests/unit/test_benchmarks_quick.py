@@ -221,3 +221,74 @@ def test_a_burst_whose_nodes_cannot_be_reached_fails_without_hanging() -> None:
     assert time.monotonic() - started < 10
     assert figures["s"] is None and figures["failed_posts"] == 3
     assert figures["posts_answered_s"] is not None  # all three answered: as failures
+
+
+def test_the_paced_load_generator_reuses_connections_and_counts_failures() -> None:
+    """benchmarks/load.post_paced (the live scenario's client): requests go
+    out one every 1/rate s over keep-alive connections, each connection
+    carries one request at a time and is reused once answered, and a 500,
+    a connection closed without an answer and no answer in time each count
+    as one failure."""
+    import socket
+    import threading
+    import time
+
+    from benchmarks.load import post_paced, post_request
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+    arrived: list[tuple[bytes, float]] = []
+    release = threading.Event()
+
+    def answer(conn: socket.socket) -> None:
+        buffer = b""
+        while True:
+            while b"\r\n\r\n" not in buffer:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                buffer += data
+            head, _, rest = buffer.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            while len(rest) < length:
+                rest += conn.recv(4096)
+            buffer = rest[length:]
+            path = head.split(b" ")[1]
+            arrived.append((path, time.monotonic()))
+            if path == b"/close":
+                conn.close()
+                return
+            if path == b"/never":
+                release.wait(10)
+                conn.close()
+                return
+            status = b"500 Oops" if path == b"/fail" else b"201 Created"
+            conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Length: 2\r\n\r\n{}")
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    api = f"http://127.0.0.1:{port}"
+    paths = ["/ok"] * 12 + ["/fail", "/close", "/never"] + ["/ok"] * 5
+    requests = [post_request(api, path, b"{}") for path in paths]
+    rate = 100.0
+    try:
+        failed = post_paced(api, requests, rate, connections=2, timeout=0.5)
+    finally:
+        release.set()
+        listener.close()
+    assert failed == 3
+    assert sorted(p for p, _ in arrived) == sorted(p.encode() for p in paths)
+    # Two connections made up front; the three failures close theirs, and a
+    # request finding both busy opens another: far fewer than one per request.
+    assert 2 <= len(accepted) <= 2 + 3 + 3
+    times = sorted(t for _, t in arrived)
+    assert times[-1] - times[0] >= (len(paths) - 1) / rate - 0.005  # paced, not all at once
