@@ -43,6 +43,7 @@ class _Exchange:
     buffer: bytearray = field(default_factory=bytearray)
     length: int | None = None  # of the whole answer, once its head is read
     status: int = 0
+    closing: bool = False  # the answer said `Connection: close`
 
 
 def post_all_at_once(
@@ -135,6 +136,8 @@ def _read(exchange: _Exchange) -> tuple[bool, bool]:
                 name, _, value = line.partition(":")
                 if name.strip().lower() == "content-length":
                     length = int(value)
+                elif name.strip().lower() == "connection":
+                    exchange.closing = value.strip().lower() == "close"
         except (ValueError, IndexError):
             return True, False
         exchange.length = end + 4 + length
@@ -171,6 +174,7 @@ def post_paced(
             if sent < len(requests) and now >= start + sent / rate:
                 exchange = idle.pop() if idle else connect()
                 exchange.buffer, exchange.length, exchange.status = bytearray(), None, 0
+                exchange.closing = False
                 sent += 1
                 try:
                     exchange.sock.sendall(requests[sent - 1])
@@ -189,10 +193,10 @@ def post_paced(
                     continue
                 selector.unregister(exchange.sock)
                 del in_flight[exchange]
-                if ok:
+                failed += not ok
+                if ok and not exchange.closing:
                     idle.append(exchange)
-                else:
-                    failed += 1
+                else:  # hypercorn closes a connection after 1000 requests
                     exchange.sock.close()
             now = time.monotonic()
             for exchange, at in list(in_flight.items()):

@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 
 from p2psync.api.dashboard import dashboard_routes
 from p2psync.api.gate import BrowserGuard, TokenGate
+from p2psync.api.hypercorn_fixes import write_answers_in_one
 from p2psync.api.metrics import Metrics
 from p2psync.node.service import NodeService, UserError
 
@@ -333,6 +334,7 @@ async def serve_http(
     """Serve `app` until the enclosing scope is cancelled; report the bound port
     (the real one when `port` is 0) through `task_status` once listening."""
     config = _hypercorn_config(host, port)
+    write_answers_in_one()  # an answer's head and body in one socket write
     async with trio.open_nursery() as nursery:
         # hypercorn types apps against its own TypedDict events.
         asgi_app = cast(Any, app)
