@@ -36,7 +36,9 @@ class Sizes:
     relay_sync_interval: float | None  # None: the product's default --sync-interval
     footprint_entries: int
     core_entries: int
-    core_live_ops: int  # single-entry LIVEs applied one at a time
+    # Single-entry LIVEs applied one at a time, from one publisher: within its
+    # live budget (a burst of 5 000, then 1 000/s), or the run refuses some.
+    core_live_ops: int
     summary_entries: int
     many_origins: int  # origins of one entry each, for the reconciliation figures
     # Time limits (seconds): a scenario that hits one reports what it has.

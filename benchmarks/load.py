@@ -20,6 +20,7 @@ import selectors
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -137,7 +138,8 @@ def _read(exchange: _Exchange) -> tuple[bool, bool]:
                 if name.strip().lower() == "content-length":
                     length = int(value)
                 elif name.strip().lower() == "connection":
-                    exchange.closing = value.strip().lower() == "close"
+                    tokens = {token.strip().lower() for token in value.split(",")}
+                    exchange.closing = "close" in tokens
         except (ValueError, IndexError):
             return True, False
         exchange.length = end + 4 + length
@@ -152,9 +154,10 @@ def post_paced(
     """Write `requests[i]` to `api` at i/rate seconds from the start, each on a
     keep-alive connection with no request in flight (`connections` opened
     before the start; another is opened if all are busy), and read the
-    answers meanwhile. Returns how many failed: not 201, the connection
-    lost, or no answer within `timeout` of being sent (after the last request
-    is sent, at most `timeout` is waited for the rest)."""
+    answers meanwhile. Idle connections are taken oldest first, so all of
+    them carry requests. Returns how many failed: not 201, no connection,
+    the connection lost, or no answer within `timeout` of being sent (after
+    the last request is sent, at most `timeout` is waited for the rest)."""
     parts = urlsplit(api)
     address = (parts.hostname, parts.port or 80)
 
@@ -164,18 +167,24 @@ def post_paced(
         return _Exchange(0, b"", sock)
 
     selector = selectors.DefaultSelector()
-    idle = [connect() for _ in range(connections)]
+    idle: deque[_Exchange] = deque()
     in_flight: dict[_Exchange, float] = {}  # exchange -> when its request went out
     failed = sent = 0
-    start = time.monotonic()
     try:
+        for _ in range(connections):
+            idle.append(connect())
+        start = time.monotonic()
         while sent < len(requests) or in_flight:
             now = time.monotonic()
             if sent < len(requests) and now >= start + sent / rate:
-                exchange = idle.pop() if idle else connect()
+                sent += 1
+                try:
+                    exchange = idle.popleft() if idle else connect()
+                except OSError:
+                    failed += 1
+                    continue
                 exchange.buffer, exchange.length, exchange.status = bytearray(), None, 0
                 exchange.closing = False
-                sent += 1
                 try:
                     exchange.sock.sendall(requests[sent - 1])
                 except OSError:

@@ -11,12 +11,20 @@ GET /api/v0/recipes/ID) spent 27 % of its CPU in those two writes (py-spy,
 (a Content-Length over 0: Starlette's `Response`, files) and writes it with
 the first piece of the body. Answers without a length (the dashboard's event
 stream, chunked) go out as before, head first, so a stream's head is never
-held back waiting for its first event. Whatever ends a stream early (an
-error, a disconnect) first writes what is held, as hypercorn would have.
+held back waiting for its first event. An app that fails after its head
+still has the head written, before the connection closes, as hypercorn
+would have; a connection that is already going away (the client left, or
+sent garbage) drops it with the rest.
+
+It subclasses hypercorn 0.18's protocol and overrides two of its private
+methods, so `write_answers_in_one` installs it only on 0.18 (the version
+constraints.txt pins); on any other hypercorn answers go out as hypercorn
+writes them.
 """
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Any
 
 import h11
@@ -68,6 +76,10 @@ class OneWriteH11Protocol(H11Protocol):
         await super().stream_send(event)
 
 
-def write_answers_in_one() -> None:
-    """Make hypercorn build `OneWriteH11Protocol` for HTTP/1.1 connections (idempotent)."""
+def write_answers_in_one() -> bool:
+    """Make hypercorn 0.18 build `OneWriteH11Protocol` for HTTP/1.1 connections
+    (idempotent); False, and nothing changed, on another hypercorn."""
+    if not version("hypercorn").startswith("0.18."):
+        return False
     setattr(hypercorn.protocol, "H11Protocol", OneWriteH11Protocol)  # noqa: B010 (not re-exported)
+    return True

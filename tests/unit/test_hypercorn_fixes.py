@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import trio
@@ -12,6 +13,27 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from p2psync.api.http import serve_http
+from p2psync.api.hypercorn_fixes import write_answers_in_one
+
+
+class _FailsAfterItsHead:
+    """A raw ASGI app: an answer's head with a length, then an exception."""
+
+    async def __call__(self, scope: object, receive: object, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"10")]})  # fmt: skip
+        raise RuntimeError("the app failed after its head")
+
+
+class _InPieces:
+    """A raw ASGI app: a sized body sent in three pieces."""
+
+    async def __call__(self, scope: object, receive: object, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"9")]})  # fmt: skip
+        for piece in (b"abc", b"def", b"ghi"):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
 
 def _app(stream_go: trio.Event) -> Starlette:
@@ -32,6 +54,8 @@ def _app(stream_go: trio.Event) -> Starlette:
         Route("/json", json, methods=["GET"]),
         Route("/empty", empty, methods=["GET"]),
         Route("/stream", stream),
+        Route("/fails", _FailsAfterItsHead()),
+        Route("/pieces", _InPieces()),
     ]
     return Starlette(routes=routes)
 
@@ -92,5 +116,40 @@ async def test_an_answer_goes_out_in_one_write_and_a_stream_head_at_once(
             go.set()
             while b"data: one" not in buffer:
                 buffer += await stream.receive_some(65536)
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_failing_app_still_sends_its_head_and_pieces_all_arrive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert write_answers_in_one()  # the pinned hypercorn is the one this was written for
+    writes: list[bytes] = []
+    send_all = trio.SocketStream.send_all
+
+    async def counted(self: trio.SocketStream, data: bytes | bytearray | memoryview) -> None:
+        if data:
+            writes.append(bytes(data))
+        await send_all(self, data)
+
+    monkeypatch.setattr(trio.SocketStream, "send_all", counted)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_http, _app(trio.Event()), "127.0.0.1", 0)
+            # A sized body in three pieces: the head goes with the first.
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"GET /pieces HTTP/1.1\r\nHost: t\r\n\r\n")
+            answer = await _read_answer(stream, bytearray(), head_only=False)
+            assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"abcdefghi")
+            ours = [w for w in writes if w.startswith(b"HTTP/1.1")]
+            assert len(ours) == 1 and ours[0].endswith(b"\r\n\r\nabc")
+            await stream.aclose()
+            # The app fails after its head: the head still arrives, then the close.
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"GET /fails HTTP/1.1\r\nHost: t\r\n\r\n")
+            received = b""
+            while chunk := await stream.receive_some(65536):
+                received += chunk
+            assert received.startswith(b"HTTP/1.1 200") and b"content-length: 10" in received
             await stream.aclose()
             nursery.cancel_scope.cancel()
