@@ -45,6 +45,17 @@ class _Clock:
         return Now(time.monotonic(), time.time_ns() // 1_000_000)
 
 
+def _engine(seed_byte: bytes, store: SqliteStore, clock: _Clock) -> SyncEngine:
+    """A node's engine over `store`, as the daemon builds it, with key `seed_byte` * 32."""
+    return SyncEngine(
+        SigningKey(seed_byte * 32),
+        Progress(store.load_progress()),
+        store,
+        clock.instant(),
+        EngineConfig(),
+    )
+
+
 def _batches(logs: list[list[Any]], batch_size: int) -> list[bytes]:
     messages: list[bytes] = []
     for log in logs:
@@ -60,13 +71,7 @@ def _apply(messages: list[bytes], workdir: Path) -> dict[str, float]:
     store = SqliteStore.open(workdir / "p2psync.db")
     try:
         clock = _Clock()
-        engine = SyncEngine(
-            SigningKey(b"\x42" * 32),
-            Progress(store.load_progress()),
-            store,
-            clock.instant(),
-            EngineConfig(),
-        )
+        engine = _engine(b"\x42", store, clock)
         engine.peer_connected("peer", clock.instant())  # batches come within a session
         engine_s = commit_s = 0.0
         applied = 0
@@ -93,13 +98,7 @@ def _live_apply(count: int, workdir: Path) -> dict[str, float]:
     store = SqliteStore.open(workdir / "live.db")
     try:
         clock = _Clock()
-        engine = SyncEngine(
-            SigningKey(b"\x43" * 32),
-            Progress(store.load_progress()),
-            store,
-            clock.instant(),
-            EngineConfig(),
-        )
+        engine = _engine(b"\x43", store, clock)
         executor = Executor(engine, store, Metrics())
         checks = TopicChecks(engine.checked_signatures)
         warm = count // 10

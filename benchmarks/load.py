@@ -36,6 +36,18 @@ def post_request(api: str, path: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
+def _connect(api: str) -> socket.socket:
+    """A TCP connection to the API at `api`, Nagle off (requests are small)."""
+    parts = urlsplit(api)
+    sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=10)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 @dataclass(eq=False)  # one per connection: compared and hashed by identity
 class _Exchange:
     target: int  # which node
@@ -65,11 +77,8 @@ def post_all_at_once(
     exchanges: list[_Exchange] = []
     try:
         for target, (api, batch) in enumerate(zip(apis, requests, strict=True)):
-            parts = urlsplit(api)
             for request in batch:
-                sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=10)
-                exchanges.append(_Exchange(target, request, sock))
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                exchanges.append(_Exchange(target, request, _connect(api)))
         on_ready()
         if not go.wait(timeout):
             raise TimeoutError("the burst was never started")
@@ -158,13 +167,9 @@ def post_paced(
     them carry requests. Returns how many failed: not 201, no connection,
     the connection lost, or no answer within `timeout` of being sent (after
     the last request is sent, at most `timeout` is waited for the rest)."""
-    parts = urlsplit(api)
-    address = (parts.hostname, parts.port or 80)
 
     def connect() -> _Exchange:
-        sock = socket.create_connection(address, timeout=10)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return _Exchange(0, b"", sock)
+        return _Exchange(0, b"", _connect(api))
 
     selector = selectors.DefaultSelector()
     idle: deque[_Exchange] = deque()

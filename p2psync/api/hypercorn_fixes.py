@@ -33,6 +33,9 @@ from hypercorn.events import RawData
 from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h11 import H11Protocol
 
+# Read once: serve_http installs the protocol each time it starts a server.
+_WRITTEN_FOR_THIS_HYPERCORN = version("hypercorn").startswith("0.18.")
+
 
 def _body_follows(event: h11.Response) -> bool:
     if event.status_code in (204, 304):
@@ -79,7 +82,7 @@ class OneWriteH11Protocol(H11Protocol):
 def write_answers_in_one() -> bool:
     """Make hypercorn 0.18 build `OneWriteH11Protocol` for HTTP/1.1 connections
     (idempotent); False, and nothing changed, on another hypercorn."""
-    if not version("hypercorn").startswith("0.18."):
+    if not _WRITTEN_FOR_THIS_HYPERCORN:
         return False
     setattr(hypercorn.protocol, "H11Protocol", OneWriteH11Protocol)  # noqa: B010 (not re-exported)
     return True

@@ -76,18 +76,24 @@ async def _read_answer(stream: trio.SocketStream, buffer: bytearray, *, head_onl
     return answer
 
 
-async def test_an_answer_goes_out_in_one_write_and_a_stream_head_at_once(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    writes: list[bytes] = []
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every non-empty socket write of the test, server's and client's, in order."""
+    written: list[bytes] = []
     send_all = trio.SocketStream.send_all
 
     async def counted(self: trio.SocketStream, data: bytes | bytearray | memoryview) -> None:
         if data:
-            writes.append(bytes(data))
+            written.append(bytes(data))
         await send_all(self, data)
 
     monkeypatch.setattr(trio.SocketStream, "send_all", counted)
+    return written
+
+
+async def test_an_answer_goes_out_in_one_write_and_a_stream_head_at_once(
+    writes: list[bytes],
+) -> None:
     go = trio.Event()
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -121,18 +127,9 @@ async def test_an_answer_goes_out_in_one_write_and_a_stream_head_at_once(
 
 
 async def test_a_failing_app_still_sends_its_head_and_pieces_all_arrive(
-    monkeypatch: pytest.MonkeyPatch,
+    writes: list[bytes],
 ) -> None:
     assert write_answers_in_one()  # the pinned hypercorn is the one this was written for
-    writes: list[bytes] = []
-    send_all = trio.SocketStream.send_all
-
-    async def counted(self: trio.SocketStream, data: bytes | bytearray | memoryview) -> None:
-        if data:
-            writes.append(bytes(data))
-        await send_all(self, data)
-
-    monkeypatch.setattr(trio.SocketStream, "send_all", counted)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(serve_http, _app(trio.Event()), "127.0.0.1", 0)
