@@ -27,6 +27,7 @@ from p2psync.core.ops import Op, validate_fields
 from p2psync.core.progress import Progress
 from p2psync.core.recipes import RecipeState
 from p2psync.core.store import Store, StoreError
+from p2psync.node.commit_placement import CommitPlacement, commit_where_placed
 from p2psync.node.config import NodeConfig
 from p2psync.node.executor import Executor
 from p2psync.node.observer import Observer
@@ -158,6 +159,7 @@ class Node:
         self.stop_requested = trio.Event()
         self.local_writes = trio.Lock()  # one local append (sign + durable commit) at a time
         self.own_writes = OwnWrites(self)  # user ops waiting together: one commit
+        self.commit_placement = CommitPlacement()  # their commit: in this thread or a worker
         self.changed = trio.Event()  # set after every commit, then replaced
         self.commit_count = 0  # commits so far (wait_for_change)
         # Set once a round with a peer has finished: by then we know whether
@@ -244,12 +246,11 @@ class Node:
         self.changed = trio.Event()
 
     async def run_local_actions(self, actions: list[Action]) -> None:
-        """Like run_actions, but fsync our own ops off the event loop.
+        """Like run_actions, but our own ops' commits are durable (fsync), and
+        run off the event loop while the disk is slow (`commit_placement`).
 
-        A durable commit waits ~10 ms for the disk; done in the trio thread it
-        would stall every peer session and the API meanwhile. Callers hold
-        `local_writes`, so our entries reach the disk in seq order. A refused
-        commit becomes a 503 UserError.
+        Callers hold `local_writes`, so our entries reach the disk in seq
+        order. A refused commit becomes a 503 UserError.
         """
         for action in actions:
             if not isinstance(action, Persist):
@@ -258,7 +259,7 @@ class Node:
             # Shielded: the engine already counts the entry as ours, so the
             # commit must finish (or fail and roll back), never be skipped.
             with trio.CancelScope(shield=True):
-                error = await trio.to_thread.run_sync(self.executor.commit, action)
+                error = await commit_where_placed(self.executor, action, self.commit_placement)
             try:
                 self.executor.settle(action, error, self.clock.now())
             except StoreError as exc:

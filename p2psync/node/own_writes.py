@@ -1,6 +1,6 @@
 """Our own ops, signed and stored in groups: ops that wait together share one fsync.
 
-Each op a user asks for must be on disk (synchronous=FULL, ~10 ms here)
+Each op a user asks for must be on disk (synchronous=FULL: an fdatasync)
 before it is acknowledged. One commit per op would serialise those waits: 25
 requests at once took 25 fsyncs in a row. Instead every request queues its op
 and waits for `Node.local_writes`; whoever gets the lock takes every op queued

@@ -1,0 +1,95 @@
+"""Our durable commits run in the trio thread only while the disk is fast
+(node/commit_placement.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from p2psync.api.metrics import Metrics
+from p2psync.core.actions import Persist
+from p2psync.node.commit_placement import LIMIT_S, MIN_SAMPLES, WINDOW, CommitPlacement
+from p2psync.node.config import NodeConfig
+from p2psync.node.node import Node
+from p2psync.store.memory import MemoryStore
+
+FAST, SLOW = LIMIT_S / 10, LIMIT_S * 5
+
+
+def test_commits_start_in_a_worker_thread_until_the_disk_proved_fast() -> None:
+    placement = CommitPlacement()
+    for _ in range(MIN_SAMPLES - 1):
+        assert not placement.in_event_loop
+        assert not placement.record(FAST)
+    assert not placement.in_event_loop
+    assert placement.record(FAST)  # the MIN_SAMPLES-th fast one moves them
+    assert placement.in_event_loop
+
+
+def test_one_slow_commit_moves_them_off_the_loop_for_a_whole_window() -> None:
+    placement = CommitPlacement()
+    for _ in range(MIN_SAMPLES):
+        placement.record(FAST)
+    assert placement.record(SLOW)
+    assert not placement.in_event_loop
+    for _ in range(WINDOW - 1):
+        placement.record(FAST)
+        assert not placement.in_event_loop  # the slow one is still in the window
+    assert placement.record(FAST)
+    assert placement.in_event_loop
+
+
+@given(st.lists(st.booleans(), max_size=3 * WINDOW))
+def test_in_the_loop_exactly_while_the_recent_window_was_all_fast(slow: list[bool]) -> None:
+    placement = CommitPlacement()
+    for i, is_slow in enumerate(slow):
+        before = placement.in_event_loop
+        changed = placement.record(SLOW if is_slow else FAST)
+        recent = slow[max(0, i + 1 - WINDOW) : i + 1]
+        expected = len(recent) >= MIN_SAMPLES and not any(recent)
+        assert placement.in_event_loop == expected
+        assert changed == (expected != before)
+
+
+class ThreadNotingStore(MemoryStore):
+    """Notes which thread each commit ran in; takes `delay` seconds per commit."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.threads: list[int] = []
+
+    def commit(self, persist: Persist) -> None:
+        self.threads.append(threading.get_ident())
+        time.sleep(self.delay)
+        super().commit(persist)
+
+
+def _node(store: MemoryStore) -> Node:
+    config = NodeConfig(data_dir=Path("/nonexistent"), mdns=False)
+    return Node(config, SigningKey(b"\x0a" * 32), store, Metrics())
+
+
+async def test_on_a_fast_disk_our_commits_run_in_the_trio_thread() -> None:
+    store = ThreadNotingStore(delay=0)
+    node = _node(store)
+    for i in range(MIN_SAMPLES + 4):
+        await node.create_recipe(f"dish {i}", "egg", "fry")
+    trio_thread = threading.get_ident()
+    assert all(t != trio_thread for t in store.threads[:MIN_SAMPLES])
+    assert store.threads[MIN_SAMPLES:] == [trio_thread] * 4
+    assert len(node.list_recipes()) == MIN_SAMPLES + 4
+
+
+async def test_on_a_slow_disk_our_commits_stay_off_the_trio_thread() -> None:
+    store = ThreadNotingStore(delay=SLOW)
+    node = _node(store)
+    for i in range(MIN_SAMPLES + 4):
+        await node.create_recipe(f"dish {i}", "egg", "fry")
+    assert threading.get_ident() not in store.threads
+    assert len(store.threads) == MIN_SAMPLES + 4
