@@ -47,6 +47,9 @@ APPLY_LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+# A durable commit: about 0.2 ms on an SSD, 10-100 ms on an SD card.
+OWN_COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+COMMIT_THREADS = ("event_loop", "worker")
 SYNC_ROUND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -131,6 +134,14 @@ class Metrics:
             ["event"],
             registry=reg,
         )
+        self._own_commit = Histogram(
+            "p2psync_own_commit_seconds",
+            "Durable commits of our own ops, by the thread they ran in (event_loop, worker)",
+            ["thread"],
+            buckets=OWN_COMMIT_BUCKETS,
+            registry=reg,
+        )
+        self._own_commit_in = {t: self._own_commit.labels(thread=t) for t in COMMIT_THREADS}
         self._precreate_labels()
 
     def _precreate_labels(self) -> None:
@@ -186,6 +197,9 @@ class Metrics:
         self._store_bytes.set(size_bytes)
         self._store_budget_bytes.set(limit_bytes or 0)
         self._store_budget_hit.set(1 if budget_hit else 0)
+
+    def own_commit(self, seconds: float, in_event_loop: bool) -> None:
+        self._own_commit_in["event_loop" if in_event_loop else "worker"].observe(seconds)
 
     def relay_event(self, event: str, n: int = 1) -> None:
         self._relay_events.labels(event=event).inc(n)

@@ -31,6 +31,7 @@ import trio
 from p2psync.core.actions import Persist
 from p2psync.core.store import StoreError
 from p2psync.node.executor import Executor
+from p2psync.node.observer import Observer
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,15 @@ class CommitPlacement:
 
 
 async def commit_where_placed(
-    executor: Executor, persist: Persist, placement: CommitPlacement
+    executor: Executor, persist: Persist, placement: CommitPlacement, observer: Observer
 ) -> StoreError | None:
     """`executor.commit(persist)`, in the thread `placement` names, timed for it."""
-    if placement.in_event_loop:
+    in_event_loop = placement.in_event_loop
+    if in_event_loop:
         error, seconds = _timed_commit(executor, persist)
     else:
         error, seconds = await trio.to_thread.run_sync(_timed_commit, executor, persist)
+    observer.own_commit(seconds, in_event_loop)
     if placement.record(seconds):
         where = "the event loop" if placement.in_event_loop else "a worker thread"
         log.debug("a durable commit took %.2f ms: the next ones run in %s", seconds * 1e3, where)

@@ -259,7 +259,9 @@ class Node:
             # Shielded: the engine already counts the entry as ours, so the
             # commit must finish (or fail and roll back), never be skipped.
             with trio.CancelScope(shield=True):
-                error = await commit_where_placed(self.executor, action, self.commit_placement)
+                error = await commit_where_placed(
+                    self.executor, action, self.commit_placement, self.observer
+                )
             try:
                 self.executor.settle(action, error, self.clock.now())
             except StoreError as exc:

@@ -38,6 +38,10 @@ class Observer(Protocol):
         whether other origins' entries are refused for it."""
         ...
 
+    def own_commit(self, seconds: float, in_event_loop: bool) -> None:
+        """A durable commit of our own ops took `seconds`, in the trio thread or a worker."""
+        ...
+
     def relay_event(self, event: str, n: int = 1) -> None:
         """A --relay was reserved on, or failed (refused, unreachable, lost, garbage, ...)."""
         ...
@@ -80,6 +84,9 @@ class NullObserver:
         pass
 
     def set_store_size(self, size_bytes: int, limit_bytes: int | None, budget_hit: bool) -> None:
+        pass
+
+    def own_commit(self, seconds: float, in_event_loop: bool) -> None:
         pass
 
     def relay_event(self, event: str, n: int = 1) -> None:

@@ -22,6 +22,7 @@ from p2psync.node.commit_placement import (
 )
 from p2psync.node.config import NodeConfig
 from p2psync.node.node import Node
+from p2psync.node.observer import NullObserver, Observer
 from p2psync.store.memory import MemoryStore
 
 FAST, SLOW = LIMIT_S / 10, LIMIT_S * 5
@@ -92,20 +93,40 @@ class ThreadNotingStore(MemoryStore):
         super().commit(persist)
 
 
-def _node(store: MemoryStore) -> Node:
+class OwnCommits(NullObserver):
+    def __init__(self) -> None:
+        self.commits: list[tuple[float, bool]] = []
+
+    def own_commit(self, seconds: float, in_event_loop: bool) -> None:
+        self.commits.append((seconds, in_event_loop))
+
+
+def _node(store: MemoryStore, observer: Observer | None = None) -> Node:
     config = NodeConfig(data_dir=Path("/nonexistent"), mdns=False)
-    return Node(config, SigningKey(b"\x0a" * 32), store, Metrics())
+    return Node(config, SigningKey(b"\x0a" * 32), store, observer or Metrics())
 
 
 async def test_on_a_fast_disk_our_commits_run_in_the_trio_thread() -> None:
     store = ThreadNotingStore(delay=0)
-    node = _node(store)
+    observer = OwnCommits()
+    node = _node(store, observer)
     for i in range(MIN_SAMPLES + 4):
         await node.create_recipe(f"dish {i}", "egg", "fry")
     trio_thread = threading.get_ident()
     assert all(t != trio_thread for t in store.threads[:MIN_SAMPLES])
     assert store.threads[MIN_SAMPLES:] == [trio_thread] * 4
+    assert [in_loop for _, in_loop in observer.commits] == [False] * MIN_SAMPLES + [True] * 4
     assert len(node.list_recipes()) == MIN_SAMPLES + 4
+
+
+def test_metrics_count_own_commits_by_thread() -> None:
+    metrics = Metrics()
+    metrics.own_commit(0.0002, True)
+    metrics.own_commit(0.03, False)
+    text = metrics.render()[0].decode()
+    assert 'p2psync_own_commit_seconds_count{thread="event_loop"} 1.0' in text
+    assert 'p2psync_own_commit_seconds_bucket{le="0.025",thread="worker"} 0.0' in text
+    assert 'p2psync_own_commit_seconds_bucket{le="0.05",thread="worker"} 1.0' in text
 
 
 async def test_on_a_slow_disk_our_commits_stay_off_the_trio_thread() -> None:
