@@ -43,6 +43,7 @@ from p2psync.core.recipe_book import (
 )
 from p2psync.core.recipes import RecipeState
 from p2psync.core.store import StoreError
+from p2psync.store.last_links import LastLinks
 from p2psync.store.rows import (
     RECIPE_COLUMNS,
     SELECT_RECIPES,
@@ -114,6 +115,7 @@ class SqliteStore:
             self._keys[no] = key
         # What the log holds, as committed: each commit adds its entries' seqs.
         self._held: dict[bytes, BitMap64] = self._read_progress()
+        self._last_links = LastLinks()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -163,7 +165,11 @@ class SqliteStore:
     # ------------------------------------------------------------ LogReader
 
     def entry_links(self, origin: bytes, seqs: Iterable[int]) -> dict[int, tuple[bytes, bytes]]:
-        return {seq: links_of(origin, body) for seq, body in self._bodies(origin, seqs).items()}
+        wanted = list(seqs)
+        known = self._last_links.links(origin, wanted)
+        if known is not None:
+            return known
+        return {seq: links_of(origin, body) for seq, body in self._bodies(origin, wanted).items()}
 
     def read_raw(self, origin: bytes, seqs: Iterable[int]) -> dict[int, bytes]:
         return {seq: raw_of(origin, body) for seq, body in self._bodies(origin, seqs).items()}
@@ -231,6 +237,10 @@ class SqliteStore:
                 self._numbers[key] = no
                 self._keys[no] = key
             self._held.update(held)
+            if inserted == len(log_rows):
+                self._last_links.committed(persist.entries)
+            else:  # a row was there already: it, not this entry, is what the log holds
+                self._last_links.forget(a.entry.origin for a in persist.entries)
             self._last_hlc = last_hlc
             self._summary = StoreSummary(self._summary.entries + inserted, change.totals)
 
