@@ -175,8 +175,8 @@ async def latency(args: argparse.Namespace) -> None:
                 cpu.mark()
                 latencies.append((now - stamp) * 1000)
                 if len(latencies) >= int(args.rate * args.seconds):
-                    break
-        cpu.stop()  # after END if some were lost: its idle second adds little CPU
+                    cpu.stop()  # right after the last mark; if some were lost, the
+                    break  # window ends at the last reading (up to EVERY - 1 marks early)
         _emit("RESULT", {"latencies_ms": [round(x, 3) for x in latencies], "cpu_pct": cpu.pct()})
 
 
@@ -186,9 +186,9 @@ class _CpuWindow:
     `time.process_time()` is a system call (no vDSO for a process's CPU
     clock): py-spy found a receiver marking every message spending about 10 %
     of its busy samples in it, work the baseline should not do. So it is read
-    on the first mark, on every `EVERY`-th, and by `stop()`, which the
-    caller calls right after its last mark: that reading gets the last
-    mark's wall time.
+    on the first mark, on every `EVERY`-th, and by `stop()`, which a caller
+    may call right after its last mark (that reading gets the mark's wall
+    time); without it the window ends at the last reading.
     """
 
     EVERY = 64

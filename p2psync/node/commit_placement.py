@@ -11,13 +11,22 @@ be woken, and on a busy machine each wake-up waits for a core. Issue 13,
 round 13 measured it: the live creator's way from an op's start to its
 durable commit was 2.2 ms at p50 for 0.2 ms of disk.
 
-So each commit's duration is recorded, wherever it ran, and a commit runs in
-the trio thread while fewer than a quarter of the last `WINDOW` (at least
-`MIN_SAMPLES` of them) took `LIMIT_S` or more. A share, not the slowest one:
-the duration is wall time, and on a busy machine a fast commit sometimes
-takes long because its thread waited for a core, which moving it to another
-thread does not cure; a slow disk is slow most of the time. A disk that
-turns slow costs the loop at most a quarter of a window of slow commits.
+The rule, from the durations of commits run in the trio thread only (a
+worker's include its waits for the GIL, which sqlite3 drops and takes back
+around each statement, so they would call a fast disk slow on a busy node):
+
+- In the event loop, commits move to the worker once one took `STALL_S` or
+  more, or `MAX_SLOW` of the last `WINDOW` took `LIMIT_S` or more. A share,
+  not the slowest one: on a busy machine a fast commit sometimes takes long
+  because its thread waited for a core, which another thread does not cure.
+- In the worker, every so often one commit runs in the event loop as a
+  probe; a probe under `LIMIT_S` brings them back. The first probe is the
+  first commit (unless told otherwise); after each failed probe or each
+  return to the worker within a window, the next comes twice as many
+  commits later (`PROBE_AFTER` up to `MAX_PROBE_AFTER`): on a disk that
+  stays slow, the loop waits for one commit in 1 024 once the probes have
+  backed off, and a disk that stalls now and then sends commits back to the
+  worker for longer each time.
 """
 
 from __future__ import annotations
@@ -25,49 +34,80 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 import trio
 
-from p2psync.core.actions import Persist
-from p2psync.core.store import StoreError
-from p2psync.node.executor import Executor
-from p2psync.node.observer import Observer
+if TYPE_CHECKING:
+    from p2psync.core.actions import Persist
+    from p2psync.core.store import StoreError
+    from p2psync.node.executor import Executor
+    from p2psync.node.observer import Observer
 
 log = logging.getLogger(__name__)
 
 LIMIT_S = 0.002
-MIN_SAMPLES = 8
+STALL_S = 0.02
 WINDOW = 32
-MAX_SLOW_SHARE = 0.25
+MAX_SLOW = 8
+PROBE_AFTER = 16
+MAX_PROBE_AFTER = 1024
 
 
 class CommitPlacement:
     def __init__(
-        self, limit_s: float = LIMIT_S, min_samples: int = MIN_SAMPLES, window: int = WINDOW
+        self, limit_s: float = LIMIT_S, stall_s: float = STALL_S, first_probe_after: int = 0
     ) -> None:
-        if not 0 < min_samples <= window:
-            raise ValueError(f"need 0 < min_samples <= window, got {min_samples} and {window}")
+        """`first_probe_after`: commits run in the worker before the first probe."""
         self._limit_s = limit_s
-        self._min_samples = min_samples
-        self._recent: deque[float] = deque(maxlen=window)
-        self._slow_in_window = 0  # how many of `_recent` took `limit_s` or more
+        self._stall_s = stall_s
+        self._in_loop = False
+        self._until_probe = first_probe_after  # worker commits left before the next probe
+        self._probe_after = PROBE_AFTER // 2  # doubled before each use
+        self._recent: deque[bool] = deque(maxlen=WINDOW)  # loop commits since the last move: slow?
+        self._slow = 0  # how many of `_recent` are True
 
     @property
     def in_event_loop(self) -> bool:
         """Run the next commit in the trio thread? (Else in a worker thread.)"""
-        recent = len(self._recent)
-        return recent >= self._min_samples and self._slow_in_window < MAX_SLOW_SHARE * recent
+        return self._in_loop or self._until_probe == 0
 
-    def record(self, seconds: float) -> bool:
-        """Note how long a commit took; True if this changed where the next one runs."""
+    def record(self, seconds: float, in_event_loop: bool) -> bool:
+        """Note how long a commit took and where it ran; True if this changed
+        where the next one runs."""
         before = self.in_event_loop
-        recent = self._recent
-        if len(recent) == recent.maxlen and recent[0] >= self._limit_s:
-            self._slow_in_window -= 1
-        recent.append(seconds)
-        if seconds >= self._limit_s:
-            self._slow_in_window += 1
+        if not in_event_loop:
+            self._until_probe = max(0, self._until_probe - 1)
+        elif not self._in_loop:
+            self._probed(seconds)
+        else:
+            self._took_in_loop(seconds)
         return self.in_event_loop != before
+
+    def _probed(self, seconds: float) -> None:
+        if seconds < self._limit_s:
+            self._in_loop = True
+            self._recent.clear()
+            self._slow = 0
+        else:
+            self._back_off()
+
+    def _took_in_loop(self, seconds: float) -> None:
+        recent = self._recent
+        if len(recent) == recent.maxlen:
+            if recent[0]:
+                self._slow -= 1
+            self._probe_after = PROBE_AFTER // 2  # a whole window in the loop: probes start over
+        slow = seconds >= self._limit_s
+        recent.append(slow)
+        self._slow += slow
+        if seconds >= self._stall_s or self._slow >= MAX_SLOW:
+            self._in_loop = False
+            self._back_off()
+
+    def _back_off(self) -> None:
+        self._probe_after = min(2 * self._probe_after, MAX_PROBE_AFTER)
+        self._until_probe = self._probe_after
 
 
 async def commit_where_placed(
@@ -80,7 +120,7 @@ async def commit_where_placed(
     else:
         error, seconds = await trio.to_thread.run_sync(_timed_commit, executor, persist)
     observer.own_commit(seconds, in_event_loop)
-    if placement.record(seconds):
+    if placement.record(seconds, in_event_loop):
         where = "the event loop" if placement.in_event_loop else "a worker thread"
         log.debug("a durable commit took %.2f ms: the next ones run in %s", seconds * 1e3, where)
     return error

@@ -246,8 +246,9 @@ class Node:
         self.changed = trio.Event()
 
     async def run_local_actions(self, actions: list[Action]) -> None:
-        """Like run_actions, but our own ops' commits are durable (fsync), and
-        run off the event loop while the disk is slow (`commit_placement`).
+        """Like run_actions, for our own ops: the store makes their commit
+        durable (fsync), and it runs off the event loop while the disk is
+        slow (`commit_placement`).
 
         Callers hold `local_writes`, so our entries reach the disk in seq
         order. A refused commit becomes a 503 UserError.
@@ -304,7 +305,7 @@ class Node:
 
     def status(self) -> StatusView:
         # Entries from the store, not the engine: our own ops count in the engine
-        # before their commit (in a worker thread) lands, and a status pairing
+        # before their commit (in a worker thread, on a slow disk) lands, and a status pairing
         # them with the digest of the commit before is one no peer ever had.
         stored = self.store.summary()
         return StatusView(

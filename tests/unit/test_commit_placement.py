@@ -3,80 +3,145 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from p2psync.api.metrics import Metrics
 from p2psync.core.actions import Persist
+from p2psync.core.store import StoreError
 from p2psync.node.commit_placement import (
     LIMIT_S,
-    MAX_SLOW_SHARE,
-    MIN_SAMPLES,
+    MAX_PROBE_AFTER,
+    MAX_SLOW,
+    PROBE_AFTER,
+    STALL_S,
     WINDOW,
     CommitPlacement,
 )
 from p2psync.node.config import NodeConfig
 from p2psync.node.node import Node
 from p2psync.node.observer import NullObserver, Observer
+from p2psync.node.service import UserError
 from p2psync.store.memory import MemoryStore
 
-FAST, SLOW = LIMIT_S / 10, LIMIT_S * 5
+FAST, SLOW, STALL = LIMIT_S / 10, (LIMIT_S + STALL_S) / 2, STALL_S * 2
 
 
-def test_commits_start_in_a_worker_thread_until_the_disk_proved_fast() -> None:
+def _commit(placement: CommitPlacement, seconds: float) -> bool:
+    """One commit of `seconds` where `placement` says; True if it ran in the loop."""
+    in_loop = placement.in_event_loop
+    placement.record(seconds, in_loop)
+    return in_loop
+
+
+def test_the_first_commit_probes_the_disk_in_the_loop() -> None:
+    fast = CommitPlacement()
+    assert fast.in_event_loop
+    assert [_commit(fast, FAST) for _ in range(5)] == [True] * 5
+    slow = CommitPlacement()
+    assert [_commit(slow, SLOW) for _ in range(3)] == [True, False, False]
+
+
+def test_one_stall_moves_them_off_the_loop_at_once() -> None:
     placement = CommitPlacement()
-    for _ in range(MIN_SAMPLES - 1):
-        assert not placement.in_event_loop
-        assert not placement.record(FAST)
+    for _ in range(2 * WINDOW):
+        _commit(placement, FAST)
+    assert placement.record(STALL, True)
     assert not placement.in_event_loop
-    assert placement.record(FAST)  # the MIN_SAMPLES-th fast one moves them
-    assert placement.in_event_loop
 
 
 def test_a_slow_commit_now_and_then_keeps_them_in_the_loop() -> None:
     # A fast commit whose thread waited for a core on a busy machine: wall
     # time says slow, but a worker thread would not have helped.
     placement = CommitPlacement()
-    for i in range(4 * WINDOW):
-        placement.record(SLOW if i % 8 == 7 else FAST)
-        if i >= MIN_SAMPLES:
-            assert placement.in_event_loop
+    ran = [_commit(placement, SLOW if i % 8 == 7 else FAST) for i in range(8 * WINDOW)]
+    assert all(ran)
 
 
-def test_a_disk_turned_slow_moves_them_off_the_loop_within_a_quarter_window() -> None:
+def test_a_disk_turned_slow_moves_them_off_the_loop_after_max_slow() -> None:
     placement = CommitPlacement()
     for _ in range(WINDOW):
-        placement.record(FAST)
-    slow_in_loop = 0
+        _commit(placement, FAST)
+    in_loop = 0
     while placement.in_event_loop:
-        placement.record(SLOW)
-        slow_in_loop += 1
-    assert slow_in_loop == int(MAX_SLOW_SHARE * WINDOW)
-    for _ in range(WINDOW):  # slow in the worker thread too: they stay there
-        placement.record(SLOW)
+        _commit(placement, SLOW)
+        in_loop += 1
+    assert in_loop == MAX_SLOW
+
+
+def test_worker_timings_move_nothing() -> None:
+    # They include waits for the GIL: only probes in the loop judge the disk.
+    placement = CommitPlacement(first_probe_after=3)
+    for _ in range(2):
         assert not placement.in_event_loop
-    fast_until_back = 0
-    while not placement.in_event_loop:
-        placement.record(FAST)
-        fast_until_back += 1
-    assert fast_until_back == WINDOW - int(MAX_SLOW_SHARE * WINDOW) + 1
+        assert not placement.record(STALL, False)
+    assert placement.record(FAST, False)  # the countdown reached the probe
+    assert placement.in_event_loop
 
 
-@given(st.lists(st.booleans(), max_size=3 * WINDOW))
-def test_in_the_loop_exactly_while_few_of_the_recent_window_were_slow(slow: list[bool]) -> None:
+def test_probes_back_off_on_a_disk_that_stays_slow_and_a_fast_one_brings_them_back() -> None:
     placement = CommitPlacement()
-    for i, is_slow in enumerate(slow):
-        before = placement.in_event_loop
-        changed = placement.record(SLOW if is_slow else FAST)
-        recent = slow[max(0, i + 1 - WINDOW) : i + 1]
-        expected = len(recent) >= MIN_SAMPLES and sum(recent) < MAX_SLOW_SHARE * len(recent)
-        assert placement.in_event_loop == expected
-        assert changed == (expected != before)
+    probes = [i for i in range(20_000) if _commit(placement, SLOW)]
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    expected = [min(PROBE_AFTER << k, MAX_PROBE_AFTER) + 1 for k in range(len(gaps))]
+    assert probes[0] == 0 and gaps == expected
+    while not placement.in_event_loop:
+        _commit(placement, FAST)
+    assert _commit(placement, FAST)  # the fast probe brought them back
+    assert all(_commit(placement, FAST) for _ in range(WINDOW))
+
+
+def test_a_window_in_the_loop_starts_the_probes_over() -> None:
+    placement = CommitPlacement()
+    for _ in range(5):  # probes back off
+        while not placement.in_event_loop:
+            _commit(placement, FAST)
+        _commit(placement, STALL)  # the probe itself
+    while not placement.in_event_loop:
+        _commit(placement, FAST)
+    assert _commit(placement, FAST)  # the probe
+    for _ in range(WINDOW):
+        assert _commit(placement, FAST)
+    _commit(placement, STALL)
+    waited = 0
+    while not placement.in_event_loop:
+        _commit(placement, FAST)
+        waited += 1
+    assert waited == PROBE_AFTER
+
+
+@given(st.lists(st.sampled_from([FAST, SLOW, STALL]), max_size=4 * WINDOW))
+def test_the_loop_never_keeps_a_stall_or_max_slow_of_a_window(durations: list[float]) -> None:
+    placement = CommitPlacement()
+    in_loop_run: list[float] = []  # loop commits since the last move to the loop
+    worker_run = 0
+    for seconds in durations:
+        in_loop = placement.in_event_loop
+        was_probe = in_loop and not placement._in_loop
+        changed = placement.record(seconds, in_loop)
+        assert changed == (placement.in_event_loop != in_loop)
+        if not in_loop:
+            worker_run += 1
+            assert worker_run <= MAX_PROBE_AFTER
+            continue
+        worker_run = 0
+        if was_probe:
+            assert placement.in_event_loop == (seconds < LIMIT_S)
+            in_loop_run = []
+            continue
+        in_loop_run.append(seconds)
+        recent = in_loop_run[-WINDOW:]
+        too_slow = seconds >= STALL_S or sum(s >= LIMIT_S for s in recent) >= MAX_SLOW
+        assert placement.in_event_loop == (not too_slow)
+        if too_slow:
+            in_loop_run = []
 
 
 class ThreadNotingStore(MemoryStore):
@@ -86,10 +151,13 @@ class ThreadNotingStore(MemoryStore):
         super().__init__()
         self.delay = delay
         self.threads: list[int] = []
+        self.fail = False
 
     def commit(self, persist: Persist) -> None:
         self.threads.append(threading.get_ident())
         time.sleep(self.delay)
+        if self.fail:
+            raise StoreError("could not store: disk is full; nothing was written")
         super().commit(persist)
 
 
@@ -101,22 +169,47 @@ class OwnCommits(NullObserver):
         self.commits.append((seconds, in_event_loop))
 
 
-def _node(store: MemoryStore, observer: Observer | None = None) -> Node:
+def _node(store: MemoryStore, placement: CommitPlacement, observer: Observer | None = None) -> Node:
     config = NodeConfig(data_dir=Path("/nonexistent"), mdns=False)
-    return Node(config, SigningKey(b"\x0a" * 32), store, observer or Metrics())
+    node = Node(config, SigningKey(b"\x0a" * 32), store, observer or Metrics())
+    node.commit_placement = placement
+    return node
 
 
 async def test_on_a_fast_disk_our_commits_run_in_the_trio_thread() -> None:
     store = ThreadNotingStore(delay=0)
     observer = OwnCommits()
-    node = _node(store, observer)
-    for i in range(MIN_SAMPLES + 4):
+    node = _node(store, CommitPlacement(limit_s=1.0, stall_s=10.0), observer)
+    for i in range(6):
+        await node.create_recipe(f"dish {i}", "egg", "fry")
+    assert store.threads == [threading.get_ident()] * 6
+    assert [in_loop for _, in_loop in observer.commits] == [True] * 6
+    assert len(node.list_recipes()) == 6
+
+
+async def test_on_a_slow_disk_our_commits_leave_the_trio_thread_after_the_probe() -> None:
+    store = ThreadNotingStore(delay=STALL)
+    node = _node(store, CommitPlacement())
+    for i in range(6):
         await node.create_recipe(f"dish {i}", "egg", "fry")
     trio_thread = threading.get_ident()
-    assert all(t != trio_thread for t in store.threads[:MIN_SAMPLES])
-    assert store.threads[MIN_SAMPLES:] == [trio_thread] * 4
-    assert [in_loop for _, in_loop in observer.commits] == [False] * MIN_SAMPLES + [True] * 4
-    assert len(node.list_recipes()) == MIN_SAMPLES + 4
+    assert store.threads[0] == trio_thread
+    assert trio_thread not in store.threads[1:] and len(store.threads) == 6
+
+
+async def test_a_refused_commit_in_the_trio_thread_refuses_its_op_and_leaves_no_gap() -> None:
+    store = ThreadNotingStore(delay=0)
+    node = _node(store, CommitPlacement(limit_s=1.0, stall_s=10.0))
+    await node.create_recipe("first", "egg", "fry")
+    store.fail = True
+    with pytest.raises(UserError) as refused:
+        await node.create_recipe("refused", "egg", "fry")
+    assert refused.value.status == 503
+    assert store.threads == [threading.get_ident()] * 2
+    store.fail = False
+    await node.create_recipe("after", "egg", "fry")
+    assert {r.name for r in node.list_recipes()} == {"first", "after"}
+    assert sorted(node.engine._progress.held(node.engine.me)) == [0, 1]
 
 
 def test_metrics_count_own_commits_by_thread() -> None:
@@ -127,12 +220,3 @@ def test_metrics_count_own_commits_by_thread() -> None:
     assert 'p2psync_own_commit_seconds_count{thread="event_loop"} 1.0' in text
     assert 'p2psync_own_commit_seconds_bucket{le="0.025",thread="worker"} 0.0' in text
     assert 'p2psync_own_commit_seconds_bucket{le="0.05",thread="worker"} 1.0' in text
-
-
-async def test_on_a_slow_disk_our_commits_stay_off_the_trio_thread() -> None:
-    store = ThreadNotingStore(delay=SLOW)
-    node = _node(store)
-    for i in range(MIN_SAMPLES + 4):
-        await node.create_recipe(f"dish {i}", "egg", "fry")
-    assert threading.get_ident() not in store.threads
-    assert len(store.threads) == MIN_SAMPLES + 4

@@ -13,6 +13,7 @@ from p2psync.api.metrics import Metrics
 from p2psync.core.actions import Persist
 from p2psync.core.reasons import Source
 from p2psync.core.store import StoreError
+from p2psync.node.commit_placement import CommitPlacement
 from p2psync.node.config import NodeConfig
 from p2psync.node.node import Node
 from p2psync.node.service import RecipeView, UserError
@@ -38,7 +39,10 @@ class SlowStore(MemoryStore):
 
 def make_node(store: MemoryStore) -> Node:
     config = NodeConfig(data_dir=Path("/nonexistent"), mdns=False)
-    return Node(config, SigningKey(b"\x09" * 32), store, Metrics())
+    node = Node(config, SigningKey(b"\x09" * 32), store, Metrics())
+    # SlowStore's commits wait for the test's trio code: never in its thread.
+    node.commit_placement = CommitPlacement(first_probe_after=1_000_000)
+    return node
 
 
 async def _create_many(node: Node, store: SlowStore, names: list[str]) -> dict[str, object]:
@@ -130,7 +134,7 @@ async def test_a_cancelled_request_leaves_nothing_queued() -> None:
 
 
 async def test_status_during_a_commit_shows_the_book_of_the_last_commit_whole() -> None:
-    # Our op counts in the engine before its commit (in a worker thread) lands;
+    # Our op counts in the engine before its commit (in a worker thread here) lands;
     # a status read meanwhile once paired that count with the old digest, a
     # state no node ever had (it made tests/e2e/test_crash_resume.py flaky).
     store = SlowStore()
