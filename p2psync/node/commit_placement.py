@@ -24,9 +24,13 @@ around each statement, so they would call a fast disk slow on a busy node):
   first commit (unless told otherwise); after each failed probe or each
   return to the worker within a window, the next comes twice as many
   commits later (`PROBE_AFTER` up to `MAX_PROBE_AFTER`): on a disk that
-  stays slow, the loop waits for one commit in 1 024 once the probes have
+  stays slow, the loop waits for one commit in 1 025 once the probes have
   backed off, and a disk that stalls now and then sends commits back to the
   worker for longer each time.
+- A group of more than `MAX_JUDGED_ENTRIES` ops (`--initial-ops` commits
+  1 000 at a time) runs in the worker and is not judged: its merge work,
+  not the disk, would make it slow, and it would keep the small ones that
+  follow off the loop.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ WINDOW = 32
 MAX_SLOW = 8
 PROBE_AFTER = 16
 MAX_PROBE_AFTER = 1024
+MAX_JUDGED_ENTRIES = 32
 
 
 class CommitPlacement:
@@ -73,16 +78,21 @@ class CommitPlacement:
         return self._in_loop or self._until_probe == 0
 
     def record(self, seconds: float, in_event_loop: bool) -> bool:
-        """Note how long a commit took and where it ran; True if this changed
-        where the next one runs."""
-        before = self.in_event_loop
+        """Note how long a commit took and where it ran; True if commits
+        moved (into the event loop or out of it; a probe alone is no move)."""
+        before = self._in_loop
         if not in_event_loop:
             self._until_probe = max(0, self._until_probe - 1)
         elif not self._in_loop:
             self._probed(seconds)
         else:
             self._took_in_loop(seconds)
-        return self.in_event_loop != before
+        return self._in_loop != before
+
+    @property
+    def moved_in(self) -> bool:
+        """Do commits run in the event loop now (not just the next probe)?"""
+        return self._in_loop
 
     def _probed(self, seconds: float) -> None:
         if seconds < self._limit_s:
@@ -114,15 +124,16 @@ async def commit_where_placed(
     executor: Executor, persist: Persist, placement: CommitPlacement, observer: Observer
 ) -> StoreError | None:
     """`executor.commit(persist)`, in the thread `placement` names, timed for it."""
-    in_event_loop = placement.in_event_loop
+    judged = len(persist.entries) <= MAX_JUDGED_ENTRIES
+    in_event_loop = judged and placement.in_event_loop
     if in_event_loop:
         error, seconds = _timed_commit(executor, persist)
     else:
         error, seconds = await trio.to_thread.run_sync(_timed_commit, executor, persist)
     observer.own_commit(seconds, in_event_loop)
-    if placement.record(seconds, in_event_loop):
-        where = "the event loop" if placement.in_event_loop else "a worker thread"
-        log.debug("a durable commit took %.2f ms: the next ones run in %s", seconds * 1e3, where)
+    if judged and placement.record(seconds, in_event_loop):
+        where = "the event loop" if placement.moved_in else "a worker thread"
+        log.debug("a durable commit took %.2f ms: commits now run in %s", seconds * 1e3, where)
     return error
 
 

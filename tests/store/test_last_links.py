@@ -10,6 +10,7 @@ import pytest
 from nacl.signing import SigningKey
 from pyroaring import BitMap64
 
+import p2psync.core.recipe_book as recipe_book
 from p2psync.core.actions import Accepted, Persist
 from p2psync.core.entry import sign_entry
 from p2psync.core.reasons import Source
@@ -70,6 +71,28 @@ def test_an_entry_refused_by_the_log_is_not_taken_for_the_stored_one(tmp_path: P
         assert store.entry_links(stored.origin, [stored.seq]) == {
             stored.seq: (stored.hash(), stored.prev)
         }
+
+
+def test_a_failed_commit_leaves_the_copies_as_they_were(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    accepted = list(itertools.islice(entry_stream(SEED, authors=1), 40))
+    first, second = persists(accepted, batch=20)
+    store.commit(first)
+
+    def failing_merge(*args: object) -> object:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(recipe_book, "merge", failing_merge)
+    with pytest.raises(RuntimeError, match="boom"):
+        store.commit(second)
+    origin, held_last, lost_last = accepted[0].entry.origin, 19, 39
+    seen = _statements(store)
+    assert store.entry_links(origin, [held_last]) == {
+        held_last: (accepted[19].entry.hash(), accepted[19].entry.prev)
+    }
+    assert seen == []
+    assert store.entry_links(origin, [lost_last]) == {}  # asked the log, which lacks it
 
 
 def test_the_copies_start_over_past_their_capacity() -> None:

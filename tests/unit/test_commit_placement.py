@@ -15,21 +15,25 @@ from nacl.signing import SigningKey
 
 from p2psync.api.metrics import Metrics
 from p2psync.core.actions import Persist
+from p2psync.core.reasons import Source
 from p2psync.core.store import StoreError
 from p2psync.node.commit_placement import (
     LIMIT_S,
+    MAX_JUDGED_ENTRIES,
     MAX_PROBE_AFTER,
     MAX_SLOW,
     PROBE_AFTER,
     STALL_S,
     WINDOW,
     CommitPlacement,
+    commit_where_placed,
 )
 from p2psync.node.config import NodeConfig
 from p2psync.node.node import Node
 from p2psync.node.observer import NullObserver, Observer
 from p2psync.node.service import UserError
 from p2psync.store.memory import MemoryStore
+from tests.store.store_helper import entry_stream
 
 FAST, SLOW, STALL = LIMIT_S / 10, (LIMIT_S + STALL_S) / 2, STALL_S * 2
 
@@ -79,11 +83,28 @@ def test_a_disk_turned_slow_moves_them_off_the_loop_after_max_slow() -> None:
 def test_worker_timings_move_nothing() -> None:
     # They include waits for the GIL: only probes in the loop judge the disk.
     placement = CommitPlacement(first_probe_after=3)
-    for _ in range(2):
+    for _ in range(3):
         assert not placement.in_event_loop
         assert not placement.record(STALL, False)
-    assert placement.record(FAST, False)  # the countdown reached the probe
-    assert placement.in_event_loop
+    assert placement.in_event_loop and not placement.moved_in  # the next is a probe
+    assert placement.record(FAST, True)
+    assert placement.moved_in
+
+
+def test_a_return_to_the_worker_within_a_window_doubles_the_gap() -> None:
+    placement = CommitPlacement()
+    waits = []
+    for _ in range(3):
+        assert _commit(placement, FAST)  # a probe: in
+        for _ in range(WINDOW // 2):
+            assert _commit(placement, FAST)
+        _commit(placement, STALL)  # out again within the window
+        waited = 0
+        while not placement.in_event_loop:
+            _commit(placement, FAST)
+            waited += 1
+        waits.append(waited)
+    assert waits == [PROBE_AFTER, 2 * PROBE_AFTER, 4 * PROBE_AFTER]
 
 
 def test_probes_back_off_on_a_disk_that_stays_slow_and_a_fast_one_brings_them_back() -> None:
@@ -124,9 +145,10 @@ def test_the_loop_never_keeps_a_stall_or_max_slow_of_a_window(durations: list[fl
     worker_run = 0
     for seconds in durations:
         in_loop = placement.in_event_loop
-        was_probe = in_loop and not placement._in_loop
+        was_probe = in_loop and not placement.moved_in
+        before = placement.moved_in
         changed = placement.record(seconds, in_loop)
-        assert changed == (placement.in_event_loop != in_loop)
+        assert changed == (placement.moved_in != before)
         if not in_loop:
             worker_run += 1
             assert worker_run <= MAX_PROBE_AFTER
@@ -210,6 +232,35 @@ async def test_a_refused_commit_in_the_trio_thread_refuses_its_op_and_leaves_no_
     await node.create_recipe("after", "egg", "fry")
     assert {r.name for r in node.list_recipes()} == {"first", "after"}
     assert sorted(node.engine._progress.held(node.engine.me)) == [0, 1]
+
+
+class ThreadNotingExecutor:
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def commit(self, persist: Persist) -> StoreError | None:
+        self.threads.append(threading.get_ident())
+        return None
+
+
+def _persist(entries: int) -> Persist:
+    accepted = tuple(itertools.islice(entry_stream(3, authors=1), entries))
+    return Persist(accepted, {}, Source.LOCAL, None)
+
+
+async def test_a_big_group_runs_in_the_worker_and_is_not_judged() -> None:
+    # `--initial-ops` commits 1 000 ops at once: its merge work, not the
+    # disk, makes it slow, and it must not keep small commits off the loop.
+    placement = CommitPlacement()
+    executor = ThreadNotingExecutor()
+    observer = OwnCommits()
+    big, small = _persist(MAX_JUDGED_ENTRIES + 1), _persist(1)
+    for persist in (big, big, small, small):
+        await commit_where_placed(executor, persist, placement, observer)  # type: ignore[arg-type]
+    trio_thread = threading.get_ident()
+    assert [t == trio_thread for t in executor.threads] == [False, False, True, True]
+    assert [in_loop for _, in_loop in observer.commits] == [False, False, True, True]
+    assert placement.moved_in
 
 
 def test_metrics_count_own_commits_by_thread() -> None:
