@@ -70,7 +70,6 @@ class CommitPlacement:
         self._until_probe = first_probe_after  # worker commits left before the next probe
         self._probe_after = PROBE_AFTER // 2  # doubled before each use
         self._recent: deque[bool] = deque(maxlen=WINDOW)  # loop commits since the last move: slow?
-        self._slow = 0  # how many of `_recent` are True
 
     @property
     def in_event_loop(self) -> bool:
@@ -98,20 +97,15 @@ class CommitPlacement:
         if seconds < self._limit_s:
             self._in_loop = True
             self._recent.clear()
-            self._slow = 0
         else:
             self._back_off()
 
     def _took_in_loop(self, seconds: float) -> None:
         recent = self._recent
         if len(recent) == recent.maxlen:
-            if recent[0]:
-                self._slow -= 1
             self._probe_after = PROBE_AFTER // 2  # a whole window in the loop: probes start over
-        slow = seconds >= self._limit_s
-        recent.append(slow)
-        self._slow += slow
-        if seconds >= self._stall_s or self._slow >= MAX_SLOW:
+        recent.append(seconds >= self._limit_s)
+        if seconds >= self._stall_s or sum(recent) >= MAX_SLOW:
             self._in_loop = False
             self._back_off()
 

@@ -2,8 +2,9 @@
 
 A live op arrives alone and links to the op before it, which is nearly
 always the last entry of its origin this node committed. Checking that link
-asked SQLite for the predecessor's row, about 20 µs of a lone live op's
-200-300 µs on a receiver (issue 13, round 13). Log rows never change once
+asked SQLite for the predecessor's row: 7.4 µs warm in a loop, about 20 µs
+under cProfile in the live path, of a lone live op's 200-300 µs on a
+receiver (issue 13, round 13); the copy answers in 0.6 µs. Log rows never change once
 committed, so a copy of the last one's links is never stale.
 """
 
