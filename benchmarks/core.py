@@ -14,13 +14,17 @@ the live topic's validator before it (decode and the one signature check).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import trio
 from nacl.signing import SigningKey
 from pyroaring import BitMap64
 
@@ -34,8 +38,10 @@ from p2psync.core.hlc import Now
 from p2psync.core.items import Item, decode_item
 from p2psync.core.progress import Progress, contiguous_prefix
 from p2psync.node.executor import Executor
+from p2psync.node.observer import NullObserver
 from p2psync.node.validation import TopicChecks
 from p2psync.store.sqlite import SqliteStore
+from p2psync.store.wal_checkpoints import serve_wal_checkpoints
 
 KEYS = ("apply_per_s",)
 
@@ -67,28 +73,57 @@ def _batches(logs: list[list[Any]], batch_size: int) -> list[bytes]:
     return messages
 
 
+@contextlib.contextmanager
+def _daemon_checkpoints(store: SqliteStore) -> Iterator[None]:
+    """The daemon's WAL checkpoints (node/checkpointing.py), in a thread of their own."""
+    started = threading.Event()
+    handle: list[tuple[trio.lowlevel.TrioToken, trio.CancelScope]] = []
+
+    async def serve() -> None:
+        with trio.CancelScope() as scope:
+            handle.append((trio.lowlevel.current_trio_token(), scope))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve_wal_checkpoints, store, NullObserver())
+                started.set()
+
+    thread = threading.Thread(target=trio.run, args=(serve,), name="checkpoints")
+    thread.start()
+    started.wait(10)
+    try:
+        yield
+    finally:
+        token, scope = handle[0]
+        trio.from_thread.run_sync(scope.cancel, trio_token=token)
+        thread.join()
+
+
 def _apply(messages: list[bytes], workdir: Path) -> dict[str, float]:
     store = SqliteStore.open(workdir / "p2psync.db")
     try:
-        clock = _Clock()
-        engine = _engine(b"\x42", store, clock)
-        engine.peer_connected("peer", clock.instant())  # batches come within a session
-        engine_s = commit_s = 0.0
-        applied = 0
-        for data in messages:
-            t0 = time.perf_counter()
-            actions = engine.message_received("peer", data, clock.instant())
-            t1 = time.perf_counter()
-            for action in actions:
-                if isinstance(action, Persist):
-                    store.commit(action)
-                    applied += len(action.entries)
-            t2 = time.perf_counter()
-            engine_s += t1 - t0
-            commit_s += t2 - t1
-        return {"applied": applied, "engine_s": engine_s, "commit_s": commit_s}
+        with _daemon_checkpoints(store):
+            return _apply_to(store, messages)
     finally:
         store.close()
+
+
+def _apply_to(store: SqliteStore, messages: list[bytes]) -> dict[str, float]:
+    clock = _Clock()
+    engine = _engine(b"\x42", store, clock)
+    engine.peer_connected("peer", clock.instant())  # batches come within a session
+    engine_s = commit_s = 0.0
+    applied = 0
+    for data in messages:
+        t0 = time.perf_counter()
+        actions = engine.message_received("peer", data, clock.instant())
+        t1 = time.perf_counter()
+        for action in actions:
+            if isinstance(action, Persist):
+                store.commit(action)
+                applied += len(action.entries)
+        t2 = time.perf_counter()
+        engine_s += t1 - t0
+        commit_s += t2 - t1
+    return {"applied": applied, "engine_s": engine_s, "commit_s": commit_s}
 
 
 def _live_apply(count: int, workdir: Path) -> dict[str, float]:

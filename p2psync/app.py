@@ -62,6 +62,7 @@ from p2psync.store.backup import (
     write_private_file,
 )
 from p2psync.store.sqlite import SqliteStore
+from p2psync.store.wal_checkpoints import serve_wal_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ async def run_node(config: NodeConfig, *, lock: DataDirLock) -> int:
         failure: str | None = None
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(serve_wal_checkpoints, store, metrics)
                 await _start_services(nursery, node, config, metrics, seed)
                 await node.stop_requested.wait()
                 say("stopping")

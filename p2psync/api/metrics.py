@@ -66,6 +66,8 @@ APPLY_LATENCY_BUCKETS = (
 # A durable commit: about 0.2 ms on an SSD, 10-100 ms on an SD card.
 OWN_COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 COMMIT_THREADS = ("event_loop", "worker")
+# A checkpoint copies up to a few thousand 4 KiB pages: ~1 ms to ~100 ms.
+WAL_CHECKPOINT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 SYNC_ROUND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -158,6 +160,17 @@ class Metrics:
             registry=reg,
         )
         self._own_commit_in = {t: self._own_commit.labels(thread=t) for t in COMMIT_THREADS}
+        self._wal_checkpoint = Histogram(
+            "p2psync_wal_checkpoint_seconds",
+            "WAL checkpoints, run in a worker thread so that commits skip them",
+            buckets=WAL_CHECKPOINT_BUCKETS,
+            registry=reg,
+        )
+        self._wal_checkpoint_pages = Counter(
+            "p2psync_wal_checkpoint_pages",
+            "Pages those checkpoints copied from the WAL into the database",
+            registry=reg,
+        )
         self._precreate_labels()
 
     def _precreate_labels(self) -> None:
@@ -216,6 +229,10 @@ class Metrics:
 
     def own_commit(self, seconds: float, in_event_loop: bool) -> None:
         self._own_commit_in["event_loop" if in_event_loop else "worker"].observe(seconds)
+
+    def wal_checkpoint(self, seconds: float, pages: int) -> None:
+        self._wal_checkpoint.observe(seconds)
+        self._wal_checkpoint_pages.inc(pages)
 
     def relay_event(self, event: str, n: int = 1) -> None:
         self._relay_events.labels(event=event).inc(n)

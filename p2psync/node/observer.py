@@ -42,6 +42,10 @@ class Observer(Protocol):
         """A durable commit of our own ops took `seconds`, in the trio thread or a worker."""
         ...
 
+    def wal_checkpoint(self, seconds: float, pages: int) -> None:
+        """A WAL checkpoint in a worker thread took `seconds` and copied `pages`."""
+        ...
+
     def relay_event(self, event: str, n: int = 1) -> None:
         """A --relay was reserved on, or failed (refused, unreachable, lost, garbage, ...)."""
         ...
@@ -87,6 +91,9 @@ class NullObserver:
         pass
 
     def own_commit(self, seconds: float, in_event_loop: bool) -> None:
+        pass
+
+    def wal_checkpoint(self, seconds: float, pages: int) -> None:
         pass
 
     def relay_event(self, event: str, n: int = 1) -> None:

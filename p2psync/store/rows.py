@@ -145,3 +145,24 @@ def describe(exc: sqlite3.Error) -> str:
     code = getattr(exc, "sqlite_errorcode", None)
     plain = _SQLITE_MESSAGES.get(code & 0xFF) if isinstance(code, int) else None
     return f"{plain} ({exc})" if plain else str(exc)
+
+
+def seq_ranges(seqs: set[int], gap: int) -> list[tuple[int, int]]:
+    """Cover `seqs` with few [lo, hi] ranges, bridging gaps up to `gap`."""
+    if not seqs:
+        return []
+    lo, hi = min(seqs), max(seqs)
+    if hi - lo <= 2 * len(seqs) + gap:  # the usual case: (nearly) contiguous
+        return [(lo, hi)]
+    ranges: list[tuple[int, int]] = []
+    start = prev = -1
+    for seq in sorted(seqs):
+        if start < 0:
+            start = prev = seq
+        elif seq - prev > gap:
+            ranges.append((start, prev))
+            start = prev = seq
+        else:
+            prev = seq
+    ranges.append((start, prev))
+    return ranges

@@ -56,6 +56,7 @@ from p2psync.store.rows import (
     recipe_id_key,
     recipe_row,
     recipe_state,
+    seq_ranges,
     to_sql,
 )
 from p2psync.store.schema import migrate
@@ -116,6 +117,7 @@ class SqliteStore:
         # What the log holds, as committed: each commit adds its entries' seqs.
         self._held: dict[bytes, BitMap64] = self._read_progress()
         self._last_links = LastLinks()
+        self.commit_count = 0  # transactions committed through this store: a change marker
 
     # ------------------------------------------------------------ lifecycle
 
@@ -151,6 +153,14 @@ class SqliteStore:
         with self._lock:
             self._conn.close()
 
+    def set_wal_autocheckpoint(self, pages: int) -> None:
+        """Past how many WAL pages a commit checkpoints by itself (see wal_checkpoints.py)."""
+        with self._lock:
+            try:
+                self._conn.execute(f"PRAGMA wal_autocheckpoint = {int(pages)}")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot set checkpoints of {self.path}: {describe(exc)}") from exc
+
     def __enter__(self) -> SqliteStore:
         return self
 
@@ -181,7 +191,7 @@ class SqliteStore:
             no = self._numbers.get(origin)
             if no is None:
                 return found
-            for lo, hi in _ranges(wanted):
+            for lo, hi in seq_ranges(wanted, _RANGE_GAP):
                 for seq, body in self._conn.execute(_SELECT_RANGE, (no, lo, hi)):
                     if seq in wanted:
                         found[seq] = body
@@ -243,6 +253,7 @@ class SqliteStore:
                 self._last_links.forget(a.entry.origin for a in persist.entries)
             self._last_hlc = last_hlc
             self._summary = StoreSummary(self._summary.entries + inserted, change.totals)
+            self.commit_count += 1
 
     def _held_after(self, persist: Persist) -> dict[bytes, BitMap64]:
         """The held bitmap of each origin of `persist` once it commits: what was
@@ -365,6 +376,7 @@ class SqliteStore:
                 self._rollback()
                 raise
             self._summary = StoreSummary(self._summary.entries, rebuild.totals)
+            self.commit_count += 1
 
     def load_forks(self) -> list[ForkProof]:
         with self._lock:
@@ -434,27 +446,3 @@ class SqliteStore:
         with self._lock:
             found = self._conn.execute(_MAX_HLC_BELOW, (bound,)).fetchone()
         return 0 if found is None else int.from_bytes(found[0], "big")
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _ranges(seqs: set[int]) -> list[tuple[int, int]]:
-    """Cover `seqs` with few [lo, hi] ranges, bridging gaps up to _RANGE_GAP."""
-    if not seqs:
-        return []
-    lo, hi = min(seqs), max(seqs)
-    if hi - lo <= 2 * len(seqs) + _RANGE_GAP:  # the usual case: (nearly) contiguous
-        return [(lo, hi)]
-    ranges: list[tuple[int, int]] = []
-    start = prev = -1
-    for seq in sorted(seqs):
-        if start < 0:
-            start = prev = seq
-        elif seq - prev > _RANGE_GAP:
-            ranges.append((start, prev))
-            start = prev = seq
-        else:
-            prev = seq
-    ranges.append((start, prev))
-    return ranges

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 from tests.e2e.helpers import NodeProcess, run_cli
@@ -62,6 +63,13 @@ def test_api_create_publish_delete_and_metrics(tmp_path: Path) -> None:
         metrics = httpx.get(f"{node.api}/metrics", timeout=10).text
         assert 'p2psync_entries_total{origin_kind="own"} 3.0' in metrics
         assert node.get("/api/v0/sync")["self"]
+        # The daemon checkpoints its WAL in a worker thread (about a second after commits).
+        deadline = time.monotonic() + 10
+        while "p2psync_wal_checkpoint_seconds_count 0.0" in metrics:
+            assert time.monotonic() < deadline, "no WAL checkpoint after 10 s"
+            time.sleep(0.2)
+            metrics = httpx.get(f"{node.api}/metrics", timeout=10).text
+        assert "p2psync_wal_checkpoint_seconds_count" in metrics
     finally:
         assert node.stop(signal.SIGINT) == 0
 

@@ -1,0 +1,128 @@
+"""WAL checkpoints from a connection of their own (store/wal_checkpoints.py,
+node/checkpointing.py): commits stop doing them, nothing is lost."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2psync.core.reasons import Source
+from p2psync.node.observer import NullObserver
+from p2psync.store.sqlite import SqliteStore
+from p2psync.store.wal_checkpoints import (
+    DEFAULT_AUTOCHECKPOINT_PAGES,
+    FALLBACK_PAGES,
+    WalCheckpoints,
+    serve_wal_checkpoints,
+)
+from tests.store.store_helper import entry_stream, persists
+
+SEED = 11
+# Live commits of one entry each write ~5 pages: 400 of them pass the default 1 000.
+LIVE_COMMITS = 400
+
+
+def _autocheckpoint(store: SqliteStore) -> int:
+    value: int = store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    return value
+
+
+def _commit_live(store: SqliteStore, count: int, seed: int = SEED) -> None:
+    accepted = itertools.islice(entry_stream(seed), count)
+    for persist in persists(accepted, batch=1, source=Source.LIVE):
+        store.commit(persist)
+
+
+def test_commits_leave_the_wal_to_the_checkpoints(tmp_path: Path) -> None:
+    with SqliteStore.open(tmp_path / "store.db") as store:
+        checkpoints = WalCheckpoints.open(store.path)
+        try:
+            store.set_wal_autocheckpoint(FALLBACK_PAGES)
+            _commit_live(store, LIVE_COMMITS)
+            done = checkpoints.run()
+            # With SQLite's default a commit would have copied them at 1 000.
+            assert done.wal_frames > DEFAULT_AUTOCHECKPOINT_PAGES
+            assert done.copied == done.wal_frames and not done.busy
+            _commit_live(store, 5, seed=SEED + 1)  # this commit starts the WAL over
+            again = checkpoints.run()
+            assert 0 < again.wal_frames < 100
+        finally:
+            checkpoints.close()
+
+
+def test_checkpoints_beside_a_writer_lose_nothing(tmp_path: Path) -> None:
+    """A thread checkpointing in a loop while commits go on: the same store."""
+    accepted = list(itertools.islice(entry_stream(SEED), 600))
+    with SqliteStore.open(tmp_path / "plain.db") as plain:
+        for persist in persists(accepted, batch=3):
+            plain.commit(persist)
+        expected = (plain.entry_count(), plain.digest(), plain.load_progress())
+    stop = threading.Event()
+    runs: list[int] = []
+    with SqliteStore.open(tmp_path / "store.db") as store:
+        checkpoints = WalCheckpoints.open(store.path)
+        store.set_wal_autocheckpoint(FALLBACK_PAGES)
+
+        def checkpoint_forever() -> None:
+            while not stop.is_set():
+                runs.append(checkpoints.run().copied)
+
+        thread = threading.Thread(target=checkpoint_forever)
+        thread.start()
+        try:
+            for persist in persists(accepted, batch=3):
+                store.commit(persist)
+        finally:
+            stop.set()
+            thread.join()
+            checkpoints.close()
+    assert sum(runs) > 0
+    with SqliteStore.open(tmp_path / "store.db") as reopened:
+        assert (reopened.entry_count(), reopened.digest(), reopened.load_progress()) == expected
+        assert reopened._conn.execute("PRAGMA quick_check").fetchone() == ("ok",)
+
+
+class Checkpoints(NullObserver):
+    def __init__(self) -> None:
+        self.pages: list[int] = []
+
+    def wal_checkpoint(self, seconds: float, pages: int) -> None:
+        assert seconds >= 0
+        self.pages.append(pages)
+
+
+async def test_the_node_task_checkpoints_after_commits_and_hands_back(tmp_path: Path) -> None:
+    seen = Checkpoints()
+    with SqliteStore.open(tmp_path / "store.db") as store:
+        async with trio.open_nursery() as nursery:
+            serve = functools.partial(serve_wal_checkpoints, look_every_s=0.02)
+            await nursery.start(serve, store, seen)
+            assert _autocheckpoint(store) == FALLBACK_PAGES
+            await trio.sleep(0.1)
+            assert seen.pages == []  # nothing committed: no checkpoint
+            _commit_live(store, 50)
+            with trio.fail_after(10):
+                while not seen.pages:
+                    await trio.sleep(0.02)
+            assert seen.pages[0] > 0
+            nursery.cancel_scope.cancel()
+        assert _autocheckpoint(store) == DEFAULT_AUTOCHECKPOINT_PAGES
+
+
+async def test_the_node_task_leaves_checkpoints_to_commits_when_it_cannot_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    with SqliteStore.open(tmp_path / "store.db") as store:
+        monkeypatch.setattr(sqlite3, "connect", refuse)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_wal_checkpoints, store, NullObserver())
+        assert _autocheckpoint(store) == DEFAULT_AUTOCHECKPOINT_PAGES
