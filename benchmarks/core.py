@@ -75,9 +75,10 @@ def _batches(logs: list[list[Any]], batch_size: int) -> list[bytes]:
 
 @contextlib.contextmanager
 def _daemon_checkpoints(store: SqliteStore) -> Iterator[None]:
-    """The daemon's WAL checkpoints (node/checkpointing.py), in a thread of their own."""
+    """The daemon's WAL checkpoints (`serve_wal_checkpoints`), in a thread of their own."""
     started = threading.Event()
     handle: list[tuple[trio.lowlevel.TrioToken, trio.CancelScope]] = []
+    failed: list[BaseException] = []
 
     async def serve() -> None:
         with trio.CancelScope() as scope:
@@ -86,15 +87,27 @@ def _daemon_checkpoints(store: SqliteStore) -> Iterator[None]:
                 await nursery.start(serve_wal_checkpoints, store, NullObserver())
                 started.set()
 
-    thread = threading.Thread(target=trio.run, args=(serve,), name="checkpoints")
+    def run() -> None:
+        try:
+            trio.run(serve)
+        except BaseException as exc:  # handed to the benchmark's thread below
+            failed.append(exc)
+        finally:
+            started.set()
+
+    thread = threading.Thread(target=run, name="checkpoints")
     thread.start()
-    started.wait(10)
+    if not started.wait(30) or failed:
+        raise RuntimeError(f"the checkpoint task did not start: {failed}")
     try:
         yield
     finally:
         token, scope = handle[0]
-        trio.from_thread.run_sync(scope.cancel, trio_token=token)
+        with contextlib.suppress(trio.RunFinishedError):  # it may have ended by itself
+            trio.from_thread.run_sync(scope.cancel, trio_token=token)
         thread.join()
+    if failed:
+        raise RuntimeError(f"the checkpoint task failed: {failed[0]!r}") from failed[0]
 
 
 def _apply(messages: list[bytes], workdir: Path) -> dict[str, float]:

@@ -63,6 +63,7 @@ from p2psync.store.schema import migrate
 
 _BUSY_TIMEOUT_MS = 5000
 _CACHE_KIB = 32 * 1024
+_WAL_KEEP_BYTES = 32 * 1024 * 1024
 # Seqs closer than this are read with one range query; the few unwanted rows
 # in between cost less than another round trip into SQLite.
 _RANGE_GAP = 64
@@ -140,6 +141,9 @@ class SqliteStore:
             # power loss, and we acknowledge ops once commit returns.
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+            # A WAL that a long reader (a backup) let grow shrinks back when it
+            # starts over; below this SQLite reuses the file as it is.
+            conn.execute(f"PRAGMA journal_size_limit = {_WAL_KEEP_BYTES}")
             migrate(conn, path)
             return cls(conn, path)
         except sqlite3.Error as exc:

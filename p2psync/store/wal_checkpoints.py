@@ -11,15 +11,19 @@ event loop, for live entries and, on a fast disk, for our own ops).
 meant for a worker thread: sqlite3 lets go of the GIL for the whole
 checkpoint (one statement), so it runs on another core while the event
 loop goes on. `serve_wal_checkpoints` is the daemon's task for it: once a
-second, if anything was committed since the last look, one checkpoint in a
-worker thread; after one that copied a lot (a backfill) the next look comes
-sooner. An idle node only wakes to compare a counter.
+second, if anything was committed since the last look, a checkpoint in a
+worker thread; after one that copied a lot (a backfill) or did not
+complete, the next look comes sooner. An idle node only wakes to compare a
+counter.
 
-A PASSIVE checkpoint never blocks the writer nor waits for it. While
-checkpoints run elsewhere the writer still checkpoints by itself, but only
-past `FALLBACK_PAGES`: if the checkpoints stop (or cannot keep up with a
-writer that never pauses, since the WAL only starts over once a
-checkpoint has copied all of it) the WAL stays bounded all the same.
+A PASSIVE checkpoint never blocks the writer nor waits for it. The WAL
+starts over (at the next commit) only once a checkpoint has copied all of
+it; one that a commit overtook copied all but that commit's pages, so a
+few more passes follow at once, each shorter than the last. While
+checkpoints run here the writer still checkpoints by itself, past
+`FALLBACK_PAGES`: if they stop, or a writer that never pauses keeps them
+from completing, the WAL stays bounded all the same, and that checkpoint
+copies only what was not copied here.
 """
 
 from __future__ import annotations
@@ -44,21 +48,23 @@ log = logging.getLogger(__name__)
 
 # SQLite's own default, which the writer goes back to when the checkpoints close.
 DEFAULT_AUTOCHECKPOINT_PAGES = 1000
-# The writer's own checkpoints while these run elsewhere: 64 MiB of 4 KiB pages.
-FALLBACK_PAGES = 16 * 1024
-_BUSY_TIMEOUT_MS = 5000
+# The writer's own checkpoints while these run elsewhere: 16 MiB of 4 KiB
+# pages. One then copies only what the checkpoints here did not yet copy.
+FALLBACK_PAGES = 4096
+# A checkpoint that a commit overtook copied all but that commit's pages;
+# the next pass copies those and usually completes (the WAL can start over).
+MAX_PASSES = 4
 LOOK_EVERY_S = 1.0
-# After a checkpoint that copied at least BUSY_FRAMES pages (or could not copy
-# them all), look again after LOOK_BUSY_S: a backfill writes ~15 MB/s here,
-# and the WAL stays a few MB.
+# After a checkpoint that copied at least BUSY_PAGES pages or did not
+# complete, look again after LOOK_BUSY_S: a backfill writes ~15 MB/s here.
 LOOK_BUSY_S = 0.25
-BUSY_FRAMES = 1000
+BUSY_PAGES = 1000
 
 
 class Checkpointed(NamedTuple):
-    wal_frames: int  # frames in the WAL when the checkpoint began
-    copied: int  # of them, how many are now in the database
-    busy: bool  # it could not copy them all (a reader or the writer was in the way)
+    wal_frames: int  # frames in the WAL at the last pass
+    copied: int  # pages this call copied into the database
+    complete: bool  # every frame is in the database: the next commit starts the WAL over
 
 
 class WalCheckpoints:
@@ -73,6 +79,7 @@ class WalCheckpoints:
         # Use `WalCheckpoints.open`.
         self._conn = conn
         self.path = path
+        self._frames = self._backfilled = 0  # the WAL as the last pass left it
 
     @classmethod
     def open(cls, path: Path) -> WalCheckpoints:
@@ -81,7 +88,6 @@ class WalCheckpoints:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {path} for checkpoints: {describe(exc)}") from exc
         try:
-            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             # A checkpoint syncs the WAL before it copies and the database after,
             # at NORMAL as at FULL; this connection commits nothing.
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -92,13 +98,28 @@ class WalCheckpoints:
         return cls(conn, path)
 
     def run(self) -> Checkpointed:
-        """One PASSIVE checkpoint (blocking: call it from a worker thread)."""
-        try:
-            busy, frames, copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"checkpoint of {self.path} failed: {describe(exc)}") from exc
-        # -1 frames: the database is not in WAL mode (it always is here).
-        return Checkpointed(max(frames, 0), max(copied, 0), bool(busy))
+        """PASSIVE checkpoints until the WAL is all copied, at most MAX_PASSES
+        (blocking: call it from a worker thread)."""
+        copied = 0
+        for _ in range(MAX_PASSES):
+            try:
+                row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"checkpoint of {self.path} failed: {describe(exc)}") from exc
+            # Frames in the WAL, and how many of them the database holds (all
+            # passes' work on this WAL, not this pass's; -1 outside WAL mode).
+            frames, backfilled = max(row[1], 0), max(row[2], 0)
+            # The first commit after a complete checkpoint starts the WAL over
+            # (unless a reader, a backup, still reads it: then this counts high).
+            unchanged = (frames, backfilled) == (self._frames, self._backfilled)
+            complete_before = self._backfilled == self._frames and not unchanged
+            started_over = frames < self._frames or complete_before
+            copied += backfilled - (0 if started_over else self._backfilled)
+            self._frames, self._backfilled = frames, backfilled
+            # SQLITE_BUSY (row[0]): another checkpoint runs (the writer's own).
+            if row[0] or backfilled == frames:
+                break
+        return Checkpointed(frames, copied, backfilled == frames)
 
     def close(self) -> None:
         self._conn.close()
@@ -128,6 +149,12 @@ async def serve_wal_checkpoints(
         return
     try:
         store.set_wal_autocheckpoint(FALLBACK_PAGES)
+    except StoreError as exc:
+        checkpoints.close()
+        log.warning("%s; commits will checkpoint the WAL themselves", exc)
+        task_status.started()
+        return
+    try:
         task_status.started()
         seen = store.commit_count
         pause = look_every_s
@@ -138,7 +165,7 @@ async def serve_wal_checkpoints(
                 continue
             seen = store.commit_count
             done = await _checkpoint(checkpoints, observer)
-            busy = done is not None and (done.busy or done.copied >= BUSY_FRAMES)
+            busy = done is not None and (not done.complete or done.copied >= BUSY_PAGES)
             pause = LOOK_BUSY_S if busy else look_every_s
     finally:
         # A checkpoint under way was not abandoned: to_thread waited for its end.
@@ -156,8 +183,9 @@ async def _checkpoint(
     try:
         done = await trio.to_thread.run_sync(checkpoints.run)
     except StoreError as exc:
-        # The writer checkpoints by itself past FALLBACK_PAGES: nothing is lost.
-        log.warning("%s; the next commit past %d WAL pages will do it", exc, FALLBACK_PAGES)
+        # Nothing is lost: the WAL holds the pages, and a commit past
+        # FALLBACK_PAGES tries a checkpoint of its own.
+        log.warning("%s; will try again after the next commit", exc)
         return None
     observer.wal_checkpoint(time.perf_counter() - start, done.copied)
     return done

@@ -1,10 +1,11 @@
-"""WAL checkpoints from a connection of their own (store/wal_checkpoints.py,
-node/checkpointing.py): commits stop doing them, nothing is lost."""
+"""WAL checkpoints from a connection of their own (store/wal_checkpoints.py):
+commits stop doing them, nothing is lost."""
 
 from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import sqlite3
 import threading
 from pathlib import Path
@@ -18,13 +19,15 @@ from p2psync.store.sqlite import SqliteStore
 from p2psync.store.wal_checkpoints import (
     DEFAULT_AUTOCHECKPOINT_PAGES,
     FALLBACK_PAGES,
+    MAX_PASSES,
+    Checkpointed,
     WalCheckpoints,
     serve_wal_checkpoints,
 )
 from tests.store.store_helper import entry_stream, persists
 
 SEED = 11
-# Live commits of one entry each write ~5 pages: 400 of them pass the default 1 000.
+# Live commits of one entry each write ~5 pages: 400 of them pass SQLite's default 1 000.
 LIVE_COMMITS = 400
 
 
@@ -48,10 +51,12 @@ def test_commits_leave_the_wal_to_the_checkpoints(tmp_path: Path) -> None:
             done = checkpoints.run()
             # With SQLite's default a commit would have copied them at 1 000.
             assert done.wal_frames > DEFAULT_AUTOCHECKPOINT_PAGES
-            assert done.copied == done.wal_frames and not done.busy
+            assert done.copied == done.wal_frames and done.complete
             _commit_live(store, 5, seed=SEED + 1)  # this commit starts the WAL over
             again = checkpoints.run()
             assert 0 < again.wal_frames < 100
+            assert again.copied == again.wal_frames and again.complete
+            assert checkpoints.run().copied == 0  # nothing new
         finally:
             checkpoints.close()
 
@@ -116,13 +121,55 @@ async def test_the_node_task_checkpoints_after_commits_and_hands_back(tmp_path: 
 
 
 async def test_the_node_task_leaves_checkpoints_to_commits_when_it_cannot_open(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def refuse(*args: object, **kwargs: object) -> sqlite3.Connection:
         raise sqlite3.OperationalError("unable to open database file")
 
     with SqliteStore.open(tmp_path / "store.db") as store:
         monkeypatch.setattr(sqlite3, "connect", refuse)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(serve_wal_checkpoints, store, NullObserver())
+        with caplog.at_level(logging.WARNING, logger="p2psync.store.wal_checkpoints"):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve_wal_checkpoints, store, NullObserver())
         assert _autocheckpoint(store) == DEFAULT_AUTOCHECKPOINT_PAGES
+    assert "commits will checkpoint the WAL themselves" in caplog.text
+
+
+class ScriptedCheckpoints:
+    """A connection whose `PRAGMA wal_checkpoint(PASSIVE)` answers from a script."""
+
+    def __init__(self, answers: list[tuple[int, int, int]]) -> None:
+        self.answers = answers
+        self.calls = 0
+
+    def execute(self, sql: str) -> ScriptedCheckpoints:
+        assert sql == "PRAGMA wal_checkpoint(PASSIVE)"
+        self.calls += 1
+        return self
+
+    def fetchone(self) -> tuple[int, int, int]:
+        return self.answers.pop(0)
+
+
+def _scripted(answers: list[tuple[int, int, int]]) -> tuple[WalCheckpoints, ScriptedCheckpoints]:
+    conn = ScriptedCheckpoints(answers)
+    return WalCheckpoints(conn, Path("scripted.db")), conn  # type: ignore[arg-type]
+
+
+def test_a_checkpoint_a_commit_overtook_passes_again_until_complete() -> None:
+    checkpoints, conn = _scripted([(0, 1000, 900), (0, 1040, 1040), (0, 60, 60)])
+    assert checkpoints.run() == Checkpointed(1040, 1040, True)
+    assert conn.calls == 2
+    assert checkpoints.run() == Checkpointed(60, 60, True)  # the WAL started over
+
+
+def test_passes_stop_at_the_limit_or_when_another_checkpoint_runs() -> None:
+    overtaken = [(0, 1000 + 100 * i, 900 + 100 * i) for i in range(MAX_PASSES + 1)]
+    checkpoints, conn = _scripted(overtaken)
+    last = overtaken[MAX_PASSES - 1]
+    assert checkpoints.run() == Checkpointed(last[1], last[2], False)
+    assert conn.calls == MAX_PASSES
+    checkpoints, conn = _scripted([(1, 500, 0), (0, 500, 500)])  # SQLITE_BUSY: try later
+    assert checkpoints.run() == Checkpointed(500, 0, False)
+    assert conn.calls == 1
+    assert checkpoints.run() == Checkpointed(500, 500, True)
