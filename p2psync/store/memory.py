@@ -55,11 +55,13 @@ class MemoryStore:
         change = merge_entries(persist.entries, self.recipes, self._totals)
         for accepted in persist.entries:
             entry = accepted.entry
-            if (entry.origin, entry.seq) not in self.log:
-                self._raw_bytes += len(entry.raw)
-            self.log[(entry.origin, entry.seq)] = (entry.raw, accepted.entry_hash(), entry.prev)
             self._last_hlc = max(self._last_hlc, entry.hlc)
-            self._hlcs[(entry.origin, entry.seq)] = entry.hlc
+            key = (entry.origin, entry.seq)
+            if key in self.log:
+                continue  # the first entry stored for a seq stays (SQLite: INSERT OR IGNORE)
+            self._raw_bytes += len(entry.raw)
+            self.log[key] = (entry.raw, accepted.entry_hash(), entry.prev)
+            self._hlcs[key] = entry.hlc
         self.recipes.update(change.recipes)
         self._totals = change.totals
         self._summary = StoreSummary(len(self.log), self._totals)

@@ -71,6 +71,18 @@ def test_an_entry_refused_by_the_log_is_not_taken_for_the_stored_one(tmp_path: P
         assert store.entry_links(stored.origin, [stored.seq]) == {
             stored.seq: (stored.hash(), stored.prev)
         }
+        assert store.read_raw(stored.origin, [stored.seq]) == {stored.seq: stored.raw}
+    # The simulator's store keeps the first row too.
+    memory = MemoryStore()
+    for persist in persists(accepted):
+        memory.commit(persist)
+    size = memory.size_bytes()
+    memory.commit(Persist((Accepted(other, None),), held, Source.BACKFILL, "peer"))
+    assert memory.read_raw(stored.origin, [stored.seq]) == {stored.seq: stored.raw}
+    assert memory.entry_links(stored.origin, [stored.seq]) == {
+        stored.seq: (stored.hash(), stored.prev)
+    }
+    assert memory.size_bytes() == size
 
 
 def test_a_failed_commit_leaves_the_copies_as_they_were(
