@@ -76,8 +76,6 @@ STALLED_ROUNDS = 3  # failed rounds in a row after which a session is restarted
 
 _IN_SYNC = protocol.DoneRange(MIN_BOUND, MAX_BOUND)  # the whole answer of two nodes in sync
 
-# ---------------------------------------------------------------- the engine
-
 
 class SyncEngine(Ledger):
     def __init__(
@@ -107,6 +105,10 @@ class SyncEngine(Ledger):
     def round_active(self, peer: str) -> bool:
         state = self._peers.get(peer)
         return bool(state and (state.incoming or (state.outgoing and not state.outgoing.finished)))
+
+    def expects_batches(self, peer: str) -> bool:
+        """Whether a round of ours with `peer` is under way (it sends us BATCHes)."""
+        return bool((state := self._peers.get(peer)) and state.incoming)
 
     def connected_peers(self) -> list[str]:
         return [peer for peer, state in self._peers.items() if state.connected]
@@ -233,8 +235,7 @@ class SyncEngine(Ledger):
         if first_new.seq > 0 and not self._progress.has(first_new.origin, first_new.seq - 1):
             # A gap: we missed earlier live entries. Ask the author if it is a
             # direct peer, else any direct peer (gossip relays across hops).
-            state = self._peers.get(peer)
-            if state is not None and state.connected:
+            if forwarder is not None and forwarder.connected:
                 actions.extend(self.request_sync(peer, now))
             else:
                 for other in self.connected_peers():
@@ -443,8 +444,6 @@ class SyncEngine(Ledger):
             state.outgoing, self._reader, config.window, config.batch_size, config.max_batch_bytes
         )
         return [_send(peer, batch, MessageKind.BATCH) for batch in batches]
-
-    # ------------------------------------------------------------ validation
 
 
 def _send(peer: str, message: protocol.Message, kind: MessageKind) -> SendTo:

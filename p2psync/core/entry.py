@@ -170,6 +170,12 @@ class CheckedSignatures:
         for _, digest in entries:
             self._note(digest)
 
+    def note_verified(self, digests: list[bytes]) -> None:
+        """Hashes of entries whose signature verified before they reached the
+        engine (`batch_signatures.verified_in_batch`, in a worker thread)."""
+        for digest in digests:
+            self._note(digest)
+
     def _note(self, digest: bytes) -> None:
         if digest in self._hashes:
             return

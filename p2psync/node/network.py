@@ -38,6 +38,7 @@ from p2psync.net.gossip import Validator
 from p2psync.net.host import Libp2pHost, PeerEvent, open_libp2p_host
 from p2psync.net.local import serve_local_discovery
 from p2psync.net.topics import live_topic, query_topic, sync_topic
+from p2psync.node.batch_checks import check_batches_ahead
 from p2psync.node.config import NodeConfig
 from p2psync.node.dialing import PeerDriver
 from p2psync.node.node import Node
@@ -248,12 +249,11 @@ class NetworkTransport(Transport):
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._session_sender, session)
                         nursery.start_soon(self._health_check, session)
-                        async for received in receive:
-                            # The topic's validator let through only what this
-                            # peer signed and handed us (else `wrong_sender`).
-                            node.run_actions(
-                                node.engine.message_received(peer, received.data, node.now())
-                            )
+                        # The validator let through only what this peer signed and handed us.
+                        expects = functools.partial(node.engine.expects_batches, peer)
+                        async for data, verified in check_batches_ahead(nursery, receive, expects):
+                            node.engine.checked_signatures.note_verified(verified)
+                            node.run_actions(node.engine.message_received(peer, data, node.now()))
                         nursery.cancel_scope.cancel()
                 finally:
                     with trio.CancelScope(shield=True), trio.move_on_after(2):

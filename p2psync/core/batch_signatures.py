@@ -1,0 +1,84 @@
+"""Signatures of a BATCH checked ahead of the engine, where another core can do it.
+
+A backfill BATCH is authenticated by its hash links plus the Ed25519
+signatures of the entries at checkpoints (one seq in 16) and of each run's
+last entry (acceptance.py). Those checks are about an eighth of a joining
+node's CPU. PyNaCl lets go of the GIL while it checks, so a worker thread
+can check the next BATCH while the event loop applies this one; what
+verified is noted in the engine's `CheckedSignatures`, which then skips it.
+
+Only what the engine would check anyway is checked here, and at most
+`MAX_CHECKS` a message: a peer that sends entries nobody asked for makes us
+check no more than an honest BATCH would. Nothing is trusted from this
+step but "these exact bytes carry a valid signature" (the hash covers the
+signature): every other check stays with the engine.
+"""
+
+from __future__ import annotations
+
+from nacl.signing import VerifyKey
+
+from p2psync.core.entry import MIN_ENTRY_BYTES, decode_entry, entry_hash, verify_signature
+from p2psync.core.errors import RemoteError
+from p2psync.core.forks import MAX_CHAIN
+from p2psync.core.protocol import BATCH, PROTOCOL_VERSION, Batch, decode
+
+# An honest BATCH of 1 000 entries of 4 origins has 62 checkpoints and 4 lasts.
+MAX_CHECKS = 128
+# Smaller batches are checked by the engine: the hop to a thread costs more.
+MIN_ENTRIES = 32
+# Entries are version(1) origin(32) seq(8, big endian): the seq's last byte.
+_SEQ_LAST_BYTE = 40
+_CHECKPOINT_LOW_BITS = MAX_CHAIN - 1  # seq % 16 == 15 (forks.is_checkpoint)
+assert MAX_CHAIN & (MAX_CHAIN - 1) == 0, "checkpoints found by the seq's low bits"
+
+
+def is_backfill_batch(data: bytes) -> bool:
+    """Whether `data` may be a BATCH worth checking ahead (from its header and size)."""
+    return (
+        len(data) >= MIN_ENTRIES * MIN_ENTRY_BYTES
+        and data[0] == PROTOCOL_VERSION
+        and data[1] == BATCH
+    )
+
+
+def verified_in_batch(data: bytes) -> list[bytes]:
+    """The hashes of the entries of the BATCH `data` whose signature verified,
+    among those the engine would check; [] for anything else (the engine
+    reports what is wrong with it). Blocking: meant for a worker thread."""
+    try:
+        message = decode(data)
+    except RemoteError:
+        return []
+    if not isinstance(message, Batch) or len(message.entries) < MIN_ENTRIES:
+        return []
+    verified: list[bytes] = []
+    keys: dict[bytes, VerifyKey] = {}
+    for raw in _to_check(message.entries):
+        try:
+            entry = decode_entry(raw)
+            verify_signature(entry, keys)
+        except RemoteError:
+            continue
+        verified.append(entry_hash(raw))
+    return verified
+
+
+def _to_check(raws: tuple[bytes, ...]) -> list[bytes]:
+    """Checkpoints, then the last entry of each origin, up to MAX_CHECKS."""
+    chosen: list[bytes] = []
+    last_of: dict[bytes, bytes] = {}
+    for raw in raws:
+        if len(raw) <= _SEQ_LAST_BYTE:
+            continue
+        if raw[_SEQ_LAST_BYTE] & _CHECKPOINT_LOW_BITS == _CHECKPOINT_LOW_BITS:
+            chosen.append(raw)
+            if len(chosen) >= MAX_CHECKS:
+                return chosen
+        last_of[raw[1:33]] = raw  # batches run in seq order: the later one wins
+    for raw in last_of.values():
+        if len(chosen) >= MAX_CHECKS:
+            break
+        if raw[_SEQ_LAST_BYTE] & _CHECKPOINT_LOW_BITS != _CHECKPOINT_LOW_BITS:
+            chosen.append(raw)
+    return chosen
