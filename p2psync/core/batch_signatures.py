@@ -2,8 +2,8 @@
 
 A backfill BATCH is authenticated by its hash links plus the Ed25519
 signatures of the entries at checkpoints (one seq in 16) and of each run's
-last entry (acceptance.py). Those checks are about an eighth of a joining
-node's CPU. PyNaCl lets go of the GIL while it checks, so a worker thread
+last entry (acceptance.py). Those checks were 12 % of a joining node's
+busy samples (issue 13, round 13). PyNaCl lets go of the GIL while it checks, so a worker thread
 can check the next BATCH while the event loop applies this one; what
 verified is noted in the engine's `CheckedSignatures`, which then skips it.
 

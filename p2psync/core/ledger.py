@@ -86,7 +86,7 @@ class Ledger:
         self._head_hash, own_head_hlc = self._own_head()
         self._clock = HybridClock(max(min(last_hlc, ceiling), own_head_hlc))
         self._verify_keys: dict[bytes, VerifyKey] = {}
-        self.checked_signatures = CheckedSignatures()  # the live validator's too
+        self.checked_signatures = CheckedSignatures()  # the live validator and BATCH checker add
         self._forks: dict[bytes, ForkProof] = {proof.origin: proof for proof in forks}
         self._rewrites_due: dict[bytes, ForkProof] = {}  # lower proofs not yet recorded
         self._budgets = PeerBudgets(dict(self.config.budgets))

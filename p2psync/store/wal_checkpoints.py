@@ -103,23 +103,29 @@ class WalCheckpoints:
         copied = 0
         for _ in range(MAX_PASSES):
             try:
-                row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                busy, frames, backfilled = self._conn.execute(
+                    "PRAGMA wal_checkpoint(PASSIVE)"
+                ).fetchone()
             except sqlite3.Error as exc:
                 raise StoreError(f"checkpoint of {self.path} failed: {describe(exc)}") from exc
-            # Frames in the WAL, and how many of them the database holds (all
-            # passes' work on this WAL, not this pass's; -1 outside WAL mode).
-            frames, backfilled = max(row[1], 0), max(row[2], 0)
-            # The first commit after a complete checkpoint starts the WAL over
+            if busy or frames < 0 or backfilled < 0:
+                # Another checkpoint runs (the writer's own): SQLite says -1, -1.
+                return Checkpointed(self._frames, copied, False)
+            # `frames` in the WAL, `backfilled` of them in the database: the
+            # work of every pass on this WAL so far, not this pass's alone. The
+            # first commit after a complete checkpoint starts the WAL over
             # (unless a reader, a backup, still reads it: then this counts high).
             unchanged = (frames, backfilled) == (self._frames, self._backfilled)
             complete_before = self._backfilled == self._frames and not unchanged
-            started_over = frames < self._frames or complete_before
-            copied += backfilled - (0 if started_over else self._backfilled)
+            started_over = frames < self._frames or backfilled < self._backfilled
+            if started_over or complete_before:
+                copied += backfilled
+            else:
+                copied += backfilled - self._backfilled
             self._frames, self._backfilled = frames, backfilled
-            # SQLITE_BUSY (row[0]): another checkpoint runs (the writer's own).
-            if row[0] or backfilled == frames:
+            if backfilled == frames:
                 break
-        return Checkpointed(frames, copied, backfilled == frames)
+        return Checkpointed(self._frames, copied, self._backfilled == self._frames)
 
     def close(self) -> None:
         self._conn.close()
@@ -166,7 +172,7 @@ async def serve_wal_checkpoints(
             seen = store.commit_count
             done = await _checkpoint(checkpoints, observer)
             busy = done is not None and (not done.complete or done.copied >= BUSY_PAGES)
-            pause = LOOK_BUSY_S if busy else look_every_s
+            pause = min(LOOK_BUSY_S, look_every_s) if busy else look_every_s
     finally:
         # A checkpoint under way was not abandoned: to_thread waited for its end.
         checkpoints.close()
