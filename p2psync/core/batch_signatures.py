@@ -3,14 +3,16 @@
 A backfill BATCH is authenticated by its hash links plus the Ed25519
 signatures of the entries at checkpoints (one seq in 16) and of each run's
 last entry (acceptance.py). Those checks were 12 % of a joining node's
-busy samples (issue 13, round 13). PyNaCl lets go of the GIL while it checks, so a worker thread
-can check the next BATCH while the event loop applies this one; what
-verified is noted in the engine's `CheckedSignatures`, which then skips it.
+busy samples (issue 13, round 13). PyNaCl lets go of the GIL while it
+checks, so a worker thread can check the next BATCH while the event loop
+applies this one; what verified is noted in the engine's
+`CheckedSignatures`, which then skips it.
 
-Only what the engine would check anyway is checked here, and at most
-`MAX_CHECKS` a message: a peer that sends entries nobody asked for makes us
-check no more than an honest BATCH would. Nothing is trusted from this
-step but "these exact bytes carry a valid signature" (the hash covers the
+Only the entries the engine would check are checked here, and at most
+`MAX_CHECKS` a message (node/batch_checks.py also checks only BATCHes of a
+round of ours): junk costs at most that, about one check per 150 bytes,
+as LIVE entries could already. Nothing is trusted from this step but
+"these exact bytes carry a valid signature" (the hash covers the
 signature): every other check stays with the engine.
 """
 
@@ -18,19 +20,22 @@ from __future__ import annotations
 
 from nacl.signing import VerifyKey
 
-from p2psync.core.entry import MIN_ENTRY_BYTES, decode_entry, entry_hash, verify_signature
+from p2psync.core.entry import (
+    HEADER_BYTES,
+    MIN_ENTRY_BYTES,
+    decode_entry,
+    entry_hash,
+    entry_link,
+    verify_signature,
+)
 from p2psync.core.errors import RemoteError
-from p2psync.core.forks import MAX_CHAIN
+from p2psync.core.forks import is_checkpoint
 from p2psync.core.protocol import BATCH, PROTOCOL_VERSION, Batch, decode
 
 # An honest BATCH of 1 000 entries of 4 origins has 62 checkpoints and 4 lasts.
 MAX_CHECKS = 128
 # Smaller batches are checked by the engine: the hop to a thread costs more.
 MIN_ENTRIES = 32
-# Entries are version(1) origin(32) seq(8, big endian): the seq's last byte.
-_SEQ_LAST_BYTE = 40
-_CHECKPOINT_LOW_BITS = MAX_CHAIN - 1  # seq % 16 == 15 (forks.is_checkpoint)
-assert MAX_CHAIN & (MAX_CHAIN - 1) == 0, "checkpoints found by the seq's low bits"
 
 
 def is_backfill_batch(data: bytes) -> bool:
@@ -67,18 +72,19 @@ def verified_in_batch(data: bytes) -> list[bytes]:
 def _to_check(raws: tuple[bytes, ...]) -> list[bytes]:
     """Checkpoints, then the last entry of each origin, up to MAX_CHECKS."""
     chosen: list[bytes] = []
-    last_of: dict[bytes, bytes] = {}
+    last_of: dict[bytes, tuple[int, bytes]] = {}  # origin -> (seq, raw)
     for raw in raws:
-        if len(raw) <= _SEQ_LAST_BYTE:
+        if len(raw) < HEADER_BYTES:
             continue
-        if raw[_SEQ_LAST_BYTE] & _CHECKPOINT_LOW_BITS == _CHECKPOINT_LOW_BITS:
+        origin, seq, _ = entry_link(raw)
+        if is_checkpoint(seq):
             chosen.append(raw)
             if len(chosen) >= MAX_CHECKS:
                 return chosen
-        last_of[raw[1:33]] = raw  # batches run in seq order: the later one wins
-    for raw in last_of.values():
+        last_of[origin] = (seq, raw)  # batches run in seq order: the later one wins
+    for seq, raw in last_of.values():
         if len(chosen) >= MAX_CHECKS:
             break
-        if raw[_SEQ_LAST_BYTE] & _CHECKPOINT_LOW_BITS != _CHECKPOINT_LOW_BITS:
+        if not is_checkpoint(seq):
             chosen.append(raw)
     return chosen
